@@ -1,0 +1,43 @@
+# Two commands matter: `make run` (the firmware on the MicroPython unix port against the local
+# cloud) and `make test`. Both install what they need on first use.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+MICROPYTHON := $(VENV)/bin/micropython
+MOSQUITTO ?= /usr/sbin/mosquitto
+DEPS_STAMP := $(VENV)/.deps-installed
+export MICROPYPATH := $(CURDIR):$(CURDIR)/host_tests/shims:$(CURDIR)/lib:.frozen
+
+.PHONY: deps test lint typecheck unit-mp pytest clean
+
+deps: $(DEPS_STAMP) $(MOSQUITTO)
+
+$(DEPS_STAMP): requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# Debian's broker, for the MQTT tests and the local clouds; tests start their own instances.
+$(MOSQUITTO):
+	@command -v apt-get >/dev/null || { echo "mosquitto missing and no apt-get: install mosquitto"; exit 1; }
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) \
+		apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+
+lint: deps
+	$(VENV)/bin/ruff check .
+
+typecheck: deps
+	$(PY) tools/typecheck.py
+
+unit-mp: deps
+	$(MICROPYTHON) host_tests/mp_runner.py
+
+pytest: deps
+	$(PY) -m pytest -q host_tests
+
+test: lint typecheck unit-mp pytest
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,1 @@
+"""The firmware application package (see DESIGN.md for the layout)."""

@@ -1,0 +1,57 @@
+"""Wall clock and monotonic ticks: wrap-safe deadlines and ISO 8601 UTC that refuses to lie.
+
+MicroPython's ESP32 port counts wall time from 2000-01-01 and starts there after power-up
+until NTP sets it; the unix port counts from 1970. `unix_time()` always returns seconds since
+1970, and anything that formats or trusts wall time first checks `is_set()`.
+"""
+import time
+from time import ticks_add, ticks_diff, ticks_ms
+
+from micropython import const
+
+_MIN_VALID_YEAR = const(2025)  # anything earlier means the RTC was never set
+
+
+class ClockUnset(Exception):
+    """Wall time is needed (a timestamp, a TLS handshake) but the clock was never set."""
+
+    def __init__(self, what="wall clock"):
+        super().__init__("%s needs the clock, which is not set (NTP has not run yet)" % what)
+
+
+# seconds between 1970-01-01 and the port's epoch (946684800 on ports counting from 2000)
+_EPOCH_OFFSET = 0 if time.gmtime(0)[0] == 1970 else 946684800
+
+
+def is_set():
+    return time.gmtime()[0] >= _MIN_VALID_YEAR
+
+
+def unix_time():
+    """Seconds since 1970-01-01 UTC; raises ClockUnset before the clock is set."""
+    if not is_set():
+        raise ClockUnset()
+    return int(time.time()) + _EPOCH_OFFSET
+
+
+def iso8601(unix_seconds=None):
+    """`2026-04-24T10:15:00Z` for the given Unix time (default: now)."""
+    if unix_seconds is None:
+        unix_seconds = unix_time()
+    t = time.gmtime(int(unix_seconds) - _EPOCH_OFFSET)
+    if t[0] < _MIN_VALID_YEAR:
+        raise ClockUnset("timestamp %d" % unix_seconds)
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (t[0], t[1], t[2], t[3], t[4], t[5])
+
+
+class Deadline:
+    """A point in tick time that survives the tick counter wrapping."""
+
+    def __init__(self, ms):
+        self.at = ticks_add(ticks_ms(), int(ms))
+
+    def remaining_ms(self):
+        return max(0, ticks_diff(self.at, ticks_ms()))
+
+    def expired(self):
+        return ticks_diff(self.at, ticks_ms()) <= 0

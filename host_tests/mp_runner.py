@@ -1,0 +1,58 @@
+# Runs the dual-runtime unit tests under the MicroPython unix port.
+# Usage: micropython host_tests/mp_runner.py [test_file.py ...]
+# Imports each host_tests/unit/test_*.py module and calls every module-level test_* function,
+# exactly the functions pytest collects on CPython. Prints "micropython: N passed, M failed".
+import os
+import sys
+
+HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+UNIT = HERE + "/unit"
+
+
+def _test_files(args):
+    if args:
+        return [a.rsplit("/", 1)[-1] for a in args]
+    return sorted(n for n in os.listdir(UNIT) if n.startswith("test_") and n.endswith(".py"))
+
+
+def _run_module(modname, only):
+    passed = failed = 0
+    mod = __import__(modname)
+    names = sorted(n for n in dir(mod) if n.startswith("test_"))
+    for name in names:
+        if only and name not in only:
+            continue
+        fn = getattr(mod, name)
+        if not callable(fn):
+            continue
+        try:
+            fn()
+            passed += 1
+            print("PASS", modname + "::" + name)
+        except Exception as e:  # report and go on: one broken test must not hide the rest
+            failed += 1
+            print("FAIL", modname + "::" + name)
+            sys.print_exception(e)
+    return passed, failed
+
+
+def main():
+    sys.path.insert(0, UNIT)
+    only = [a.split("::", 1)[1] for a in sys.argv[1:] if "::" in a]
+    files = _test_files([a.split("::", 1)[0] for a in sys.argv[1:]])
+    passed = failed = 0
+    for fname in files:
+        try:
+            p, f = _run_module(fname[:-3], only)
+        except Exception as e:  # an import error fails the file, visibly
+            p, f = 0, 1
+            print("FAIL", fname, "(import)")
+            sys.print_exception(e)
+        passed += p
+        failed += f
+    print("micropython: %d passed, %d failed" % (passed, failed))
+    if failed or not passed:
+        sys.exit(1)
+
+
+main()

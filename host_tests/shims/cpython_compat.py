@@ -1,0 +1,51 @@
+"""Give CPython the few MicroPython APIs the firmware uses, so firmware code stays pure
+MicroPython. Installed by conftest.py only; MicroPython has all of these natively.
+"""
+import asyncio
+import gc
+import sys
+import time
+import traceback
+
+_PERIOD = 1 << 30  # MicroPython's tick counters wrap at 2**30 on every port
+_HALF = _PERIOD // 2
+
+
+def _ticks_ms():
+    return int(time.monotonic() * 1000) % _PERIOD
+
+
+def _ticks_us():
+    return int(time.monotonic() * 1000000) % _PERIOD
+
+
+def _ticks_add(t, delta):
+    return (t + delta) % _PERIOD
+
+
+def _ticks_diff(a, b):
+    return ((a - b + _HALF) % _PERIOD) - _HALF
+
+
+def _print_exception(e, file=sys.stdout):
+    file.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+
+
+async def _sleep_ms(ms):
+    await asyncio.sleep(ms / 1000)
+
+
+def install():
+    for name, fn in (("ticks_ms", _ticks_ms), ("ticks_us", _ticks_us), ("ticks_cpu", _ticks_us),
+                     ("ticks_add", _ticks_add), ("ticks_diff", _ticks_diff),
+                     ("sleep_ms", lambda ms: time.sleep(ms / 1000)),
+                     ("sleep_us", lambda us: time.sleep(us / 1e6))):
+        if not hasattr(time, name):
+            setattr(time, name, fn)
+    if not hasattr(sys, "print_exception"):
+        sys.print_exception = _print_exception
+    if not hasattr(asyncio, "sleep_ms"):
+        asyncio.sleep_ms = _sleep_ms
+    if not hasattr(gc, "mem_free"):
+        gc.mem_free = lambda: 1 << 20
+        gc.mem_alloc = lambda: 0
