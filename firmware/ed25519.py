@@ -5,7 +5,8 @@ True/False for any input and never raises; `check()` raises `BadSignature` sayin
 
 Strict rules (the same verdicts as OpenSSL, hence the `cryptography` package, which signs the
 bundles): S must be canonical (S < L); the public key must be a canonical point encoding
-(y < p, on the curve, no "negative zero" x); R is checked by comparing the canonical encoding
+(y < p, on the curve, no "negative zero" x) and not of small order (stricter than OpenSSL,
+which matters only for a key nobody should hold); R is checked by comparing the canonical encoding
 of [S]B - [k]A with the 32 signature bytes, so a non-canonical R never verifies (cofactorless
 equation, which RFC 8032 5.1.7 allows).
 
@@ -60,6 +61,11 @@ def _decode_point(s):
     if x & 1 != sign:
         x = p - x
     return (x, y, 1, x * y % p)
+
+
+# A key of order 1, 2, 4 or 8 would accept forged signatures: [8]A is then the identity (X = 0).
+def _small_order(pt):
+    return _double(_double(_double(pt)))[0] % _P == 0
 
 
 def _encode_point(pt):
@@ -180,6 +186,8 @@ def check(public_key, message, signature):
     a = _decode_point(public_key)
     if a is None:
         raise BadSignature("bad public key encoding")
+    if _small_order(a):
+        raise BadSignature("small-order public key")
     h = sha512(sig[0:32])
     h.update(public_key)
     h.update(message)
