@@ -129,25 +129,34 @@ def _odd_multiples(pt):
     return table
 
 
-# Width-W non-adjacent form, least significant digit first; digits are odd or zero.
+# Width-W non-adjacent form of n < 2^256 into 257 bytes, least significant digit first; digits
+# are odd or zero, a negative digit d stored as 256 + d (a bytearray, not a list of ints, so
+# the 64K heap never needs a large contiguous block).
 def _naf(n):
-    digits = []
+    digits = bytearray(257)
     full = 1 << _W
     half = 1 << (_W - 1)
+    i = 0
     while n:
         if n & 1:
             d = n & (full - 1)
             if d >= half:
                 d -= full
             n -= d
-        else:
-            d = 0
-        digits.append(d)
+            digits[i] = d & 0xFF
         n >>= 1
+        i += 1
     return digits
 
 
-# [s]B + [k]Q, both scalars below 2^253, by one shared chain of doublings.
+# Adds the table entry for NAF byte v (odd multiple, negated when v > 127) to acc.
+def _add_digit(acc, table, v):
+    if v < 128:
+        return _add_cached(acc, table[v >> 1])
+    return _add_cached(acc, _neg_cached(table[(256 - v) >> 1]))
+
+
+# [s]B + [k]Q for scalars below 2^256, by one shared chain of doublings.
 def _double_mul(s, k, q):
     global _base_table
     if _base_table is None:
@@ -156,19 +165,16 @@ def _double_mul(s, k, q):
     tq = _odd_multiples(q)
     ns = _naf(s)
     nk = _naf(k)
+    top = 256
+    while top >= 0 and not ns[top] and not nk[top]:
+        top -= 1
     acc = (0, 1, 1, 0)
-    for i in range(max(len(ns), len(nk)) - 1, -1, -1):
+    for i in range(top, -1, -1):
         acc = _double(acc)
-        d = ns[i] if i < len(ns) else 0
-        if d > 0:
-            acc = _add_cached(acc, tb[d >> 1])
-        elif d < 0:
-            acc = _add_cached(acc, _neg_cached(tb[(-d) >> 1]))
-        d = nk[i] if i < len(nk) else 0
-        if d > 0:
-            acc = _add_cached(acc, tq[d >> 1])
-        elif d < 0:
-            acc = _add_cached(acc, _neg_cached(tq[(-d) >> 1]))
+        if ns[i]:
+            acc = _add_digit(acc, tb, ns[i])
+        if nk[i]:
+            acc = _add_digit(acc, tq, nk[i])
     return acc
 
 
