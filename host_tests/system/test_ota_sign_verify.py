@@ -4,6 +4,7 @@ firmware/ota_bundle.py under MicroPython: round trip, tampering, wrong key, trun
 """
 import json
 import os
+import struct
 import subprocess
 import sys
 
@@ -24,14 +25,17 @@ MP_PATH = ":".join([ROOT, os.path.join(ROOT, "host_tests", "shims"), os.path.joi
 L = 2**252 + 27742317777372353535851937790883648493
 
 VERIFY_SCRIPT = """
-import gc, json, sys
+import gc, json, struct, sys
 from firmware import ed25519
 out = []
-with open(sys.argv[1]) as f:  # one case per line: the 64K heap holds one at a time
-    for line in f:
-        pk, msg, sig = line.split()
-        msg = b"" if msg == "-" else bytes.fromhex(msg)
-        out.append(ed25519.verify(bytes.fromhex(pk), msg, bytes.fromhex(sig)))
+# Binary records (pk 32, sig 64, u32 length, message): the 64K heap holds one case at a time.
+with open(sys.argv[1], "rb") as f:
+    while True:
+        head = f.read(100)
+        if not head:
+            break
+        msg = f.read(struct.unpack("<I", head[96:])[0])
+        out.append(ed25519.verify(head[:32], msg, head[32:96]))
         gc.collect()
 print(json.dumps(out))
 """
@@ -116,9 +120,10 @@ def test_cryptography_signatures_and_mutations_agree_on_micropython(tmp_path):
     expected = [openssl_accepts(*c) for c in cases]
     assert expected.count(True) == 24  # every original, no mutation
     case_file = tmp_path / "cases.json"
-    case_file.write_text("".join("%s %s %s\n" % (pk.hex(), m.hex() or "-", s.hex())
-                                 for pk, m, s in cases))
+    case_file.write_bytes(b"".join(pk + s + struct.pack("<I", len(m)) + m
+                                   for pk, m, s in cases))
     got = run_mp(tmp_path, VERIFY_SCRIPT, str(case_file))
+    assert len(got) == len(cases)
     mismatches = [(c[0].hex(), len(c[1]), c[2].hex(), e) for c, e, g in zip(cases, expected, got)
                   if e != g]
     assert not mismatches, mismatches

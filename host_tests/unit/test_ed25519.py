@@ -175,6 +175,21 @@ def test_curve_constants_match_their_definitions():
         (1).to_bytes(32, "little")
 
 
+def test_double_scalar_mult_is_linear_and_keeps_coordinates_consistent():
+    x, y = ed25519._BX, ed25519._BY
+    b = (x, y, 1, x * y % P)
+    for s, k in ((0, 0), (1, 0), (0, 1), (2, 6), (2**252, 3), (L - 1, 1), (12345, L - 54321),
+                 (2**253 - 1, 2**253 - 3)):
+        r = ed25519._double_mul(s, k, b)
+        rx, ry, rz, rt = r
+        assert (rx * ry - rz * rt) % P == 0, (s, k)  # T = XY/Z, also after a bare doubling
+        assert ed25519._encode_point(r) == ed25519._encode_point(ed25519._double_mul(
+            (s + k) % L, 0, b)), (s, k)
+    # a general point Q = [5]B as the second base: [7]Q = [35]B
+    q = ed25519._double_mul(5, 0, b)
+    assert ed25519._encode_point(ed25519._double_mul(0, 7, q)) == \
+        ed25519._encode_point(ed25519._double_mul(35, 0, b))
+
 def test_rfc8032_vectors_verify():
     for _sk, pk, msg, sig in VECTORS:
         assert ed25519.verify(unhex(pk), unhex(msg), unhex(sig)), pk
