@@ -224,6 +224,8 @@ def extract(f, manifest, dest_dir, chunk=_CHUNK, offset=None):
     `<path>` only when its SHA-256 matches. Any error (BadHash, Truncated, BadSize for
     trailing bytes, BadManifest, OSError) removes every file and directory this call created
     before it propagates. Returns the list of extracted paths, relative to dest_dir."""
+    if chunk < 1:
+        raise ValueError("chunk must be positive")
     if offset is not None:
         f.seek(offset)
     buf = memoryview(bytearray(chunk))

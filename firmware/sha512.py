@@ -43,21 +43,23 @@ _IV = (
 
 
 # The 80-round compression of one 128-byte block at buf[off:off+128] into state h (a list).
+# The message schedule rolls through 16 words instead of 80, to keep allocations small.
 def _compress(h, buf, off):
     mask = _MASK
     k = _K
     w = list(struct.unpack_from(">16Q", buf, off))
-    for i in range(16, 80):
-        x = w[i - 15]
-        y = w[i - 2]
-        s0 = ((x >> 1) | (x << 63)) ^ ((x >> 8) | (x << 56)) ^ (x >> 7)
-        s1 = ((y >> 19) | (y << 45)) ^ ((y >> 61) | (y << 3)) ^ (y >> 6)
-        w.append((w[i - 16] + (s0 & mask) + w[i - 7] + (s1 & mask)) & mask)
     a, b, c, d, e, f, g, hh = h
     for i in range(80):
+        j = i & 15
+        if i >= 16:
+            x = w[(i - 15) & 15]
+            y = w[(i - 2) & 15]
+            s0 = ((x >> 1) | (x << 63)) ^ ((x >> 8) | (x << 56)) ^ (x >> 7)
+            s1 = ((y >> 19) | (y << 45)) ^ ((y >> 61) | (y << 3)) ^ (y >> 6)
+            w[j] = (w[j] + (s0 & mask) + w[(i - 7) & 15] + (s1 & mask)) & mask
         s1 = ((e >> 14) | (e << 50)) ^ ((e >> 18) | (e << 46)) ^ ((e >> 41) | (e << 23))
         ch = (e & f) ^ (~e & g)
-        t1 = hh + (s1 & mask) + (ch & mask) + k[i] + w[i]
+        t1 = hh + (s1 & mask) + (ch & mask) + k[i] + w[j]
         s0 = ((a >> 28) | (a << 36)) ^ ((a >> 34) | (a << 30)) ^ ((a >> 39) | (a << 25))
         t2 = (s0 & mask) + ((a & b) ^ (a & c) ^ (b & c))
         hh = g
