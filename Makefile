@@ -9,7 +9,7 @@ MOSQUITTO ?= /usr/sbin/mosquitto
 DEPS_STAMP := $(VENV)/.deps-installed
 export MICROPYPATH := $(CURDIR):$(CURDIR)/host_tests/shims:$(CURDIR)/lib:.frozen
 
-.PHONY: deps test lint typecheck unit-mp pytest clean
+.PHONY: deps test lint typecheck unit-mp pytest clean ota-keygen ota-bundle
 
 deps: $(DEPS_STAMP) $(MOSQUITTO)
 
@@ -38,6 +38,16 @@ pytest: deps
 	$(PY) -m pytest -q host_tests
 
 test: lint typecheck unit-mp pytest
+
+# Signed OTA bundles: the private key stays in keys/ (git-ignored); the device holds the public key.
+OTA_KEYS ?= keys
+VERSION ?= 0.0.0-dev
+ota-keygen: deps
+	$(PY) tools/ota_tool.py keygen --out $(OTA_KEYS)
+
+ota-bundle: deps
+	$(PY) tools/ota_tool.py build --version $(VERSION) --key $(OTA_KEYS)/ota_signing_key.pem \
+		--out build/bundle-$(VERSION).bin --src firmware main.py
 
 clean:
 	rm -rf build .pytest_cache
