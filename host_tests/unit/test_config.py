@@ -1,0 +1,203 @@
+import json
+
+import support
+from firmware import config, log
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def _root(cfg=None, text=None, ca=True):
+    root = support.tmpdir("cfg")
+    if ca:
+        support.write(root + "/ca.pem", PEM)
+    if text is None and cfg is not None:
+        text = json.dumps(cfg)
+    if text is not None:
+        support.write(root + "/config.json", text)
+    return root
+
+
+def _realer(**cloud):
+    c = {"platform": "realer", "api_url": "https://127.0.0.1:8443", "device_id": 12345,
+         "client_id": "cdv_abcdefghijklmnopqrstuvwxyz", "client_secret": "top-secret-123",
+         "ca_file": "ca.pem"}
+    c.update(cloud)
+    return {"cloud": c, "board": "sim", "sensors": [{"id": 7, "driver": "sim"}],
+            "commands": [{"id": 3, "driver": "sim", "kind": "switch"}]}
+
+
+def _problems(root):
+    e = support.raises(config.ConfigError, config.load, root)
+    return e.problems
+
+
+def test_valid_realer_config_loads_with_defaults():
+    root = _root(_realer())
+    try:
+        cfg = config.load(root)
+        assert cfg.get("cloud.platform") == "realer"
+        assert cfg.get("cloud.transport") == "https"
+        assert cfg.get("intervals.sample_s") == 30
+        assert cfg.get("outbox.max_records") == 2000
+        assert cfg.ca_path == root + "/ca.pem"
+        assert cfg.get("no.such.key", "dflt") == "dflt"
+    finally:
+        support.rmtree(root)
+
+
+def test_missing_file_says_where_to_look():
+    root = _root()
+    try:
+        problems = _problems(root)
+        assert len(problems) == 1 and "config.json: not found" in problems[0]
+    finally:
+        support.rmtree(root)
+
+
+def test_invalid_json_is_one_clear_problem():
+    root = _root(text='{"cloud": {"platform": "realer",}')
+    try:
+        problems = _problems(root)
+        assert len(problems) == 1 and "not valid JSON" in problems[0]
+    finally:
+        support.rmtree(root)
+
+
+def test_every_problem_reported_at_once():
+    cfg = _realer(client_secret="", device_id=[1], client_id=5)
+    cfg["board"] = "esp32"
+    cfg["sensors"] = [{"id": 7, "driver": "thermo-magic", "pin": 4}]
+    cfg["commands"] = [{"id": 3, "driver": "relay", "pin": 35}]
+    cfg["intervals"] = {"sample_s": -1}
+    root = _root(cfg)
+    try:
+        text = "\n".join(_problems(root))
+        for needle in ("cloud.client_secret: missing", "cloud.device_id: must be",
+                       "cloud.client_id: must be a string", "sensors[0].driver",
+                       "commands[0].pin: GPIO 35 is input-only", "intervals.sample_s"):
+            assert needle in text, needle
+    finally:
+        support.rmtree(root)
+
+
+def test_unknown_platform_names_the_choices():
+    root = _root(_realer(platform="azure"))
+    try:
+        (p,) = _problems(root)
+        assert p.startswith("cloud.platform") and "realer" in p and "xyte" in p
+    finally:
+        support.rmtree(root)
+
+
+def test_wrong_types_named():
+    cfg = _realer()
+    cfg["sensors"] = {"id": 7}
+    cfg["outbox"] = {"max_records": "lots"}
+    root = _root(cfg)
+    try:
+        text = "\n".join(_problems(root))
+        assert "sensors: must be a list" in text
+        assert "outbox.max_records" in text
+    finally:
+        support.rmtree(root)
+
+
+def test_bad_and_duplicate_pins():
+    cfg = _realer()
+    cfg["board"] = "esp32"
+    cfg["sensors"] = [{"id": 7, "driver": "dht22", "pin": 7},
+                      {"id": 8, "driver": "dht22", "pin": 40},
+                      {"id": 9, "driver": "adc", "pin": "A0"}]
+    cfg["commands"] = [{"id": 3, "driver": "relay", "pin": 26},
+                       {"id": 4, "driver": "relay", "pin": 26}]
+    root = _root(cfg)
+    try:
+        text = "\n".join(_problems(root))
+        assert "GPIO 7 is wired to the flash" in text
+        assert "GPIO 40 does not exist" in text
+        assert "sensors[2].pin: must be a GPIO number" in text
+        assert "commands[1].pin: GPIO 26 is already used by commands[0].pin" in text
+    finally:
+        support.rmtree(root)
+
+
+def test_i2c_sensors_may_share_a_bus():
+    cfg = _realer()
+    cfg["board"] = "esp32"
+    cfg["sensors"] = [{"id": 7, "driver": "bme280", "i2c": {"scl": 22, "sda": 21}},
+                      {"id": 8, "driver": "bme280", "i2c": {"scl": 22, "sda": 21, "addr": 119}}]
+    cfg["commands"] = []
+    root = _root(cfg)
+    try:
+        assert config.load(root).get("board") == "esp32"
+    finally:
+        support.rmtree(root)
+
+
+def test_missing_ca_file_for_https():
+    root = _root(_realer(), ca=False)
+    try:
+        (p,) = _problems(root)
+        assert p.startswith("cloud.ca_file") and "not found" in p
+    finally:
+        support.rmtree(root)
+    cfg = _realer()
+    del cfg["cloud"]["ca_file"]
+    root = _root(cfg)
+    try:
+        (p,) = _problems(root)
+        assert p.startswith("cloud.ca_file: missing")
+    finally:
+        support.rmtree(root)
+
+
+def test_unknown_keys_warn_not_fail():
+    cfg = _realer(colour="blue")
+    cfg["extra"] = 1
+    root = _root(cfg)
+    lines = []
+    log.set_sink(lines.append)
+    try:
+        c = config.load(root)
+    finally:
+        log.set_sink(None)
+        support.rmtree(root)
+    assert "extra: unknown key, ignored" in c.warnings
+    assert "cloud.colour: unknown key, ignored" in c.warnings
+    assert len([x for x in lines if "unknown key" in x]) == 2
+
+
+def test_secrets_registered_before_any_logging():
+    cfg = _realer(client_secret="zz-very-secret-zz")
+    cfg["wifi"] = {"ssid": "greenhouse", "password": "wifi-pass-999"}
+    cfg["bogus"] = True
+    root = _root(cfg)
+    lines = []
+    log.set_sink(lines.append)
+    try:
+        config.load(root)
+        log.info("t", "secret %s and %s", "zz-very-secret-zz", "wifi-pass-999")
+    finally:
+        log.set_sink(None)
+        support.rmtree(root)
+    assert lines and not any("zz-very-secret-zz" in x or "wifi-pass-999" in x for x in lines)
+
+
+def test_per_platform_required_keys():
+    for platform, needle in (("nubison", "cloud.product_code"),
+                             ("devicehive", "cloud.refresh_token"),
+                             ("xyte", "cloud.hardware_key")):
+        root = _root({"cloud": {"platform": platform, "api_url": "http://127.0.0.1:1"}})
+        try:
+            assert needle + ": missing" in "\n".join(_problems(root)), platform
+        finally:
+            support.rmtree(root)
+
+
+def test_realer_transport_checked():
+    root = _root(_realer(transport="carrier-pigeon"))
+    try:
+        (p,) = _problems(root)
+        assert p.startswith("cloud.transport")
+    finally:
+        support.rmtree(root)
