@@ -7,6 +7,8 @@ import random
 
 from micropython import const
 
+from firmware.clock import days_from_civil
+
 _MAX_SHIFT = const(20)
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -45,16 +47,7 @@ def retry_after_ms(value, now_unix=None):
         hh, mm, ss = (int(x) for x in parts[4].split(":"))
     except ValueError:
         return None
-    at = _days_from_civil(year, _MONTHS.index(parts[2]) + 1, day) * 86400 + hh * 3600 + \
+    at = days_from_civil(year, _MONTHS.index(parts[2]) + 1, day) * 86400 + hh * 3600 + \
         mm * 60 + ss
     return max(0, (at - int(now_unix)) * 1000)
 
-
-# days since 1970-01-01 for a proleptic Gregorian date (port-independent, no time.mktime)
-def _days_from_civil(y, m, d):
-    y -= m <= 2
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468

@@ -55,3 +55,38 @@ class Deadline:
 
     def expired(self):
         return ticks_diff(self.at, ticks_ms()) <= 0
+
+
+def days_from_civil(y, m, d):
+    """Days since 1970-01-01 for a Gregorian date, without the port's mktime/epoch."""
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def parse_iso8601(text):
+    """Unix seconds from `2026-04-24T10:15:00Z` (fractions and a +00:00 / offset suffix
+    allowed); None when the text is not such a timestamp."""
+    try:
+        date, rest = text.split("T", 1)
+        y, mo, d = (int(x) for x in date.split("-"))
+        offset = 0
+        if rest.endswith("Z"):
+            rest = rest[:-1]
+        elif len(rest) > 6 and rest[-6] in "+-" and rest[-3] == ":":
+            sign = -1 if rest[-6] == "-" else 1
+            offset = sign * (int(rest[-5:-3]) * 3600 + int(rest[-2:]) * 60)
+            rest = rest[:-6]
+        else:
+            return None
+        hh, mm, ss = rest.split(":")
+        sec = int(ss.split(".", 1)[0])
+        h, mi = int(hh), int(mm)
+    except (ValueError, AttributeError):
+        return None
+    if not (1 <= mo <= 12 and 1 <= d <= 31 and h < 24 and mi < 60 and sec < 61):
+        return None
+    return days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - offset

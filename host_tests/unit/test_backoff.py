@@ -41,9 +41,3 @@ def test_retry_after_forms():
     assert retry_after_ms("Fri, 24 Apr 2026 10:14:00 GMT") is None  # no clock, no date maths
 
 
-def test_days_from_civil_matches_known_dates():
-    from firmware.backoff import _days_from_civil
-
-    assert _days_from_civil(1970, 1, 1) == 0
-    assert _days_from_civil(2000, 3, 1) == 11017
-    assert _days_from_civil(2026, 4, 24) * 86400 == 1776988800

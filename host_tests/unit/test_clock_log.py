@@ -37,3 +37,18 @@ def test_log_redacts_registered_secrets():
 def test_clock_is_set_on_host():
     assert clock.is_set()
     assert abs(clock.unix_time() - int(time.time())) <= 1 or clock.unix_time() > 1700000000
+
+
+def test_days_from_civil_matches_known_dates():
+    assert clock.days_from_civil(1970, 1, 1) == 0
+    assert clock.days_from_civil(2000, 3, 1) == 11017
+    assert clock.days_from_civil(2026, 4, 24) * 86400 == 1776988800
+
+
+def test_parse_iso8601_round_trips_and_rejects_garbage():
+    assert clock.parse_iso8601("2026-04-24T10:15:00Z") == 1777025700
+    assert clock.parse_iso8601("2026-04-24T10:15:00.250Z") == 1777025700
+    assert clock.parse_iso8601("2026-04-24T12:15:00+02:00") == 1777025700
+    assert clock.parse_iso8601(clock.iso8601(1800000000)) == 1800000000
+    for bad in ("", "2026-04-24", "2026-13-01T00:00:00Z", "2026-04-24T10:15:00", "x", None):
+        assert clock.parse_iso8601(bad) is None, bad
