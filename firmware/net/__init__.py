@@ -1,0 +1,1 @@
+"""Non-blocking network clients on asyncio streams: conn (TCP/TLS), http, mqtt, ws."""

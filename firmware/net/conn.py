@@ -1,0 +1,129 @@
+"""Opening a connection for every client: URL parsing, plain TCP or verified TLS, and the one
+place where socket, TLS and timeout failures become named errors.
+
+ESP32's lwIP and mbedTLS report some failures with their own numbers (negative mbedTLS codes,
+113/118 for unreachable hosts); they are listed once here so every client reads them alike.
+"""
+import asyncio
+
+from firmware.net import tls
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "mqtt": 1883, "mqtts": 8883}
+_SECURE = ("https", "wss", "mqtts")
+# errno -> meaning, ESP32 and POSIX alike
+_ERRNO_TEXT = {
+    104: "connection reset", 110: "timed out", 111: "connection refused",
+    113: "host unreachable", 118: "host unreachable", 32: "broken pipe",
+    -202: "DNS lookup failed", -29312: "TLS connection closed by peer",
+    -30592: "TLS handshake failed", -9984: "TLS certificate verification failed",
+}
+
+
+class NetError(Exception):
+    """Base of every network failure a client reports."""
+
+
+class ConnectError(NetError):
+    """No connection: refused, unreachable, DNS."""
+
+
+class NetTimeout(NetError):
+    """Connect or read took longer than allowed (a blackholed or stalled peer)."""
+
+
+class TLSError(NetError):
+    """The TLS handshake failed: unknown CA, wrong host name, expired certificate."""
+
+
+class Closed(NetError):
+    """The peer closed the connection (or reset it) while we were talking."""
+
+
+class URLError(ValueError):
+    """The URL cannot be used: unknown scheme, no host, bad port."""
+
+
+def parse_url(url):
+    """(scheme, host, port, path, secure) from `scheme://host[:port][/path]`."""
+    if not isinstance(url, str) or "://" not in url:
+        raise URLError("not an absolute URL: %r" % (url,))
+    scheme, rest = url.split("://", 1)
+    scheme = scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise URLError("unsupported scheme %r" % scheme)
+    slash = rest.find("/")
+    hostport, path = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+    port = _DEFAULT_PORTS[scheme]
+    if hostport.startswith("["):  # [::1]:8443
+        end = hostport.find("]")
+        host, tail = hostport[1:end], hostport[end + 1:]
+        if tail.startswith(":"):
+            port = _port(tail[1:], url)
+    elif ":" in hostport:
+        host, p = hostport.rsplit(":", 1)
+        port = _port(p, url)
+    else:
+        host = hostport
+    if not host:
+        raise URLError("no host in %r" % url)
+    return scheme, host, port, path, scheme in _SECURE
+
+
+def _port(text, url):
+    try:
+        port = int(text)
+    except ValueError:
+        raise URLError("bad port in %r" % url)
+    if not 0 < port < 65536:
+        raise URLError("bad port in %r" % url)
+    return port
+
+
+def describe_errno(e):
+    code = e.args[0] if e.args and isinstance(e.args[0], int) else None
+    return _ERRNO_TEXT.get(code, "errno %s" % code) if code is not None else str(e)
+
+
+def as_net_error(e, what):
+    """The named error for exception e raised while doing `what`."""
+    if isinstance(e, NetError):
+        return e
+    if isinstance(e, asyncio.TimeoutError):
+        return NetTimeout("%s: timed out" % what)
+    if isinstance(e, ValueError):  # mbedTLS verification failures arrive as ValueError
+        return TLSError("%s: %s" % (what, str(e).strip() or "TLS failure"))
+    if isinstance(e, OSError):
+        code = e.args[0] if e.args else None
+        text = describe_errno(e)
+        if isinstance(code, int) and code < -9000:
+            return TLSError("%s: %s" % (what, text))
+        if code in (104, 32, -29312):
+            return Closed("%s: %s" % (what, text))
+        if code == 110:
+            return NetTimeout("%s: %s" % (what, text))
+        return ConnectError("%s: %s" % (what, text))
+    if isinstance(e, EOFError):
+        return Closed("%s: closed by peer" % what)
+    return NetError("%s: %s" % (what, e))
+
+
+async def open_connection(host, port, secure, ca_file, timeout_ms):
+    """(reader, writer) to host:port; TLS verified against ca_file when secure."""
+    ctx = tls.context(ca_file) if secure else None
+    what = "connect %s:%d" % (host, port)
+    try:
+        if ctx is None:
+            coro = asyncio.open_connection(host, port)
+        else:
+            coro = asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
+        return await asyncio.wait_for(coro, timeout_ms / 1000)
+    except Exception as e:  # every failure leaves here as a NetError
+        raise as_net_error(e, what)
+
+
+async def close(writer):
+    try:
+        writer.close()
+        await writer.wait_closed()
+    except Exception:  # closing a dead socket may fail; nothing is left to save
+        pass

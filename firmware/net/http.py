@@ -1,0 +1,351 @@
+"""HTTP/1.1 client on asyncio streams: one kept-alive connection per host, bounded memory.
+
+A `Client` keeps one connection per (host, port, TLS) and reuses it, so a board sending a
+reading every few seconds pays one TLS handshake, not one per request. When the server has
+closed an idle connection, the request is sent again on a new one only if replaying it is
+safe: GET/HEAD/PUT/DELETE, or a request the caller marks `idempotent=True` (it carries an
+idempotency key such as Realer's message_id). Each connection reads through one
+preallocated buffer with readinto; a response larger than `max_body` is refused and the
+connection dropped, so a bad server cannot exhaust the heap.
+"""
+import asyncio
+import binascii
+import json as _json
+
+from micropython import const
+
+from firmware import log
+from firmware.backoff import retry_after_ms as _retry_after
+from firmware.net import conn
+
+_BUF_SIZE = const(1024)
+_MAX_LINE = const(1024)
+_MAX_HEADERS = const(48)
+_DEFAULT_TIMEOUT_MS = const(15000)
+_DEFAULT_MAX_BODY = const(16384)
+_SAFE_METHODS = ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
+_UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+
+
+class HttpError(conn.NetError):
+    """Base of HTTP-level failures."""
+
+
+class HttpProtocolError(HttpError):
+    """The server's answer is not valid HTTP/1.1 (or lines/headers beyond our limits)."""
+
+
+class BodyTooLarge(HttpError):
+    """The response body is larger than the caller allowed."""
+
+
+class NotReplayed(HttpError):
+    """The kept-alive connection died before the answer and the request is not safe to send
+    twice; the caller decides (its outbox keeps the record)."""
+
+
+def basic_auth(user, password):
+    """The Authorization value for HTTP Basic; registered as a secret (it encodes one)."""
+    raw = ("%s:%s" % (user, password)).encode()
+    value = "Basic " + binascii.b2a_base64(raw).decode().strip()
+    log.secret(value[6:])
+    return value
+
+
+def bearer(token):
+    return "Bearer " + token
+
+
+def form_encode(fields):
+    """application/x-www-form-urlencoded body from a dict (UTF-8, percent-encoded)."""
+    parts = []
+    for k, v in fields.items():
+        parts.append(_quote(str(k)) + "=" + _quote(str(v)))
+    return "&".join(parts).encode()
+
+
+def _quote(text):
+    out = []
+    for b in text.encode():
+        if b in _UNRESERVED:
+            out.append(chr(b))
+        elif b == 0x20:
+            out.append("+")
+        else:
+            out.append("%%%02X" % b)
+    return "".join(out)
+
+
+def parse_status_line(line):
+    """(status, reason) from b'HTTP/1.1 200 OK'."""
+    parts = bytes(line).split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+        raise HttpProtocolError("bad status line %r" % bytes(line[:40]))
+    try:
+        status = int(parts[1])
+    except ValueError:
+        raise HttpProtocolError("bad status code %r" % parts[1][:8])
+    if not 100 <= status <= 599:
+        raise HttpProtocolError("status %d out of range" % status)
+    return status, (parts[2].decode() if len(parts) > 2 else "")
+
+
+def parse_header_line(line):
+    """(lower-case name, value) from b'Name: value'."""
+    line = bytes(line)
+    colon = line.find(b":")
+    if colon <= 0 or line[:1] in (b" ", b"\t"):
+        raise HttpProtocolError("bad header line %r" % line[:40])
+    try:
+        return line[:colon].decode().strip().lower(), line[colon + 1:].decode().strip()
+    except UnicodeError:
+        raise HttpProtocolError("header is not text")
+
+
+def parse_chunk_size(line):
+    size = bytes(line).split(b";", 1)[0].strip()
+    try:
+        n = int(size, 16)
+    except ValueError:
+        raise HttpProtocolError("bad chunk size %r" % size[:16])
+    if n < 0:
+        raise HttpProtocolError("negative chunk size")
+    return n
+
+
+class Response:
+    def __init__(self, status, reason, headers, body):
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+
+    def json(self):
+        """The body as JSON; ValueError when it is not."""
+        return _json.loads(self.body)
+
+    def retry_after_ms(self, now_unix=None):
+        return _retry_after(self.headers.get("retry-after"), now_unix)
+
+
+class _Conn:
+    """One connection and its read buffer: bytes [start, end) of buf are read, not consumed."""
+
+    def __init__(self, reader, writer):
+        self.reader = reader
+        self.writer = writer
+        self.buf = bytearray(_BUF_SIZE)
+        self.mv = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+        self.got_bytes = False
+
+    async def _fill(self, timeout_ms):
+        if self.start == self.end:
+            self.start = self.end = 0
+        elif self.end == len(self.buf):  # keep unread bytes, make room behind them
+            n = self.end - self.start
+            self.buf[:n] = self.mv[self.start:self.end]
+            self.start, self.end = 0, n
+        if self.end == len(self.buf):
+            raise HttpProtocolError("line longer than %d bytes" % _MAX_LINE)
+        n = await asyncio.wait_for(self.reader.readinto(self.mv[self.end:]), timeout_ms / 1000)
+        if not n:
+            raise conn.Closed("closed by server")
+        self.got_bytes = True
+        self.end += n
+
+    async def readline(self, timeout_ms):
+        while True:
+            i = self.buf.find(b"\n", self.start, self.end)
+            if i >= 0:
+                line = bytes(self.mv[self.start:i])
+                self.start = i + 1
+                return line[:-1] if line.endswith(b"\r") else line
+            if self.end - self.start >= _MAX_LINE:
+                raise HttpProtocolError("line longer than %d bytes" % _MAX_LINE)
+            await self._fill(timeout_ms)
+
+    # Passes exactly n body bytes to sink(memoryview) in buffer-sized pieces.
+    async def read_n(self, n, sink, timeout_ms):
+        while n > 0:
+            if self.start == self.end:
+                await self._fill(timeout_ms)
+            take = min(n, self.end - self.start)
+            sink(self.mv[self.start:self.start + take])
+            self.start += take
+            n -= take
+
+
+class _Collect:
+    """Body sink into memory, refusing more than `limit` bytes."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.parts: list = []
+        self.size = 0
+
+    def __call__(self, chunk):
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise BodyTooLarge("response body over %d bytes" % self.limit)
+        self.parts.append(bytes(chunk))
+
+    def value(self):
+        return b"".join(self.parts)
+
+
+class Client:
+    """Keep-alive HTTP/1.1 client. `handshakes` counts new connections (TLS handshakes on
+    https), for the keep-alive benchmark and the status line."""
+
+    def __init__(self, ca_file=None, timeout_ms=_DEFAULT_TIMEOUT_MS, max_body=_DEFAULT_MAX_BODY,
+                 user_agent="esp32-firmware/1"):
+        self.ca_file = ca_file
+        self.timeout_ms = timeout_ms
+        self.max_body = max_body
+        self.user_agent = user_agent
+        self.handshakes = 0
+        self._conns: dict = {}
+
+    async def close(self):
+        for c in self._conns.values():
+            await conn.close(c.writer)
+        self._conns = {}
+
+    async def _drop(self, key):
+        c = self._conns.pop(key, None)
+        if c is not None:
+            await conn.close(c.writer)
+
+    async def request(self, method, url, headers=None, body=None, json=None, form=None,
+                      idempotent=None, timeout_ms=None, max_body=None, sink=None):
+        """Send one request; returns a Response. With `sink`, body bytes go to
+        sink(memoryview) as they arrive (Response.body is then b"") and no size limit
+        applies. Raises NetError subclasses; never returns a half-read response."""
+        scheme, host, port, path, secure = conn.parse_url(url)
+        timeout_ms = timeout_ms or self.timeout_ms
+        ctype = None
+        if json is not None:
+            body, ctype = _json.dumps(json).encode(), "application/json"
+        elif form is not None:
+            body, ctype = form_encode(form), "application/x-www-form-urlencoded"
+        elif isinstance(body, str):
+            body = body.encode()
+        head = self._head(method, host, port, secure, path, headers, ctype, body)
+        replay_ok = idempotent if idempotent is not None else method in _SAFE_METHODS
+        key = (host, port, secure)
+        for attempt in (0, 1):
+            c = self._conns.get(key)
+            reused = c is not None
+            if c is None:
+                reader, writer = await conn.open_connection(host, port, secure, self.ca_file,
+                                                            timeout_ms)
+                self.handshakes += 1
+                c = self._conns[key] = _Conn(reader, writer)
+            c.got_bytes = False
+            try:
+                c.writer.write(head)
+                if body:
+                    c.writer.write(body)
+                await asyncio.wait_for(c.writer.drain(), timeout_ms / 1000)
+                resp, keep = await self._read_response(c, method, timeout_ms,
+                                                       max_body or self.max_body, sink)
+            except Exception as e:  # the connection's state is unknown now: drop it
+                await self._drop(key)
+                err = conn.as_net_error(e, "%s %s" % (method, path))
+                stale = reused and not c.got_bytes and isinstance(err, conn.Closed)
+                if stale and attempt == 0:
+                    if replay_ok:
+                        continue
+                    raise NotReplayed("%s %s: kept-alive connection closed before the "
+                                      "answer; not replayed" % (method, path))
+                raise err
+            if not keep:
+                await self._drop(key)
+            return resp
+        raise conn.Closed("unreachable")  # the loop always returns or raises
+
+    def _head(self, method, host, port, secure, path, headers, ctype, body):
+        default_port = 443 if secure else 80
+        hostval = host if port == default_port else "%s:%d" % (host, port)
+        lines = ["%s %s HTTP/1.1" % (method, path), "Host: " + hostval,
+                 "User-Agent: " + self.user_agent]
+        if ctype:
+            lines.append("Content-Type: " + ctype)
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            lines.append("Content-Length: %d" % len(body or b""))
+        if headers:
+            for k, v in headers.items():
+                lines.append("%s: %s" % (k, v))
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode()
+
+    async def _read_response(self, c, method, timeout_ms, max_body, sink):
+        while True:
+            status, reason = parse_status_line(await c.readline(timeout_ms))
+            headers: dict = {}
+            while True:
+                line = await c.readline(timeout_ms)
+                if not line:
+                    break
+                if len(headers) >= _MAX_HEADERS:
+                    raise HttpProtocolError("more than %d headers" % _MAX_HEADERS)
+                name, value = parse_header_line(line)
+                headers[name] = value
+            if status >= 200 or status == 101:
+                break  # 1xx interim answers are skipped
+        collect = None
+        if sink is None:
+            collect = _Collect(max_body)
+            sink = collect
+        keep = headers.get("connection", "").lower() != "close"
+        if method == "HEAD" or status in (204, 304):
+            pass
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                n = parse_chunk_size(await c.readline(timeout_ms))
+                if n == 0:
+                    while await c.readline(timeout_ms):  # trailers
+                        pass
+                    break
+                await c.read_n(n, sink, timeout_ms)
+                if await c.readline(timeout_ms):
+                    raise HttpProtocolError("chunk not followed by CRLF")
+        elif "content-length" in headers:
+            try:
+                n = int(headers["content-length"])
+            except ValueError:
+                raise HttpProtocolError("bad Content-Length")
+            if n < 0:
+                raise HttpProtocolError("bad Content-Length")
+            if collect is not None and n > max_body:
+                raise BodyTooLarge("response body of %d bytes over %d" % (n, max_body))
+            await c.read_n(n, sink, timeout_ms)
+        else:  # body until close
+            keep = False
+            try:
+                while True:
+                    if c.start == c.end:
+                        await c._fill(timeout_ms)
+                    await c.read_n(c.end - c.start, sink, timeout_ms)
+            except conn.Closed:
+                pass
+        return Response(status, reason, headers, collect.value() if collect else b""), keep
+
+    async def download(self, url, path, headers=None, timeout_ms=None):
+        """Stream a GET body to a file in buffer-sized writes (OTA), never holding it in RAM;
+        returns the Response (body empty) and the byte count. Check resp.status before
+        trusting the file."""
+        written = [0]
+        f = open(path, "wb")
+        try:
+            def sink(chunk):
+                f.write(chunk)
+                written[0] += len(chunk)
+
+            resp = await self.request("GET", url, headers=headers, timeout_ms=timeout_ms,
+                                      sink=sink)
+        finally:
+            f.close()
+        return resp, written[0]

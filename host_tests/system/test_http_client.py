@@ -1,0 +1,239 @@
+"""firmware.net.http under the real MicroPython unix port against a real CPython TLS server
+(test CA made here): keep-alive, idle close, chunked, limits, TLS failures, timeouts."""
+import json
+import socket
+import ssl
+import threading
+import time
+
+import peers
+import pytest
+from certs import make_certs
+
+from tools.faultproxy import FaultProxy
+
+
+class Server:
+    """A tiny HTTP/1.1 server over TLS that counts connections. Routes:
+    /hello, /chunked, /big (100000 bytes), /echo (POST echoes body), /slow (3 s),
+    /close (answers with Connection: close), /garbage (not HTTP)."""
+
+    def __init__(self, certs, cert="server_cert", key="server_key", idle_close=False):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(certs[cert], certs[key])
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.requests = []
+        self.idle_close = idle_close  # close every connection after one answer
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw):
+        try:
+            conn = self.ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            return
+        f = conn.makefile("rb")
+        try:
+            while True:
+                line = f.readline()
+                if not line:
+                    return
+                method, path, _ = line.decode().split(" ", 2)
+                headers = {}
+                while True:
+                    h = f.readline().decode().strip()
+                    if not h:
+                        break
+                    k, v = h.split(":", 1)
+                    headers[k.strip().lower()] = v.strip()
+                body = f.read(int(headers.get("content-length", 0)))
+                self.requests.append((method, path, headers, body))
+                if not self._answer(conn, method, path, body):
+                    return
+                if self.idle_close:
+                    return
+        except (OSError, ValueError):
+            return
+        finally:
+            conn.close()
+
+    def _answer(self, conn, method, path, body):
+        def send(status, payload, extra=""):
+            conn.sendall(("HTTP/1.1 %s\r\nContent-Length: %d\r\n%s\r\n" %
+                          (status, len(payload), extra)).encode() + payload)
+
+        if path == "/hello":
+            send("200 OK", b"hello")
+        elif path == "/echo":
+            send("201 Created", body, "Content-Type: application/json\r\n")
+        elif path == "/chunked":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"5\r\nhello\r\n1;ext=1\r\n \r\n6\r\nworld!\r\n0\r\nX-T: 1\r\n\r\n")
+        elif path == "/big":
+            send("200 OK", b"x" * 100000)
+        elif path == "/slow":
+            time.sleep(3)
+            send("200 OK", b"late")
+        elif path == "/close":
+            send("200 OK", b"bye", "Connection: close\r\n")
+            return False
+        elif path == "/garbage":
+            conn.sendall(b"SPDY/9 what\r\n\r\n")
+            return False
+        else:
+            send("404 Not Found", b"")
+        return True
+
+    def stop(self):
+        self.stopped = True
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_certs(str(tmp_path_factory.mktemp("pki")))
+
+
+@pytest.fixture
+def server(pki):
+    s = Server(pki)
+    yield s
+    s.stop()
+
+
+def drive(spec, timeout=60):
+    proc = peers.run_mp_spec("http_driver.py", spec, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return peers.json_lines(proc.stdout)
+
+
+def test_keep_alive_reuses_one_connection(server, pki):
+    url = "https://localhost:%d" % server.port
+    reqs = [{"url": url + "/hello"} for _ in range(10)]
+    reqs.append({"method": "POST", "url": url + "/echo", "json": {"a": 1}})
+    out = drive({"ca": pki["ca"], "requests": reqs})
+    assert [o["status"] for o in out] == [200] * 10 + [201]
+    assert out[0]["body"] == "hello" and json.loads(out[-1]["body"]) == {"a": 1}
+    assert out[-1]["handshakes"] == 1
+    assert server.connections == 1
+    assert server.requests[-1][2]["content-type"] == "application/json"
+
+
+def test_form_body_is_percent_encoded(server, pki):
+    url = "https://127.0.0.1:%d/echo" % server.port
+    out = drive({"ca": pki["ca"], "requests": [
+        {"method": "POST", "url": url, "form": {"grant_type": "client_credentials",
+                                                "scope": "a b&c"}}]})
+    assert out[0]["body"] == "grant_type=client_credentials&scope=a+b%26c"
+    assert server.requests[0][2]["content-type"] == "application/x-www-form-urlencoded"
+
+
+def test_idle_close_reconnects_only_when_safe(pki):
+    s = Server(pki, idle_close=True)
+    try:
+        url = "https://localhost:%d" % s.port
+        out = drive({"ca": pki["ca"], "requests": [
+            {"url": url + "/hello"},
+            {"url": url + "/hello", "sleep_ms": 200},  # GET: replayed on a new connection
+            {"method": "POST", "url": url + "/echo", "body": "x", "sleep_ms": 200},
+            {"method": "POST", "url": url + "/echo", "body": "y", "idempotent": True},
+            {"method": "POST", "url": url + "/echo", "body": "z", "idempotent": True,
+             "sleep_ms": 200},
+        ]})
+    finally:
+        s.stop()
+    assert out[0]["status"] == 200 and out[1]["status"] == 200
+    assert out[2]["error"] == "NotReplayed"
+    assert out[3]["status"] == 201 and out[4]["status"] == 201 and out[4]["body"] == "z"
+    assert [r[3] for r in s.requests if r[0] == "POST"] == [b"y", b"z"]
+
+
+def test_chunked_body_and_connection_close(server, pki):
+    url = "https://localhost:%d" % server.port
+    out = drive({"ca": pki["ca"], "requests": [
+        {"url": url + "/chunked"}, {"url": url + "/close"}, {"url": url + "/hello"}]})
+    assert out[0]["body"] == "hello world!"
+    assert out[1]["body"] == "bye"
+    assert out[2]["status"] == 200 and out[2]["handshakes"] == 2
+
+
+def test_oversize_body_refused_then_client_recovers(server, pki):
+    url = "https://localhost:%d" % server.port
+    out = drive({"ca": pki["ca"], "requests": [
+        {"url": url + "/big", "max_body": 4096}, {"url": url + "/hello"}]})
+    assert out[0]["error"] == "BodyTooLarge"
+    assert out[1]["status"] == 200
+
+
+def test_download_streams_large_body_to_file(server, pki, tmp_path):
+    dest = str(tmp_path / "blob.bin")
+    out = drive({"ca": pki["ca"], "requests": [
+        {"url": "https://localhost:%d/big" % server.port, "download": dest}]})
+    assert out[0]["status"] == 200 and out[0]["written"] == 100000
+    assert open(dest, "rb").read() == b"x" * 100000
+
+
+def test_not_http_is_a_protocol_error(server, pki):
+    out = drive({"ca": pki["ca"], "requests": [
+        {"url": "https://localhost:%d/garbage" % server.port}]})
+    assert out[0]["error"] == "HttpProtocolError"
+
+
+def test_wrong_hostname_rejected(pki):
+    s = Server(pki, cert="wrong_cert", key="wrong_key")
+    try:
+        out = drive({"ca": pki["ca"], "requests": [
+            {"url": "https://localhost:%d/hello" % s.port}]})
+    finally:
+        s.stop()
+    assert out[0]["error"] == "TLSError" and "CN" in out[0]["msg"]
+
+
+def test_unknown_ca_rejected(server, pki):
+    out = drive({"ca": pki["other_ca"], "requests": [
+        {"url": "https://localhost:%d/hello" % server.port}]})
+    assert out[0]["error"] == "TLSError" and "trusted CA" in out[0]["msg"]
+    assert server.requests == []
+
+
+def test_read_timeout_and_connect_refused(server, pki):
+    out = drive({"ca": pki["ca"], "timeout_ms": 1000, "requests": [
+        {"url": "https://localhost:%d/slow" % server.port},
+        {"url": "http://127.0.0.1:%d/hello" % peers.free_port()}]})
+    assert out[0]["error"] == "NetTimeout"
+    assert out[1]["error"] == "ConnectError"
+
+
+def test_blackhole_and_reset_through_fault_proxy(server, pki):
+    proxy = FaultProxy("127.0.0.1", server.port)
+    port = proxy.start_in_thread()
+    try:
+        proxy.set(mode="blackhole")
+        out = drive({"ca": pki["ca"], "timeout_ms": 1000, "requests": [
+            {"url": "https://localhost:%d/hello" % port}]})
+        assert out[0]["error"] == "NetTimeout"
+        proxy.set(mode="reset_after", nbytes=3000)
+        out = drive({"ca": pki["ca"], "timeout_ms": 3000, "requests": [
+            {"url": "https://localhost:%d/big" % port, "max_body": 200000}]})
+        assert out[0]["error"] in ("Closed", "TLSError")
+        proxy.set(mode="pass")
+        out = drive({"ca": pki["ca"], "requests": [
+            {"url": "https://localhost:%d/hello" % port}]})
+        assert out[0]["status"] == 200
+    finally:
+        proxy.stop()
