@@ -87,7 +87,11 @@ def parse_status_line(line):
         raise HttpProtocolError("bad status code %r" % parts[1][:8])
     if not 100 <= status <= 599:
         raise HttpProtocolError("status %d out of range" % status)
-    return status, (parts[2].decode() if len(parts) > 2 else "")
+    try:
+        reason = parts[2].decode() if len(parts) > 2 else ""
+    except UnicodeError:
+        reason = ""  # the reason phrase is decoration; the status code is what counts
+    return status, reason
 
 
 def parse_header_line(line):
@@ -245,9 +249,8 @@ class Client:
                 c = self._conns[key] = _Conn(reader, writer)
             c.got_bytes = False
             try:
-                c.writer.write(head)
-                if body:
-                    c.writer.write(body)
+                # one write: head and body in separate segments meet Nagle + delayed ACK
+                c.writer.write(head + body if body else head)
                 await asyncio.wait_for(c.writer.drain(), timeout_ms / 1000)
                 resp, keep = await self._read_response(c, method, timeout_ms,
                                                        max_body or self.max_body, sink)
