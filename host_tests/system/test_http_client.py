@@ -237,3 +237,11 @@ def test_blackhole_and_reset_through_fault_proxy(server, pki):
         assert out[0]["status"] == 200
     finally:
         proxy.stop()
+
+
+def test_ca_bundle_with_several_anchors(server, pki, tmp_path):
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text(open(pki["other_ca"]).read() + open(pki["ca"]).read())
+    out = drive({"ca": str(bundle), "requests": [
+        {"url": "https://localhost:%d/hello" % server.port}]})
+    assert out[0]["status"] == 200
