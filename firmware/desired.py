@@ -198,8 +198,9 @@ def _command_key(board, key):
     return key
 
 
+# the outbox wants whole Unix seconds
 def _now(now):
-    return clock.unix_time() if now is None else now
+    return clock.unix_time() if now is None else int(now)
 
 
 def _observed(act, fallback):

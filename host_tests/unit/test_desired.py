@@ -7,6 +7,7 @@ import support
 from firmware import desired
 from firmware.board.base import make_board
 from firmware.desired import DesiredError, DesiredState, apply_desired
+from firmware.outbox import Outbox
 
 NOW = 1777025700
 COMMANDS = [
@@ -19,23 +20,26 @@ class PowerCut(Exception):
     """Stands for the power going away at that exact point."""
 
 
-class FakeOutbox:
-    """The Outbox.append API (kind, source, value, t, desired_id, report_status) -> id."""
+class Box(Outbox):
+    """The real outbox, with the power cut just before or just after a durable append."""
 
-    def __init__(self):
-        self.records = []
+    def __init__(self, root):
+        super().__init__(root + "/outbox")
         self.cut_before = False  # power lost before the record became durable
         self.cut_after = False  # power lost right after append returned
 
     def append(self, kind, source, value, t, desired_id=None, report_status=None):
-        if kind not in ("sensor", "command") or not isinstance(value, str):
-            raise ValueError("bad record")
         if self.cut_before:
             raise PowerCut("before append")
-        self.records.append((kind, source, value, t, desired_id, report_status))
+        mid = super().append(kind, source, value, t, desired_id, report_status)
         if self.cut_after:
             raise PowerCut("after append")
-        return "m%d" % len(self.records)
+        return mid
+
+    @property
+    def records(self):
+        return [(r.kind, r.source, r.value, r.t, r.desired_id, r.report_status)
+                for r in self.pending(100)]
 
     def reports(self, desired_id):
         return [r for r in self.records if r[4] == desired_id]
@@ -62,7 +66,7 @@ def _board():
 
 def _fresh():
     root = support.tmpdir("desired")
-    return root, DesiredState(root), _board(), FakeOutbox()
+    return root, DesiredState(root), _board(), Box(root)
 
 
 def test_decide_apply_duplicate_and_ring():
@@ -122,7 +126,8 @@ def test_state_survives_restart_via_rename():
     try:
         st.mark_handled(3, "d1", seq=4)
         st.mark_handled(4, "d9", seq=1, route="r4")
-        assert sorted(os.listdir(root)) == ["desired.json"]  # no temp file left behind
+        # no temp file left behind (the outbox has its own directory)
+        assert sorted(n for n in os.listdir(root) if n != "outbox") == ["desired.json"]
         again = DesiredState(root)
         assert again.decide(3, "d1", "1", now=NOW) == "duplicate"
         assert again.decide(3, "d2", "1", seq=3, now=NOW) == "stale"
@@ -219,7 +224,7 @@ def _crash_then_reboot(point, value="1"):
     Returns (writes before, writes after the reboot, reports for d1, result of redelivery)."""
     root = support.tmpdir("crash")
     try:
-        ob = FakeOutbox()
+        ob = Box(root)
         board = _board()
         st = CutAtSave(root, {"claim": 1, "mark": 2}.get(point, 0))
         if point == "apply":
@@ -235,8 +240,8 @@ def _crash_then_reboot(point, value="1"):
             crashed = True
         assert crashed, "no power cut at %s" % point
         before = board.actuators[3].writes
-        # reboot: new state from flash, new board (actuators back at their safe values)
-        ob.cut_before = ob.cut_after = False
+        # reboot: outbox and state reopened from flash, new board (actuators at safe values)
+        ob = Box(root)
         st2 = DesiredState(root)
         board2 = _board()
         st2.recover(board2, ob, NOW)
@@ -298,7 +303,7 @@ def test_module_constants():
 def test_failed_claim_write_leaves_no_claim_and_no_action():
     root = support.tmpdir("desired")
     try:
-        st, board, ob = CutAtSave(root, 1), _board(), FakeOutbox()
+        st, board, ob = CutAtSave(root, 1), _board(), Box(root)
         support.raises(PowerCut, apply_desired, board, ob, st, 3, "d1", "1", now=NOW)
         assert st.claims() == [] and ob.records == [] and board.actuators[3].writes == 0
         # the flash works again: the redelivery applies it, once

@@ -3,6 +3,7 @@ import asyncio
 
 import support
 from firmware import log
+from firmware.backoff import Backoff
 from firmware.tasks import Supervisor, SupervisorError, Wake
 
 
@@ -236,6 +237,24 @@ def test_cancelling_run_forever_cancels_the_tasks():
 
     support.run(go())
     assert cleaned == [1]
+
+
+def test_default_backoff_is_the_firmware_backoff():
+    sup = Supervisor(base_ms=1, cap_ms=2)
+    runs = [0]
+
+    async def flaky():
+        runs[0] += 1
+        if runs[0] <= 3:
+            raise ValueError("x")
+        sup.stop()
+
+    sup.add("f", flaky)
+    _quiet(lambda: support.run(sup.run_forever()))
+    assert sup.restarts("f") == 3
+    assert 0 <= sup.info("f").last_delay_ms <= 2
+    b = sup.info("f").backoff
+    assert isinstance(b, Backoff) and b.attempts == 3  # full jitter, growing ceiling
 
 
 def test_wake_set_wait_and_timeout():
