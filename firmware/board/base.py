@@ -11,6 +11,7 @@ import asyncio
 from micropython import const
 
 _DEFAULT_INTERVAL_S = const(60)
+_SWITCH_DRIVER = "gpio"  # the registry name the esp32 input driver registers under
 
 
 class BoardError(Exception):
@@ -262,23 +263,24 @@ def make_board(kind, sensors_cfg, commands_cfg, switches_cfg=(), drivers=None):
         raise BoardConfigError("board %r is unknown: use sim or esp32" % (kind,))
     board = Board(kind)
 
-    def pick(entry):
-        name = "sim" if kind == "sim" else entry.get("driver") if isinstance(entry, dict) else None
-        if name is None:
-            raise BoardConfigError("entry %r has no driver: name one (%s)"
-                                   % (entry, ", ".join(sorted(drivers))))
+    # config.py's defaults: sensors and commands without `driver` are sim; a switch on a
+    # real board is a GPIO input
+    def pick(entry, default):
+        if not isinstance(entry, dict):
+            raise BoardConfigError("entry %r must be an object {...}" % (entry,))
+        name = "sim" if kind == "sim" else entry.get("driver", default)
         return _driver(name, entry, drivers)
 
     for cfg in sensors_cfg or ():
-        s = pick(cfg).sensor(cfg)
+        s = pick(cfg, "sim").sensor(cfg)
         if s.id in board.sensors:
             raise BoardConfigError("sensor id %r appears twice" % (s.id,))
         board.sensors[s.id] = s
     for cfg in commands_cfg or ():
-        a = pick(cfg).actuator(cfg)
+        a = pick(cfg, "sim").actuator(cfg)
         if a.id in board.actuators:
             raise BoardConfigError("command id %r appears twice" % (a.id,))
         board.actuators[a.id] = a
     for cfg in switches_cfg or ():
-        board.switches.append(pick(cfg).switch(cfg, board))
+        board.switches.append(pick(cfg, _SWITCH_DRIVER).switch(cfg, board))
     return board

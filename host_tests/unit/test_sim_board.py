@@ -154,8 +154,15 @@ def test_factory_rejects_bad_config():
     assert "sim or esp32" in str(e)
     e = support.raises(BoardConfigError, make_board, "esp32", [{"id": 1, "driver": "dht99"}], [])
     assert "dht99" in str(e) and "sim" in str(e)
-    e = support.raises(BoardConfigError, make_board, "esp32", [{"id": 1}], [])
-    assert "no driver" in str(e)
+    # as in config.py, a sensor or command without driver is sim, even on the esp32 board
+    b = make_board("esp32", [{"id": 1}], [{"id": 2}])
+    assert isinstance(b.sensors[1], sim.SimSensor) and isinstance(b.actuators[2], sim.SimActuator)
+    # a switch on the esp32 board defaults to the gpio input driver, not plugged in here
+    e = support.raises(BoardConfigError, make_board, "esp32", [], [], [{"command": 2, "pin": 4}],
+                       {"sim": sim})
+    assert "gpio" in str(e)
+    e = support.raises(BoardConfigError, make_board, "sim", ["temp"], [])
+    assert "object" in str(e)
     e = support.raises(BoardConfigError, make_board, "sim", [{"interval_s": 5}], [])
     assert "no id" in str(e)
     e = support.raises(BoardConfigError, make_board, "sim", [], [{"id": 3}, {"id": 3}])
