@@ -1,0 +1,188 @@
+# Power-cut harness for firmware/outbox.py on vfs.VfsLfs2 over a RAM block device (MicroPython).
+# Usage: micropython outbox_powercut.py count          -> prints "writes N" for the sequence
+#        micropython outbox_powercut.py K_FIRST K_LAST -> one line per k, then "tried N"
+#
+# The device counts every block program (writeblocks) and erase (ioctl 6) as one block write.
+# With a cut at k, writes 1..k land; write k+1 is torn (its first half lands, the rest stays
+# as it was); it and every later write then FAIL: writeblocks/erase return -EIO, which
+# littlefs turns into an OSError, so the scripted sequence stops at the first failed call and
+# nothing more ever reaches the RAM. Then a fresh VfsLfs2 is mounted on the same RAM, the
+# outbox is reopened and checked.
+import gc
+import json
+import sys
+
+import vfs
+
+from firmware.outbox import Outbox
+
+BS = 4096
+NBLOCKS = 48
+T0 = 1800000000
+
+
+class CutDevice:
+    def __init__(self, ram, cut=0):
+        self.ram = ram
+        self.cut = cut  # 0: never
+        self.writes = 0
+
+    def readblocks(self, n, buf, off=0):
+        start = n * BS + off
+        buf[:] = self.ram[start:start + len(buf)]
+
+    def _power(self, start, data, fill=None):
+        self.writes += 1
+        if self.cut and self.writes > self.cut:
+            if self.writes == self.cut + 1:  # the torn write: half of it lands
+                half = len(data) // 2 if fill is None else data // 2
+                if fill is None:
+                    self.ram[start:start + half] = data[:half]
+                else:
+                    for i in range(start, start + half):
+                        self.ram[i] = fill
+            return -5
+        if fill is None:
+            self.ram[start:start + len(data)] = data
+        else:
+            for i in range(start, start + BS):
+                self.ram[i] = fill
+        return 0
+
+    def writeblocks(self, n, buf, off=None):
+        return self._power(n * BS + (off or 0), buf)
+
+    def ioctl(self, op, arg):
+        if op == 4:
+            return NBLOCKS
+        if op == 5:
+            return BS
+        if op == 6:
+            return self._power(arg * BS, BS, 0xFF)
+        return 0
+
+
+def sequence(st):
+    # Deterministic appends / acks / dead letters / compactions / reboots. st collects what
+    # returned: accepted ids with their content, ids whose ack returned.
+    ob = Outbox("/flash/ob", max_records=1000)
+    i = 0
+    for count in (60, 16, 16):  # the first life rolls over to a second segment (4 KB each)
+        for _ in range(count):
+            st["current"] = ["a", i]
+            src = i if i % 2 else "s%d" % i
+            mid = ob.append("reading" if i % 3 else "report", src, "v%d" % i, T0 + i,
+                            desired_id=("d%d" % i) if i % 3 == 0 else None)
+            st["ok"][mid] = i
+            i += 1
+        recs = ob.pending(18)
+        for n, r in enumerate(recs):
+            st["current"] = ["d", r.message_id]
+            if n % 7 == 3:
+                ob.dead_letter(r.message_id, "test")
+            else:
+                ob.delivered(r.message_id)
+            st["acked"].append(r.message_id)
+        st["current"] = ["c"]
+        ob.compact()
+        st["current"] = ["r"]
+        ob = Outbox("/flash/ob", max_records=1000)
+    st["current"] = None
+
+
+def expected(i):
+    return ("reading" if i % 3 else "report", i if i % 2 else "s%d" % i, "v%d" % i, T0 + i,
+            ("d%d" % i) if i % 3 == 0 else None)
+
+
+def check(ram, st):
+    # remount on the same RAM (no cut) and reopen: returns a list of problems
+    bad = []
+    dev = CutDevice(ram)
+    try:
+        fs = vfs.VfsLfs2(dev)
+        vfs.mount(fs, "/flash")
+    except Exception as e:
+        return ["remount failed: %r" % e]
+    try:
+        ob = Outbox("/flash/ob", max_records=1000)
+        pend = ob.pending(100000)
+        ids = [r.message_id for r in pend]
+        if len(set(ids)) != len(ids):
+            bad.append("duplicate pending ids")
+        if len(ids) != ob.pending_count():
+            bad.append("pending_count %d != %d" % (ob.pending_count(), len(ids)))
+        cur = st["current"]
+        maybe = cur[1] if cur and cur[0] == "a" else None
+        for r in pend:
+            i = st["ok"].get(r.message_id, maybe if r.message_id not in st["ok"] else None)
+            if i is None:
+                bad.append("unknown pending id %s" % r.message_id)
+                continue
+            got = (r.kind, r.source, r.value, r.t, r.desired_id)
+            if got != expected(i):
+                bad.append("corrupt %s: %r" % (r.message_id, got))
+        inflight = cur[1] if cur and cur[0] == "d" else None
+        for mid in st["acked"]:
+            if mid in ids and mid != inflight:
+                bad.append("acked %s pending again" % mid)
+        pset = set(ids)
+        acked = set(st["acked"])
+        for mid in st["ok"]:
+            if mid not in pset and mid not in acked and mid != inflight:
+                bad.append("lost %s" % mid)
+        new = ob.append("reading", 1, "after", T0)
+        if new in st["ok"] or new in acked or new in pset:
+            bad.append("id %s reused" % new)
+    except Exception as e:
+        bad.append("reopen failed: %r" % e)
+    vfs.umount("/flash")
+    return bad
+
+
+def fresh_image():
+    ram = bytearray(b"\xff" * (BS * NBLOCKS))
+    vfs.VfsLfs2.mkfs(CutDevice(ram))
+    return ram
+
+
+def run(template, ram, cut):
+    ram[:] = template  # one RAM image reused: a fresh 192 KB per k fragments the heap
+    dev = CutDevice(ram, cut)
+    vfs.mount(vfs.VfsLfs2(dev), "/flash")
+    st = {"ok": {}, "acked": [], "current": None}
+    try:
+        sequence(st)
+    except Exception:  # the power cut: the first failing call ends this "life"
+        pass
+    try:
+        vfs.umount("/flash")
+    except Exception:
+        pass
+    return dev.writes, ram, st
+
+
+def main():
+    template = fresh_image()
+    ram = bytearray(len(template))
+    if sys.argv[1] == "count":
+        writes, ram, st = run(template, ram, 0)
+        if st["current"] is not None:
+            print("sequence did not finish")
+        bad = check(ram, st)
+        print(json.dumps({"writes": writes, "bad": bad, "appended": len(st["ok"]),
+                          "acked": len(st["acked"])}))
+        return
+    first, last = int(sys.argv[1]), int(sys.argv[2])
+    tried = 0
+    for k in range(first, last + 1):
+        _, ram, st = run(template, ram, k)
+        bad = check(ram, st)
+        tried += 1
+        gc.collect()
+        if bad:
+            print(json.dumps({"k": k, "bad": bad[:5], "at": st["current"]}))
+    print(json.dumps({"tried": tried, "first": first, "last": last}))
+
+
+main()
