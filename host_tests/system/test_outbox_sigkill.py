@@ -1,0 +1,112 @@
+"""SIGKILL at random moments: a real micropython process appends and acks on the host
+filesystem (host_tests/system/mp/outbox_writer.py) and is killed mid-flight, over and over on
+the same outbox. Each next start dumps what it reopened; it must hold every record whose
+append returned (unless acked), no acked record (except the one in flight), nothing corrupt,
+no duplicate, and new ids must never repeat one seen before.
+"""
+import os
+import random
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MICROPYTHON = os.path.join(ROOT, ".venv", "bin", "micropython")
+SCRIPT = os.path.join(ROOT, "host_tests", "system", "mp", "outbox_writer.py")
+ENV = dict(os.environ, MICROPYPATH=":".join([ROOT, os.path.join(ROOT, "host_tests", "shims"),
+                                              os.path.join(ROOT, "lib"), ".frozen"]))
+TRIALS = 150
+T0 = 1800000000
+
+
+def _run(root, first, kill_after=None):
+    assert os.path.exists(MICROPYTHON), "micropython binary missing: run make deps"
+    args = [MICROPYTHON, SCRIPT, root, str(first)] + ([] if kill_after else ["check"])
+    p = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL)
+    if kill_after is None:
+        out, _ = p.communicate(timeout=30)
+        assert p.returncode == 0
+    else:
+        time.sleep(kill_after)
+        p.send_signal(signal.SIGKILL)
+        out, _ = p.communicate(timeout=30)
+        assert p.returncode == -signal.SIGKILL, "writer ended by itself: %r" % out[-500:]
+    return out.decode(errors="replace").splitlines()
+
+
+def _check(lines, appended, acked, seen):
+    """The reopened dump against everything earlier lives reported as returned."""
+    pend = {}
+    ready = False
+    for ln in lines:
+        if ln.startswith("READY"):
+            ready = True
+            break
+        if ln.startswith("P "):
+            _, mid, src, value, t = ln.split(" ")
+            assert mid not in pend, "duplicate pending %s" % mid
+            i = int(src)
+            assert (value, int(t)) == ("v%d" % i, T0 + i), "corrupt record %s" % ln
+            if mid in appended:
+                assert appended[mid] == i, "record %s changed: %s" % (mid, ln)
+            else:
+                assert mid not in seen, "unknown old id %s" % mid
+            pend[mid] = i
+    if not ready:
+        return None  # killed before the dump ended: the next life checks again
+    for mid in appended:
+        assert mid in pend or mid in acked, "record %s lost" % mid
+    for mid in acked:
+        assert mid not in pend or acked[mid] == "inflight", "acked %s pending again" % mid
+    return pend
+
+
+def _life(lines, appended, acked, seen):
+    """Book what this life reported as returned; the index the next life starts from."""
+    nxt = 0
+    after = False
+    for ln in lines:
+        if ln.startswith("READY"):
+            after = True
+        elif after and ln.startswith("A "):
+            _, mid, i = ln.split(" ")
+            assert mid not in seen, "id %s handed out twice" % mid
+            seen.add(mid)
+            appended[mid] = int(i)
+            nxt = max(nxt, int(i) + 2)  # +2: an append killed before its line used i + 1
+        elif after and ln.startswith("d "):
+            acked[ln.split(" ")[1]] = "inflight"  # may land or not
+        elif after and ln.startswith("D "):
+            acked[ln.split(" ")[1]] = "done"
+    return after, nxt
+
+
+def test_sigkill_at_random_moments():
+    random.seed(int.from_bytes(os.urandom(4), "little"))
+    root = tempfile.mkdtemp(prefix="outbox-kill-")
+    try:
+        appended, acked, seen = {}, {}, set()
+        next_i = 0
+        checked = in_loop = 0
+        for _ in range(TRIALS):
+            lines = _run(root, next_i, kill_after=random.uniform(0.005, 0.15))
+            pend = _check(lines, appended, acked, seen)
+            if pend is not None:  # the reopened outbox is the truth from here on
+                checked += 1
+                seen.update(pend)
+                appended = dict(pend)
+                acked = {}
+            after, nxt = _life(lines, appended, acked, seen)
+            in_loop += after
+            next_i = max(next_i, nxt)
+        final = _check(_run(root, next_i), appended, acked, seen)
+        assert final is not None
+        print("sigkill trials: %d, reopen dumps checked: %d, killed in the write loop: %d, "
+              "ids seen: %d"
+              % (TRIALS, checked + 1, in_loop, len(seen)))
+        assert in_loop >= TRIALS // 2, "kills mostly missed the write loop"
+    finally:
+        shutil.rmtree(root)
