@@ -211,6 +211,8 @@ class Client:
         self.user_agent = user_agent
         self.handshakes = 0
         self._conns: dict = {}
+        # tasks share the client; one request at a time keeps answers on their requests
+        self._lock = asyncio.Lock()
 
     async def close(self):
         for c in self._conns.values():
@@ -227,6 +229,12 @@ class Client:
         """Send one request; returns a Response. With `sink`, body bytes go to
         sink(memoryview) as they arrive (Response.body is then b"") and no size limit
         applies. Raises NetError subclasses; never returns a half-read response."""
+        async with self._lock:
+            return await self._request(method, url, headers, body, json, form, idempotent,
+                                       timeout_ms, max_body, sink)
+
+    async def _request(self, method, url, headers, body, json, form, idempotent, timeout_ms,
+                       max_body, sink):
         scheme, host, port, path, secure = conn.parse_url(url)
         timeout_ms = timeout_ms or self.timeout_ms
         ctype = None

@@ -16,7 +16,7 @@ from tools.faultproxy import FaultProxy
 class Server:
     """A tiny HTTP/1.1 server over TLS that counts connections. Routes:
     /hello, /chunked, /big (100000 bytes), /echo (POST echoes body), /slow (3 s),
-    /close (answers with Connection: close), /garbage (not HTTP)."""
+    /close (answers with Connection: close), /garbage (not HTTP), /say/X (answers X)."""
 
     def __init__(self, certs, cert="server_cert", key="server_key", idle_close=False):
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -92,6 +92,8 @@ class Server:
         elif path == "/close":
             send("200 OK", b"bye", "Connection: close\r\n")
             return False
+        elif path.startswith("/say/"):
+            send("200 OK", path[5:].encode())
         elif path == "/garbage":
             conn.sendall(b"SPDY/9 what\r\n\r\n")
             return False
@@ -245,3 +247,13 @@ def test_ca_bundle_with_several_anchors(server, pki, tmp_path):
     out = drive({"ca": str(bundle), "requests": [
         {"url": "https://localhost:%d/hello" % server.port}]})
     assert out[0]["status"] == 200
+
+
+def test_tasks_sharing_a_client_each_get_their_own_answer(server, pki):
+    url = "https://localhost:%d/say/" % server.port
+    out = drive({"ca": pki["ca"], "concurrent": True,
+                 "requests": [{"url": url + "r%d" % i} for i in range(12)]})
+    answers = out[:-1]
+    assert len(answers) == 12
+    assert all(o["body"] == o["url"].rsplit("/", 1)[1] for o in answers)
+    assert out[-1]["handshakes"] == 1

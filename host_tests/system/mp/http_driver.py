@@ -12,6 +12,16 @@ from firmware.net import http
 
 async def main(spec):
     client = http.Client(ca_file=spec.get("ca"), timeout_ms=spec.get("timeout_ms", 5000))
+    if spec.get("concurrent"):  # every request in its own task, all sharing the client
+        async def one(r):
+            resp = await client.request("GET", r["url"])
+            return {"url": r["url"], "body": resp.body.decode()}
+
+        out = await asyncio.gather(*[one(r) for r in spec["requests"]])
+        for o in out:
+            print(json.dumps(o))
+        print(json.dumps({"handshakes": client.handshakes}))
+        return
     for r in spec["requests"]:
         if r.get("sleep_ms"):
             await asyncio.sleep_ms(r["sleep_ms"])
