@@ -9,7 +9,13 @@ MOSQUITTO ?= /usr/sbin/mosquitto
 DEPS_STAMP := $(VENV)/.deps-installed
 export MICROPYPATH := $(CURDIR):$(CURDIR)/host_tests/shims:$(CURDIR)/lib:.frozen
 
-.PHONY: deps test lint typecheck unit-mp pytest clean ota-keygen ota-bundle
+TRANSPORT ?= https
+
+.PHONY: run deps test lint typecheck unit-mp pytest clean ota-keygen ota-bundle
+
+# The firmware (sim board) against the local Realer cloud, live status until Ctrl-C.
+run: deps
+	$(PY) -m tools.run_local --transport $(TRANSPORT)
 
 deps: $(DEPS_STAMP) $(MOSQUITTO)
 

@@ -1,6 +1,221 @@
-"""Composition root: config -> board, outbox, cloud adapter; starts the tasks."""
-from firmware import log
+"""Composition root: config -> board, outbox, cloud adapter; runs the cooperative tasks.
+
+Tasks (DESIGN.md "The loop"), each restarted by the supervisor if it crashes:
+- sampler   reads each reported sensor at its interval into the outbox, wakes the uplink
+- uplink    drains the outbox through the adapter; a record leaves only on success/replay
+- downlink  polls the command catalog and applies new desired values (firmware/desired.py)
+- auth      renews the token before `renew_after`
+- local     reports physical input changes without desired_id
+- status    one status line every `intervals.status_s` (also what `make run` shows)
+"""
+import asyncio
+import gc
+
+from micropython import const
+
+from firmware import clock, config, log
+from firmware.backoff import Backoff
+from firmware.board.base import BoardError, make_board, value_text
+from firmware.desired import DesiredState, apply_desired
+from firmware.outbox import Outbox
+from firmware.tasks import Supervisor, Wake
+
+_TAG = "app"
+_UPLINK_BASE_MS = const(1000)
+_UPLINK_CAP_MS = const(120000)
+_IDLE_WAKE_MS = const(30000)
 
 
-def main():
-    log.error("app", "the main loop is not built yet")
+class App:
+    def __init__(self, cfg, board, outbox, cloud):
+        self.cfg = cfg
+        self.board = board
+        self.outbox = outbox
+        self.cloud = cloud
+        self.desired = DesiredState(cfg.root)
+        self.wake = Wake()
+        self.readings = 0
+        self.delivered = 0
+        self.applied = 0
+        self.sensor_errors = 0
+
+    def _append(self, kind, source, value, desired_id=None, report_status=None):
+        self.outbox.append(kind, source, value_text(value), clock.unix_time(),
+                           desired_id=desired_id, report_status=report_status)
+        self.wake.set()
+
+    async def _clock_ready(self):
+        while not clock.is_set():  # readings need a true timestamp; NTP comes with Wi-Fi
+            await asyncio.sleep_ms(1000)
+
+    async def sampler(self):
+        await self._clock_ready()
+        due = {sid: clock.Deadline(0) for sid in self.board.sensors}
+        while True:
+            enabled = self.cloud.enabled_sensors
+            for sid, sensor in self.board.sensors.items():
+                if not due[sid].expired():
+                    continue
+                due[sid] = clock.Deadline(int(sensor.interval_s * 1000))
+                if enabled is not None and sid not in enabled:
+                    continue  # the cloud's sensor catalog does not list it
+                try:
+                    value = await sensor.read()
+                except BoardError as e:
+                    self.sensor_errors += 1
+                    log.warn(_TAG, "sensor %s: %s", sid, log.describe(e))
+                    continue
+                self._append("sensor", sid, value)
+                self.readings += 1
+            nxt = min(d.remaining_ms() for d in due.values()) if due else _IDLE_WAKE_MS
+            await asyncio.sleep_ms(max(50, nxt))
+
+    async def uplink(self):
+        backoff = Backoff(_UPLINK_BASE_MS, _UPLINK_CAP_MS)
+        while True:
+            records = self.outbox.pending(self.cloud.batch_max)
+            if not records:
+                await self.wake.wait(_IDLE_WAKE_MS)
+                continue
+            try:
+                result = await self.cloud.send(records)
+            except Exception as e:  # network faults: keep everything, back off
+                log.warn(_TAG, "uplink: %s; %d pending", log.describe(e),
+                         self.outbox.pending_count())
+                await asyncio.sleep_ms(backoff.next_ms())
+                continue
+            for mid in result.ok:
+                self.outbox.delivered(mid)
+            for mid, reason in result.dead:
+                self.outbox.dead_letter(mid, reason)
+            self.delivered += len(result.ok)
+            if result.failed:
+                await asyncio.sleep_ms(backoff.next_ms(result.wait_ms))
+            else:
+                backoff.reset()
+
+    def on_desired(self, cmd):
+        status = apply_desired(self.board, self.outbox, self.desired, cmd.get("id"),
+                               cmd.get("desired_id"), cmd.get("value"), seq=cmd.get("seq"),
+                               expires_at=_expiry(cmd.get("expires_at")))
+        if status != "duplicate":
+            log.info(_TAG, "command %s desired %s: %s", cmd.get("id"), cmd.get("desired_id"),
+                     status)
+            self.applied += 1
+            self.wake.set()
+
+    async def downlink(self):
+        await self._clock_ready()
+        poll_ms = int(self.cfg.get("intervals.catalog_poll_s") * 1000)
+        backoff = Backoff(_UPLINK_BASE_MS, _UPLINK_CAP_MS)
+        while True:
+            try:
+                wait = await self.cloud.poll_catalog(self.on_desired)
+                backoff.reset()
+            except Exception as e:  # a poll that failed is simply tried again later
+                log.warn(_TAG, "catalog poll: %s", log.describe(e))
+                wait = backoff.next_ms()
+            await asyncio.sleep_ms(max(poll_ms, wait))
+
+    async def auth(self):
+        await self._clock_ready()
+        backoff = Backoff(_UPLINK_BASE_MS, _UPLINK_CAP_MS)
+        first = True
+        while True:
+            if self.cloud.token_due():
+                try:
+                    wait = await self.cloud.authenticate()
+                except Exception as e:
+                    log.warn(_TAG, "auth: %s", log.describe(e))
+                    wait = backoff.next_ms()
+                if self.cloud.token_due():
+                    await asyncio.sleep_ms(max(wait, backoff.next_ms()))
+                    continue
+                backoff.reset()
+                if first:  # (re)connected: let the cloud reconcile the physical state
+                    first = False
+                    self.report_command_states()
+            await asyncio.sleep_ms(max(1000, self.cloud.renew_at.remaining_ms()))
+
+    def report_command_states(self):
+        for cid, act in self.board.actuators.items():
+            try:
+                self._append("command", cid, act.value())
+            except BoardError as e:
+                log.warn(_TAG, "command %s state unknown: %s", cid, log.describe(e))
+
+    async def local(self):
+        await self._clock_ready()
+        while True:
+            for cid, value in await self.board.local.wait():
+                log.info(_TAG, "local change on command %s -> %s", cid, value)
+                self._append("command", cid, value)
+
+    async def status(self):
+        every_ms = int(self.cfg.get("intervals.status_s") * 1000)
+        while True:
+            await asyncio.sleep_ms(every_ms)
+            gc.collect()
+            st = self.outbox.stats()
+            log.info("status", "readings=%d delivered=%d pending=%d dead=%d applied=%d "
+                     "renewals=%d free=%d", self.readings, self.delivered,
+                     self.outbox.pending_count(), st.get("dead", 0), self.applied,
+                     self.cloud.renewals, gc.mem_free())
+
+    def supervisor(self):
+        sup = Supervisor()
+        for name in ("sampler", "uplink", "downlink", "auth", "local", "status"):
+            sup.add(name, getattr(self, name))
+        for name, factory in self.board.background():
+            sup.add(name, factory)
+        return sup
+
+
+def _expiry(value):
+    """Unix seconds from an ISO 8601 UTC string or a number; None when absent/unreadable."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        return clock.parse_iso8601(value)
+    return None
+
+
+def make_cloud(cfg):
+    platform = cfg.get("cloud.platform")
+    if platform == "realer" and cfg.get("cloud.transport") == "https":
+        from firmware.clouds.realer_https import RealerHttps
+
+        return RealerHttps(cfg)
+    raise config.ConfigError(["cloud.platform: %s over %s is not in this build yet" %
+                              (platform, cfg.get("cloud.transport"))])
+
+
+def build(root=None):
+    """Config -> App, or ConfigError listing every problem. Actuators go safe first."""
+    cfg = config.load(root)
+    log.set_level({"debug": log.DEBUG, "info": log.INFO, "warn": log.WARN,
+                   "error": log.ERROR}[cfg.get("log.level")])
+    board = make_board(cfg.get("board"), cfg.get("sensors"), cfg.get("commands"),
+                       cfg.get("switches"))
+    board.safe_all()
+    outbox = Outbox(config.join(cfg.root, "outbox"), max_records=cfg.get("outbox.max_records"),
+                    ttl_s=cfg.get("outbox.ttl_s"))
+    app = App(cfg, board, outbox, make_cloud(cfg))
+    if app.desired.claims():
+        app.desired.recover(board, outbox)
+    return app
+
+
+def main(root=None):
+    try:
+        app = build(root)
+    except config.ConfigError as e:
+        for line in e.problems:
+            log.error("config", line)
+        log.error(_TAG, "not starting: fix config.json and reset")
+        return 1
+    log.info(_TAG, "starting: %s over %s, %d sensors, %d commands",
+             app.cfg.get("cloud.platform"), app.cfg.get("cloud.transport"),
+             len(app.board.sensors), len(app.board.actuators))
+    asyncio.run(app.supervisor().run_forever())
+    return 0

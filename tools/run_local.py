@@ -1,0 +1,119 @@
+"""`make run`: the firmware on the MicroPython unix port against the local Realer cloud.
+
+Starts the local cloud (tools/realer_cloud.py) in run/cloud, writes a data root in run/device
+with config.json (sim board) and the cloud's CA, runs `micropython main.py` there, and shows
+the firmware's status line live until Ctrl-C. Firmware logs go to run/device.log.
+
+    python -m tools.run_local [--transport https] [--fresh]
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MICROPYTHON = os.path.join(ROOT, ".venv", "bin", "micropython")
+
+
+def device_config(cloud, ca_name="ca.pem", api_url=None):
+    """The sim-board config.json for the local cloud's demo device."""
+    return {
+        "cloud": {"platform": "realer", "transport": "https",
+                  "api_url": api_url or cloud["api_url"], "device_id": cloud["device_id"],
+                  "client_id": cloud["client_id"], "client_secret": cloud["client_secret"],
+                  "ca_file": ca_name},
+        "board": "sim",
+        "sensors": [{"id": 7, "quantity": "temperature", "interval_s": 5},
+                    {"id": 8, "quantity": "humidity", "interval_s": 10}],
+        "commands": [{"id": 3, "kind": "switch", "safe_value": 0},
+                     {"id": 4, "kind": "dimmer", "min": 0, "max": 100, "safe_value": 0}],
+        "switches": [{"command": 3, "flip_every_s": 30}],
+        "intervals": {"catalog_poll_s": 5, "status_s": 2},
+    }
+
+
+def start_cloud(data, token_ttl=300, port=0):
+    """Start the local cloud; returns (process, cloud.json contents)."""
+    info_path = os.path.join(data, "cloud.json")
+    if os.path.exists(info_path):
+        os.remove(info_path)
+    proc = subprocess.Popen([sys.executable, "-m", "tools.realer_cloud", "serve", "--data", data,
+                             "--token-ttl", str(token_ttl), "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _ in range(200):
+        if os.path.exists(info_path):
+            with open(info_path) as f:
+                return proc, json.load(f)
+        if proc.poll() is not None:
+            raise SystemExit("local cloud failed to start:\n" + proc.stderr.read().decode())
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("local cloud did not start within 10 s")
+
+
+def write_device(device_dir, cloud, api_url=None):
+    os.makedirs(device_dir, exist_ok=True)
+    shutil.copy(cloud["ca_file"], os.path.join(device_dir, "ca.pem"))
+    with open(os.path.join(device_dir, "config.json"), "w") as f:
+        json.dump(device_config(cloud, api_url=api_url), f, indent=2)
+
+
+def firmware_env(device_dir):
+    return dict(os.environ, FIRMWARE_ROOT=device_dir,
+                MICROPYPATH=":".join([ROOT, os.path.join(ROOT, "lib"), ".frozen"]))
+
+
+def start_firmware(device_dir, log_file):
+    return subprocess.Popen([MICROPYTHON, os.path.join(ROOT, "main.py")], cwd=ROOT,
+                            env=firmware_env(device_dir), stdout=log_file,
+                            stderr=subprocess.STDOUT)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--transport", default="https", choices=("https",))
+    ap.add_argument("--fresh", action="store_true", help="forget the device's outbox and state")
+    a = ap.parse_args()
+    run = os.path.join(ROOT, "run")
+    device = os.path.join(run, "device")
+    if a.fresh:
+        shutil.rmtree(run, ignore_errors=True)
+    cloud_proc, cloud = start_cloud(os.path.join(run, "cloud"))
+    write_device(device, cloud)
+    log_path = os.path.join(run, "device.log")
+    print("local Realer cloud: %s   device data root: %s" % (cloud["api_url"], device))
+    print("try: .venv/bin/python -m tools.realer_cloud set-desired --data run/cloud 4 42")
+    print("firmware log: %s   (Ctrl-C stops both)" % log_path)
+    with open(log_path, "ab") as log_file:
+        fw = start_firmware(device, log_file)
+        try:
+            with open(log_path, "rb") as tail:
+                tail.seek(0, 2)
+                while fw.poll() is None:
+                    line = tail.readline().decode(errors="replace")
+                    if not line:
+                        time.sleep(0.2)
+                    elif " status: " in line:
+                        sys.stdout.write("\r" + line.split(" status: ", 1)[1].rstrip() + "  ")
+                        sys.stdout.flush()
+                    elif " E " in line or " W " in line:
+                        sys.stdout.write("\n" + line)
+            print("\nfirmware exited with %s; see %s" % (fw.returncode, log_path))
+        except KeyboardInterrupt:
+            print()
+        finally:
+            for p in (fw, cloud_proc):
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+                    try:
+                        p.wait(5)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+
+
+if __name__ == "__main__":
+    main()
