@@ -2,29 +2,32 @@
 
 It owns every file under its root directory:
 
-    s<boot:08x><part:04x>.seg   segments: append-only framed records, oldest name first
-    a<gen:08x>.ack              ack log: append-only framed resolutions since the last checkpoint
+    s<boot:08x><part:04x>.seg   segments: append-only framed records, oldest name first (~4 KB)
+    k/k<gen:x>_<S><message_id>  ack markers: empty files, one per resolution since the checkpoint
     state.json                  checkpoint, always replaced by write-temp-then-rename
 
-Frame (segments and ack log): 0xA5, u16 LE payload length, payload, u32 LE CRC-32 of
-(magic + length + payload). A segment payload is JSON [message_id, kind, source, value, t,
-desired_id, report_status]; an ack payload is one status letter (D delivered, X dead, P dropped,
-E expired) followed by the message_id. A reader stops at a frame whose length or CRC is wrong
-and resynchronises on the next valid frame, so a torn tail after power loss is dropped and
-garbage in the middle never hides the intact records after it; it is never parsed as a record.
+Segment frame: 0xA5, u16 LE payload length, payload, u32 LE CRC-32 of (magic + length +
+payload). The payload is JSON [message_id, kind, source, value, t, desired_id, report_status]
+(JSON keeps `source` an int or a str). A reader stops at a frame whose length or CRC is wrong
+and resynchronises on the next valid frame, so a torn tail after power loss is dropped (and
+logged) and never parsed as a record, and garbage in the middle never hides the intact records
+after it. Each open starts a new segment, so nothing is ever appended after a torn tail.
 
-message_id = "<boot hex>-<seq hex>": the boot counter is persisted once per open (state.json,
-before the first id is issued) and seq counts in RAM, so ids are never reused across reboots
-without a write per record. Ids are ordered like the log, which lets an ack find its record by
-streaming from the head. Each open starts a new segment, so a torn tail is never appended to.
+message_id = "<boot hex>-<seq hex>" (at most 17 chars of [0-9a-f-]): the boot counter is
+persisted once per open (state.json, before the first id is issued); seq counts in RAM, so
+there is no write per id. Ids are ordered like the log, which lets an ack find its record by
+streaming from the head. The newest segment is never deleted: its name carries the last boot
+that handed out ids, so even a lost state.json cannot make ids repeat.
 
-state.json holds the boot counter, the head (first unresolved frame: segment name, offset),
-the resolved ids beyond the head (acks out of order; bounded by the uplink's in-flight window),
-the stats counters and the generation of the live ack log. A resolution is one small ack frame
-(durable when delivered()/dead_letter() returns); every _CKPT_ACKS resolutions the head moves
-into a new state.json and the old ack log is deleted. Compaction deletes segments wholly
-before the head. RAM holds no records: pending(), pending_count() and the open scan stream
-frames from flash with one preallocated buffer.
+A resolution (S = D delivered, X dead letter, P dropped, E expired) is one empty marker file,
+durable when delivered()/dead_letter() returns (on LittleFS a metadata commit, no data block
+rewritten). state.json holds the boot counter, the head (first unresolved frame: segment,
+offset), the resolved ids beyond the head (acks out of order; bounded by the uplink's
+in-flight window), the stats counters and the marker generation. Every _CKPT_ACKS
+resolutions, and on compact(), the head goes into a new state.json and that generation's
+markers are deleted; compaction then deletes segments wholly before the head. RAM holds no
+records: pending(), the acks and the open scan stream frames from flash through one
+preallocated buffer, so RAM stays flat with thousands of records pending.
 
 Overflow: at most max_records records are pending. Appending one more first drops the oldest
 pending sensor reading (a record without desired_id and report_status); only when every pending
@@ -36,8 +39,9 @@ older than now - ttl_s as expired (stats()["expired"]) instead of returning them
 t <= 0 (clock was unset) never expire.
 
 A corrupt or missing state.json is logged as an error and rebuilt from the files: the boot
-counter continues after the newest segment, every intact record not in a surviving ack log is
-pending again (at-least-once: possible re-delivery, never silent loss).
+counter continues after the newest segment, markers of every generation are replayed, and
+every intact record they do not resolve is pending again (possible re-delivery, which the
+cloud's idempotency absorbs; never silent loss).
 """
 import json
 import os
@@ -115,7 +119,7 @@ class Outbox:
         self._buf = bytearray(_HDR + _MAX_PAYLOAD + 4)
         self._mv = memoryview(self._buf)
         self._opening = True
-        _mkdirs(self.root)
+        _mkdirs(self.root + "/k")  # ack markers: their own directory keeps listings short
         self._open()
 
     # ---- paths and files
@@ -134,8 +138,25 @@ class Outbox:
             f.write(json.dumps(st))
         os.rename(tmp, self._p(_STATE))
 
-    def _ackname(self, gen):
-        return "a%08x.ack" % gen
+    def _markers(self):
+        # (generation, status letter, message_id) of every ack marker file
+        out = []
+        for name in os.listdir(self._p("k")):
+            if name.startswith("k") and "_" in name:
+                gen, rest = name[1:].split("_", 1)
+                try:
+                    out.append((int(gen, 16), rest[:1], rest[1:]))
+                except ValueError:
+                    log.error(_TAG, "stray file %s ignored", name)
+        return out
+
+    def _remove_markers(self, keep_gen):
+        # markers already merged into state.json, and a state.tmp left by a crash
+        for name in os.listdir(self._p("k")):
+            if not name.startswith("k%x_" % keep_gen):
+                os.remove(self._p("k/" + name))
+        if _size(self._p("state.tmp")) >= 0:
+            os.remove(self._p("state.tmp"))
 
     # ---- open: state, ack replay, boot bump, pending scan
     def _open(self):
@@ -147,9 +168,7 @@ class Outbox:
         if st is None:
             self.boot = seg_boot
             self._hseg, self._hoff = (segs[0] if segs else ""), 0
-            gens = [n for n in os.listdir(self.root) if n.startswith("a") and n.endswith(".ack")]
-            self._gen = max([int(n[1:9], 16) for n in gens] or [0])
-            replay = sorted(gens)
+            self._gen = -1  # replay the markers of every generation
         else:
             self.boot = max(st["boot"], seg_boot)
             self._hseg, self._hoff = st["head"]
@@ -160,21 +179,15 @@ class Outbox:
             for name in self._stats:
                 self._stats[name] = int(st["stats"].get(name, 0))
             self._gen = st["ackgen"]
-            replay = [self._ackname(self._gen)]
-        self._opening = True
-
-        def ack(_, payload):
-            try:
-                k = _key(payload[1:].decode())
-            except ValueError:  # UnicodeError: a frame we never wrote
-                return
-            status = _STATUS_NAMES.get(chr(payload[0]))
-            if k and status and k not in self._acked:
+        top = self._gen
+        for gen, status, mid in self._markers():
+            top = max(top, gen)
+            k = _key(mid)
+            status = _STATUS_NAMES.get(status)
+            if (self._gen < 0 or gen == self._gen) and k and status and k not in self._acked:
                 self._acked[k] = 0
                 self._stats[status] += 1
-
-        for name in replay:
-            self._frames_in(name, 0, ack)
+        self._gen = max(top, 0)
         self.boot += 1
         self._seq = 0
         self._part = 0
@@ -182,9 +195,7 @@ class Outbox:
         self._gen += 1
         self._nacks = 0
         self._write_state()  # boot counter durable before any id of this boot is handed out
-        for name in os.listdir(self.root):
-            if (name.endswith(".ack") and name != self._ackname(self._gen)) or name == "state.tmp":
-                os.remove(self._p(name))
+        self._remove_markers(self._gen)
         # count pending, find the newest id, move the head past resolved frames
         self._count = 0
         self._last = None
@@ -395,9 +406,10 @@ class Outbox:
         return True
 
     def _write_ack(self, status, mid):
+        # an empty file: on LittleFS one metadata commit, no data block to copy and erase
         try:
-            with open(self._p(self._ackname(self._gen)), "ab") as f:
-                f.write(_frame((status + mid).encode()))
+            with open(self._p("k/k%x_%s%s" % (self._gen, status, mid)), "w"):
+                pass
         except OSError as e:
             raise OutboxError("ack failed: %s" % log.describe(e))
 
@@ -437,14 +449,10 @@ class Outbox:
         return self._active, _size(self._p(self._active))
 
     def _checkpoint(self):
-        old = self._ackname(self._gen)
         self._gen += 1
         self._write_state()
         self._nacks = 0
-        try:
-            os.remove(self._p(old))
-        except OSError:
-            pass
+        self._remove_markers(self._gen)
 
     def _drop_one(self):
         victim: list = []
