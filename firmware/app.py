@@ -90,7 +90,11 @@ class App:
                 self.outbox.dead_letter(mid, reason)
             self.delivered += len(result.ok)
             if result.failed:
-                await asyncio.sleep_ms(backoff.next_ms(result.wait_ms))
+                delay = backoff.next_ms(result.wait_ms)
+                log.info(_TAG, "uplink: kept %d records, retry in %d ms (server asked %d)",
+                         len(records) - len(result.ok) - len(result.dead), delay,
+                         result.wait_ms)
+                await asyncio.sleep_ms(delay)
             else:
                 backoff.reset()
 

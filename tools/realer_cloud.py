@@ -97,7 +97,7 @@ def set_desired(data, command_id, value, ttl=None):
     if row is None:
         raise SystemExit("no command %s" % command_id)
     desired_id = "des_" + secrets.token_hex(6)
-    expires = now_iso(time.time() + ttl) if ttl else None
+    expires = now_iso(time.time() + ttl) if ttl is not None else None  # ttl < 0: already stale
     conn.execute("update command set value=?, desired_id=?, desired_at=?, expires_at=?, "
                  "seq=? where device=? and id=?", (str(value), desired_id, now_iso(), expires,
                                                    row[0] + 1, DEVICE_ID, command_id))
