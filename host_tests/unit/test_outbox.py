@@ -278,3 +278,52 @@ def test_memory_flat_with_thousands_pending():
             micropython.heap_unlock()
         assert n == 2540
     support.rmtree(root.rsplit("/", 1)[0])
+
+
+def test_random_operations_match_a_model():
+    # random appends / acks / dead letters / drops / reopens / compactions against a plain
+    # list model; the seed is printed so a failure can be replayed
+    seed = int.from_bytes(os.urandom(4), "little")
+    print("outbox model seed", seed)
+    state = [seed or 1]
+
+    def rnd(n):  # xorshift32: the same sequence on both runtimes
+        x = state[0]
+        x ^= (x << 13) & 0xFFFFFFFF
+        x ^= x >> 17
+        x ^= (x << 5) & 0xFFFFFFFF
+        state[0] = x
+        return x % n
+
+    root, ob = _fresh("model", max_records=60)
+    model = []  # pending (mid, is_report) oldest first
+    gone = set()
+    dropped = 0
+    for step in range(700):
+        op = rnd(20)
+        if op < 9:
+            report = rnd(4) == 0
+            if len(model) >= 60:
+                victim = next((m for m in model if not m[1]), model[0])
+                model.remove(victim)
+                gone.add(victim[0])
+                dropped += 1
+            mid = ob.append("report" if report else "reading", step, "v", T0 + step,
+                            report_status="applied" if report else None)
+            assert mid not in gone and all(mid != m[0] for m in model), mid
+            model.append((mid, report))
+        elif op < 15 and model:
+            victim = model[min(rnd(4), len(model) - 1)]  # mostly near the head, like the uplink
+            (ob.delivered if op < 13 else ob.dead_letter)(victim[0])
+            model.remove(victim)
+            gone.add(victim[0])
+        elif op == 15 and gone:
+            ob.delivered(sorted(gone)[rnd(len(gone))])  # repeated ack: no effect
+        elif op == 16:
+            ob.compact()
+        elif op == 17:
+            ob = Outbox(root, max_records=60)
+        got = [r.message_id for r in ob.pending(100)]
+        assert got == [m[0] for m in model], (seed, step)
+        assert ob.pending_count() == len(model) and ob.stats()["dropped"] == dropped, (seed, step)
+    support.rmtree(root.rsplit("/", 1)[0])
