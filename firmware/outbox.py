@@ -120,7 +120,10 @@ class Outbox:
         self._mv = memoryview(self._buf)
         self._opening = True
         _mkdirs(self.root + "/k")  # ack markers: their own directory keeps listings short
-        self._open()
+        try:
+            self._open()
+        except OSError as e:  # unreadable directory, a file where a directory belongs, ...
+            raise OutboxError("cannot open outbox %s: %s" % (self.root, log.describe(e)))
 
     # ---- paths and files
     def _p(self, name):
@@ -128,7 +131,7 @@ class Outbox:
 
     def _segments(self):
         return sorted(n for n in os.listdir(self.root) if n.startswith("s") and
-                      n.endswith(".seg") and len(n) == 17)
+                      n.endswith(".seg") and len(n) == 17 and _is_hex(n[1:13]))
 
     def _write_state(self):
         st = {"v": 1, "boot": self.boot, "head": [self._hseg, self._hoff], "ackgen": self._gen,
@@ -471,6 +474,14 @@ class Outbox:
         if victim:
             log.warn(_TAG, "full (%d): dropping %s", self.max_records, victim[0])
             self._resolve(victim[0], "P")
+
+
+def _is_hex(text):
+    try:
+        int(text, 16)
+        return True
+    except ValueError:
+        return False
 
 
 def _mkdirs(path):

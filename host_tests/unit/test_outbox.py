@@ -327,3 +327,19 @@ def test_random_operations_match_a_model():
         assert got == [m[0] for m in model], (seed, step)
         assert ob.pending_count() == len(model) and ob.stats()["dropped"] == dropped, (seed, step)
     support.rmtree(root.rsplit("/", 1)[0])
+
+
+def test_unusable_root_is_a_named_error_and_stray_files_are_ignored():
+    base = support.tmpdir("root")
+    support.write(base + "/plain", "x")
+    support.raises(OutboxError, Outbox, base + "/plain")  # a file where the directory goes
+    os.mkdir(base + "/ob")
+    support.write(base + "/ob/k", "not a directory")
+    support.raises(OutboxError, Outbox, base + "/ob")
+    os.remove(base + "/ob/k")
+    ob = Outbox(base + "/ob")
+    mid = ob.append("reading", 1, "x", T0)
+    support.write(base + "/ob/szzzzzzzzzzzz.seg", "junk")
+    support.write(base + "/ob/notes.txt", "junk")
+    assert [r.message_id for r in Outbox(base + "/ob").pending()] == [mid]
+    support.rmtree(base)
