@@ -179,8 +179,7 @@ class Outbox:
                 k = _key(mid)
                 if k:
                     self._acked[k] = 0
-            for name in self._stats:
-                self._stats[name] = int(st["stats"].get(name, 0))
+            self._stats = st["stats"]
             self._gen = st["ackgen"]
         top = self._gen
         for gen, status, mid in self._markers():
@@ -233,9 +232,10 @@ class Outbox:
                 raise ValueError("bad fields")
             st["head"][0] + ""
             st["head"][1] + 0
+            st["stats"] = {n: int(st["stats"].get(n, 0)) for n in _STATUS_NAMES.values()}
             return st
         except OSError:
-            if os.listdir(self.root):
+            if self._segments() or os.listdir(self._p("k")):
                 log.error(_TAG, "state.json missing in %s: rebuilding from segments", self.root)
             return None
         except Exception as e:  # any shape of garbage: rebuild, never crash, keep the records

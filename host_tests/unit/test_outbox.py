@@ -34,7 +34,12 @@ def _capture():
 
 
 def test_order_fields_and_types():
-    root, ob = _fresh("ord")
+    lines = _capture()
+    try:
+        root, ob = _fresh("ord")
+    finally:
+        log.set_sink(None)
+    assert lines == []  # a new outbox is not an error
     a = ob.append("reading", 3, "21.5", T0)
     b = ob.append("report", "relay-1", "on", T0 + 1, desired_id="d-9", report_status="applied")
     c = ob.append("state", "sw", "off", T0 + 2, desired_id=17)
@@ -173,7 +178,10 @@ def test_garbled_bytes_lose_only_the_garbled_record():
 
 
 def test_corrupt_state_logged_no_loss_no_id_reuse():
-    for garbage in ("", "{", "[1,2]", '{"v":1}', '{"v":1,"boot":"x","head":1}', "\x00\xff"):
+    bad_stats = ('{"v":1,"boot":1,"head":["",0],"ackgen":0,"acked":[],'
+                 '"stats":{"delivered":"many"}}')
+    for garbage in ("", "{", "[1,2]", '{"v":1}', '{"v":1,"boot":"x","head":1}', "\x00\xff",
+                    bad_stats):
         root, ob = _fresh("state")
         ids = _fill(ob, 5)
         ob.delivered(ids[0])
