@@ -13,9 +13,10 @@ and resynchronises on the next valid frame, so a torn tail after power loss is d
 logged) and never parsed as a record, and garbage in the middle never hides the intact records
 after it. Each open starts a new segment, so nothing is ever appended after a torn tail.
 
-message_id = "<boot hex>-<seq hex>" (at most 17 chars of [0-9a-f-]): the boot counter is
-persisted once per open (state.json, before the first id is issued); seq counts in RAM, so
-there is no write per id. Ids are ordered like the log, which lets an ack find its record by
+message_id = "<boot hex>-<seq hex>" (at most 17 chars of [0-9a-f-]); a new (or wiped) outbox
+starts its boot counter at a random value so an erased board never repeats old ids. The boot
+counter is persisted once per open (state.json, before the first id is issued); seq counts in
+RAM, so there is no write per id. Ids are ordered like the log, which lets an ack find its record by
 streaming from the head. The newest segment is never deleted: its name carries the last boot
 that handed out ids, so even a lost state.json cannot make ids repeat.
 
@@ -101,6 +102,14 @@ def _frame(payload):
     return head + payload + struct.pack("<I", crc32(payload, crc32(head)))
 
 
+def _fresh_boot():
+    """A random starting boot counter for a brand-new (or wiped) outbox. A board whose flash
+    was erased must not hand out the ids it used before: the cloud would call them conflicts
+    (Realer 409) and the readings would be dead-lettered. 31 random bits leave room for 2**31
+    boots before the 8-hex-digit segment names would wrap."""
+    return (int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF) | 0x100
+
+
 def _size(path):
     try:
         return os.stat(path)[6]
@@ -169,7 +178,7 @@ class Outbox:
         self._stats = {"delivered": 0, "dead": 0, "dropped": 0, "expired": 0}
         self._acked = {}
         if st is None:
-            self.boot = seg_boot
+            self.boot = seg_boot if segs else _fresh_boot()
             self._hseg, self._hoff = (segs[0] if segs else ""), 0
             self._gen = -1  # replay the markers of every generation
         else:

@@ -108,8 +108,8 @@ def test_realer_https_end_to_end(rig):
     # SIGKILL mid-stream, restart: pending records replayed with the same ids
     rig.kill()
     rig.start()
-    wait_for("second boot delivering", lambda: any(
-        r["message_id"].startswith("2-") for r in sensor_rows(rig)), 30)
+    wait_for("second boot delivering", lambda: len(
+        {r["message_id"].split("-")[0] for r in sensor_rows(rig)}) == 2, 30)
     wait_for("outbox drained", lambda: rig.last_status().get("pending") == "0", 30)
     rig.kill()
 
@@ -133,6 +133,7 @@ def test_realer_https_end_to_end(rig):
     for boot, seqs in ids.items():
         assert sorted(seqs) == list(range(min(seqs), max(seqs) + 1)), "gap in boot %s" % boot
     assert len(ids) == 2
+    assert sorted(int(b, 16) for b in ids)[1] == sorted(int(b, 16) for b in ids)[0] + 1
     # tokens were renewed (ttl 4 s) and the 401 led to a fresh token, never a logged secret
     assert log.count("token issued") >= 3
     assert "401 on" in log

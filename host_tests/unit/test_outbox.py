@@ -351,3 +351,20 @@ def test_unusable_root_is_a_named_error_and_stray_files_are_ignored():
     support.write(base + "/ob/notes.txt", "junk")
     assert [r.message_id for r in Outbox(base + "/ob").pending()] == [mid]
     support.rmtree(base)
+
+
+def test_wiped_outbox_never_reuses_earlier_ids():
+    # a board whose flash was erased starts a new outbox; the cloud still knows the old ids
+    root = support.tmpdir("wipe")
+    try:
+        seen = set()
+        for _ in range(4):
+            ob = Outbox(root + "/ob")
+            for i in range(3):
+                mid = ob.append("sensor", 7, str(i), 1800000000)
+                assert mid not in seen
+                seen.add(mid)
+            support.rmtree(root + "/ob")
+        assert len(seen) == 12
+    finally:
+        support.rmtree(root)
