@@ -52,3 +52,14 @@ def test_parse_iso8601_round_trips_and_rejects_garbage():
     assert clock.parse_iso8601(clock.iso8601(1800000000)) == 1800000000
     for bad in ("", "2026-04-24", "2026-13-01T00:00:00Z", "2026-04-24T10:15:00", "x", None):
         assert clock.parse_iso8601(bad) is None, bad
+
+
+def test_tick_arithmetic_survives_the_wrap():
+    from time import ticks_add, ticks_diff
+
+    top = ticks_add(0, -1)  # the largest tick value: the counter wraps right after it
+    for start in (ticks_add(top, -5), top, 0):
+        later = ticks_add(start, 10)
+        assert ticks_diff(later, start) == 10
+        assert ticks_diff(start, later) == -10
+    assert ticks_add(top, 1) == 0
