@@ -1,5 +1,5 @@
 # Runs the dual-runtime unit tests under the MicroPython unix port.
-# Usage: micropython host_tests/mp_runner.py [test_file.py ...]
+# Usage: micropython host_tests/mp_runner.py [-v] [test_file.py[::test_name] ...]
 # Imports each host_tests/unit/test_*.py module and calls every module-level test_* function,
 # exactly the functions pytest collects on CPython. Prints "micropython: N passed, M failed".
 import os
@@ -28,7 +28,8 @@ def _run_module(modname, only):
         try:
             fn()
             passed += 1
-            print("PASS", modname + "::" + name)
+            if VERBOSE:
+                print("PASS", modname + "::" + name)
         except Exception as e:  # report and go on: one broken test must not hide the rest
             failed += 1
             print("FAIL", modname + "::" + name)
@@ -36,14 +37,22 @@ def _run_module(modname, only):
     return passed, failed
 
 
+VERBOSE = "-v" in sys.argv
+
+
 def main():
     sys.path.insert(0, UNIT)
-    only = [a.split("::", 1)[1] for a in sys.argv[1:] if "::" in a]
-    files = _test_files([a.split("::", 1)[0] for a in sys.argv[1:]])
+    args = [a for a in sys.argv[1:] if a != "-v"]
+    only = {}  # file -> the test names asked for (none: all of them)
+    for a in args:
+        if "::" in a:
+            f, name = a.split("::", 1)
+            only.setdefault(f.rsplit("/", 1)[-1], []).append(name)
+    files = _test_files([a.split("::", 1)[0] for a in args])
     passed = failed = 0
     for fname in files:
         try:
-            p, f = _run_module(fname[:-3], only)
+            p, f = _run_module(fname[:-3], only.get(fname))
         except Exception as e:  # an import error fails the file, visibly
             p, f = 0, 1
             print("FAIL", fname, "(import)")
