@@ -6,20 +6,14 @@ outbox_powercut.py: write k+1 is torn, it and all later writes fail with EIO).
 Pass: every remount succeeds, every record whose append returned before the cut is pending or
 was acked, no pending record is corrupt or unknown, no acked record comes back, no id repeats.
 """
-import json
 import os
 import subprocess
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MICROPYTHON = os.path.join(ROOT, ".venv", "bin", "micropython")
+from peers import MICROPYTHON, ROOT, json_lines, mp_env
+
 SCRIPT = os.path.join(ROOT, "host_tests", "system", "mp", "outbox_powercut.py")
-ENV = dict(os.environ, MICROPYPATH=":".join([ROOT, os.path.join(ROOT, "host_tests", "shims"),
-                                              os.path.join(ROOT, "lib"), ".frozen"]))
+ENV = mp_env()
 PROCS = 2
-
-
-def _json_lines(text):
-    return [json.loads(ln) for ln in text.splitlines() if ln.startswith("{")]
 
 
 def _start(*args):
@@ -32,7 +26,7 @@ def test_every_power_cut_point_recovers():
     p = _start("count")
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 0, out
-    full = _json_lines(out)[-1]
+    full = json_lines(out)[-1]
     total = full["writes"]
     assert full["bad"] == [] and full["appended"] > 60 and full["acked"] > 30, full
     assert total > 100, full
@@ -45,7 +39,7 @@ def test_every_power_cut_point_recovers():
     for (a, b), p in zip(ranges, procs):
         out, _ = p.communicate(timeout=120)
         assert p.returncode == 0, out[-3000:]
-        lines = _json_lines(out)
+        lines = json_lines(out)
         summary = lines[-1]
         assert (summary["first"], summary["last"]) == (a, b), summary
         tried += summary["tried"]

@@ -12,11 +12,10 @@ import subprocess
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MICROPYTHON = os.path.join(ROOT, ".venv", "bin", "micropython")
+from peers import MICROPYTHON, ROOT, mp_env
+
 SCRIPT = os.path.join(ROOT, "host_tests", "system", "mp", "outbox_writer.py")
-ENV = dict(os.environ, MICROPYPATH=":".join([ROOT, os.path.join(ROOT, "host_tests", "shims"),
-                                              os.path.join(ROOT, "lib"), ".frozen"]))
+ENV = mp_env()
 TRIALS = 150
 T0 = 1800000000
 
