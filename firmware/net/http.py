@@ -132,8 +132,9 @@ class Response:
         return _retry_after(self.headers.get("retry-after"), now_unix)
 
 
-class _Conn:
-    """One connection and its read buffer: bytes [start, end) of buf are read, not consumed."""
+class Stream:
+    """A connection and its one read buffer (bytes [start, end) of buf are read, not yet
+    consumed): bounded lines and exact-length reads, shared by the HTTP and WebSocket clients."""
 
     def __init__(self, reader, writer):
         self.reader = reader
@@ -254,7 +255,7 @@ class Client:
                 reader, writer = await conn.open_connection(host, port, secure, self.ca_file,
                                                             timeout_ms)
                 self.handshakes += 1
-                c = self._conns[key] = _Conn(reader, writer)
+                c = self._conns[key] = Stream(reader, writer)
             c.got_bytes = False
             try:
                 # one write: head and body in separate segments meet Nagle + delayed ACK

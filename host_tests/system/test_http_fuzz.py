@@ -25,7 +25,7 @@ class Reader:
 
 
 def parse(data, step):
-    c = http._Conn(Reader(data, step), None)
+    c = http.Stream(Reader(data, step), None)
     try:
         asyncio.run(http.Client()._read_response(c, "GET", 1000, 4096, None))
     except (conn.NetError, asyncio.TimeoutError):

@@ -4,7 +4,7 @@ from firmware.net import conn, http, tls
 
 
 class FakeReader:
-    """Feeds canned bytes to _Conn in pieces of `step`, like a socket would."""
+    """Feeds canned bytes to Stream in pieces of `step`, like a socket would."""
 
     def __init__(self, data, step=7):
         self.data = data
@@ -19,7 +19,7 @@ class FakeReader:
 
 
 def read(data, method="GET", max_body=1000, step=7):
-    c = http._Conn(FakeReader(data, step), None)
+    c = http.Stream(FakeReader(data, step), None)
     return support.run(http.Client()._read_response(c, method, 1000, max_body, None))
 
 
