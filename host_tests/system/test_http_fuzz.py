@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware.net import conn, http
+from support import StepReader
 
 GOOD = [
     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
@@ -13,19 +14,8 @@ GOOD = [
 ]
 
 
-class Reader:
-    def __init__(self, data, step):
-        self.data, self.pos, self.step = data, 0, step
-
-    async def readinto(self, mv):
-        n = min(len(mv), self.step, len(self.data) - self.pos)
-        mv[:n] = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return n
-
-
 def parse(data, step):
-    c = http.Stream(Reader(data, step), None)
+    c = http.Stream(StepReader(data, step), None)
     try:
         asyncio.run(http.Client()._read_response(c, "GET", 1000, 4096, None))
     except (conn.NetError, asyncio.TimeoutError):

@@ -5,20 +5,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware.net import conn, http, ws
+from support import StepReader
 
 GOOD = [b"\x81\x05hello", b"\x01\x03abc\x89\x00\x80\x02de", b"\x82\x7e\x00\x80" + b"z" * 128,
         b"\x88\x02\x03\xe8"]
-
-
-class Reader:
-    def __init__(self, data, step):
-        self.data, self.pos, self.step = data, 0, step
-
-    async def readinto(self, mv):
-        n = min(len(mv), self.step, len(self.data) - self.pos)
-        mv[:n] = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return n
 
 
 class Writer:
@@ -36,7 +26,7 @@ class Writer:
 
 
 def feed(data, step):
-    sock = ws.WebSocket(http.Stream(Reader(data, step), Writer()), 4096, 1000)
+    sock = ws.WebSocket(http.Stream(StepReader(data, step), Writer()), 4096, 1000)
 
     async def run():
         for _ in range(4):

@@ -67,3 +67,19 @@ async def araises(exc_type, coro):
     except exc_type as e:
         return e
     raise AssertionError("expected %s" % exc_type.__name__)
+
+
+class StepReader:
+    """A stream stand-in with async readinto that hands out canned bytes `step` at a time,
+    the way a socket delivers them (for parser tests of the network clients)."""
+
+    def __init__(self, data, step=7):
+        self.data = data
+        self.pos = 0
+        self.step = step
+
+    async def readinto(self, mv):
+        n = min(len(mv), self.step, len(self.data) - self.pos)
+        mv[:n] = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return n

@@ -3,23 +3,8 @@ from firmware import clock, log
 from firmware.net import conn, http, tls
 
 
-class FakeReader:
-    """Feeds canned bytes to Stream in pieces of `step`, like a socket would."""
-
-    def __init__(self, data, step=7):
-        self.data = data
-        self.pos = 0
-        self.step = step
-
-    async def readinto(self, mv):
-        n = min(len(mv), self.step, len(self.data) - self.pos)
-        mv[:n] = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return n
-
-
 def read(data, method="GET", max_body=1000, step=7):
-    c = http.Stream(FakeReader(data, step), None)
+    c = http.Stream(support.StepReader(data, step), None)
     return support.run(http.Client()._read_response(c, method, 1000, max_body, None))
 
 
