@@ -72,6 +72,7 @@ class RawServer:
         self.frames = frames
         self.accept_ok = accept_ok
         self.received = b""
+        self.handled = threading.Event()
         ready = threading.Event()
 
         async def handle(reader, writer):
@@ -91,6 +92,8 @@ class RawServer:
                 self.received = await asyncio.wait_for(reader.read(4096), 3)
             except asyncio.TimeoutError:
                 pass
+            finally:
+                self.handled.set()
             writer.close()
 
         def run():
@@ -104,6 +107,8 @@ class RawServer:
         ready.wait(10)
 
     def stop(self):
+        # the client process may exit before this thread has stored what it sent
+        self.handled.wait(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
