@@ -10,6 +10,7 @@ from time import ticks_add, ticks_diff, ticks_ms
 from micropython import const
 
 _MIN_VALID_YEAR = const(2025)  # anything earlier means the RTC was never set
+_MIN_VALID_UNIX = const(1735689600)  # 2025-01-01T00:00:00Z
 
 
 class ClockUnset(Exception):
@@ -38,7 +39,12 @@ def iso8601(unix_seconds=None):
     """`2026-04-24T10:15:00Z` for the given Unix time (default: now)."""
     if unix_seconds is None:
         unix_seconds = unix_time()
-    t = time.gmtime(int(unix_seconds) - _EPOCH_OFFSET)
+    unix_seconds = int(unix_seconds)
+    # checked before gmtime: ports counting from 2000 read a negative argument as unsigned,
+    # so a 1970s value would come back as a plausible-looking date in 2136
+    if unix_seconds < _MIN_VALID_UNIX:
+        raise ClockUnset("timestamp %d" % unix_seconds)
+    t = time.gmtime(unix_seconds - _EPOCH_OFFSET)
     if t[0] < _MIN_VALID_YEAR:
         raise ClockUnset("timestamp %d" % unix_seconds)
     return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (t[0], t[1], t[2], t[3], t[4], t[5])
