@@ -49,6 +49,17 @@ def _port_open(port):
         return False
 
 
+def _die_with_parent():
+    """In the child before exec: SIGTERM the broker when the process (strictly: the thread)
+    that started it dies, so a SIGKILLed test or cloud never leaves a broker behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _find_plugin():
     if os.path.exists(DYNSEC_PLUGIN):
         return DYNSEC_PLUGIN
@@ -80,11 +91,13 @@ class Broker:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self):
-        """Start on fresh free ports (first start) and wait until every listener accepts."""
+        """Start on fresh free ports with a fresh dynsec state (admin only) and wait until
+        every listener accepts. Call it (and restart) from a thread that outlives the broker:
+        the broker gets SIGTERM when that thread ends."""
         if self.proc is not None:
             raise BrokerError("broker already running")
         os.makedirs(self.workdir, exist_ok=True)
-        if self.dynsec and not os.path.exists(self.dynsec_path):
+        if self.dynsec:  # a new Broker object starts clean: its admin password is new
             self._init_dynsec()
         if not self.dynsec:
             self._write_passwd()
@@ -169,7 +182,8 @@ class Broker:
         with open(self.log_path, "a") as f:
             f.write("---- start %s\n" % time.strftime("%H:%M:%S"))
         self.proc = subprocess.Popen([MOSQUITTO, "-c", self.conf_path],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     preexec_fn=_die_with_parent)
         ports = [self.port] + ([self.tls_port] if self.tls_port else [])
         end = time.time() + 10
         while time.time() < end:
@@ -186,6 +200,8 @@ class Broker:
                           % (ports, self.log_tail()))
 
     def _init_dynsec(self):
+        if os.path.exists(self.dynsec_path):
+            os.remove(self.dynsec_path)
         r = subprocess.run([MOSQUITTO_CTRL, "dynsec", "init", self.dynsec_path, self.admin[0],
                             self.admin[1]], capture_output=True, text=True)
         if r.returncode != 0:
@@ -278,6 +294,12 @@ class Broker:
     def enable_client(self, username):
         self.control([{"command": "enableClient", "username": username}])
 
+    def kick_client(self, username):
+        """Disconnect the client's live sessions but keep it usable: disable and enable in one
+        control message, so a quick reconnect never meets the disabled state."""
+        self.control([{"command": "disableClient", "username": username},
+                      {"command": "enableClient", "username": username}])
+
     def list_clients(self):
         r = self.control([{"command": "listClients"}])
         return r[0]["data"]["clients"]
@@ -285,10 +307,12 @@ class Broker:
 
 class SyncClient:
     """A blocking paho v5 client for tests and tools: each call waits for the broker's answer
-    and returns its reason code(s), received messages queue up in `messages`."""
+    and returns its reason code(s), received messages queue up in `messages`. It does not
+    reconnect by itself (two clients with one client id would take the session from each
+    other forever); call connect() again."""
 
     def __init__(self, host, port, username=None, password=None, client_id="",
-                 ca=None, server_hostname=None, clean_start=True, timeout=5):
+                 ca=None, clean_start=True, timeout=5, auto_reconnect=False):
         import queue
 
         import paho.mqtt.client as mqtt
@@ -296,7 +320,7 @@ class SyncClient:
         self.host, self.port, self.timeout = host, port, timeout
         self.client_id = client_id or "t-" + uuid.uuid4().hex[:12]
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             protocol=mqtt.MQTTv5)
+                             protocol=mqtt.MQTTv5, reconnect_on_failure=auto_reconnect)
         if username is not None:
             self.c.username_pw_set(username, password)
         if ca:
@@ -344,6 +368,7 @@ class SyncClient:
 
         self._connected.clear()
         self._gone.clear()
+        self.c.loop_stop()  # a loop that ended with the last connection
         self.c.connect(self.host, self.port, keepalive=30, clean_start=self.clean_start
                        if self.clean_start is not None else mqtt.MQTT_CLEAN_START_FIRST_ONLY)
         self.c.loop_start()

@@ -1,4 +1,4 @@
-"""A local Realer cloud (HTTPS part) for end-to-end tests and `make run`.
+"""A local Realer cloud (HTTPS, and MQTT with `serve --mqtt`) for end-to-end tests and `make run`.
 
 Implements, strictly, what realer-https.txt describes: OAuth client credentials, the command
 and sensor catalogs, feed-data (single and batches) with idempotency by message_id. State is
@@ -17,7 +17,39 @@ Shapes chosen where the spec is silent (the firmware reads all of them tolerantl
 Fault knobs (admin endpoint on the same server, under /_admin, or the CLI `fault`): the next
 N /iot or /oauth requests answer 401, 429 (+ Retry-After), or 503; or are delayed by S seconds.
 
-    python -m tools.realer_cloud serve --data DIR [--port N] [--token-ttl S]
+MQTT (realer-mqtt.txt; `serve --mqtt` starts a real mosquitto from tools/mosquitto.py in
+DATA/mqtt with the same certificates, TLS listener on 127.0.0.1; cloud.json gets "mqtt_url"):
+- catalog: GET /iot/v1/devices/{id}/mqtt (scope iot:catalog:read), exactly the spec's shape;
+           each route also carries "source_id" (the sensor or command id the device maps it to):
+           {"source_type": "sensor"|"command", "source_id": 7, "mqtt": {"feed_data_topic",
+           "feed_data_publish_scope", ["desired_topic", "desired_subscribe_scope"]}}.
+           Topics: realer/iot/v1/devices/{client_id}/routes/rte_<26>/feed-data|desired and
+           realer/iot/v1/devices/{client_id}/feed-data/acks. Without --mqtt: 404.
+- credential: POST /iot/v1/mqtt-credentials (scope iot:mqtt:connect), body {"device_id",
+           "scopes"} as in the catalog. 200 {"mqtt": {"mqtt_client_id", "mqtt_username"
+           (realer-cdv-...-cred-vN), "mqtt_credential", "expires_in", "renew_after" (3/4),
+           "session_hard_expires_in" (= expires_in)}}. A device_id other than the token's ->
+           404 resource_not_found; a scope not granted to the token -> 403 insufficient_scope;
+           an unknown scope or a bad body -> 422 validation_failed. The credential is a dynsec
+           client locked to the client id, allowed exactly what the scopes grant (publish the
+           route feed-data topics; subscribe the ack topic; subscribe the desired topics). An
+           expired credential is deleted from the broker, which disconnects its sessions.
+- feed data on a route topic: the route gives the source (the payload may omit sensor_id /
+           command_id; if present it must match), then the HTTPS validation and idempotency.
+           Ack on feed_data_ack_topic, QoS 1: {"message_id", "status": "accepted" | "replayed"
+           | "conflict" | "rejected" | "error", "error": {"type", "message", "details"} (not on
+           accepted/replayed), "retryable": bool (error only)}. A payload that is not a JSON
+           object gets a rejected ack if a message_id can be found in it, else it is dropped
+           (logged in DATA/mqtt/bridge.log).
+- desired: each new desired value is published on the command's desired_topic, QoS 1,
+           retained: {"command_id", "desired_id", "value", "seq", "desired_at", "expires_at"}.
+- MQTT fault knobs (`fault KIND --count N`): drop-mqtt (kick the device's live sessions once),
+           ack-error (next N publishes get error/retryable, not stored), mqtt-silent (next N
+           publishes are processed but not acked), no-credential-endpoint (next N catalog
+           reads omit credential_endpoint).
+
+    python -m tools.realer_cloud serve --data DIR [--port N] [--token-ttl S] [--mqtt]
+                                       [--mqtt-cred-ttl S]
     python -m tools.realer_cloud set-desired --data DIR COMMAND VALUE [--ttl S]
     python -m tools.realer_cloud list-feed-data --data DIR
     python -m tools.realer_cloud fault --data DIR KIND [--count N] [--retry-after S]
@@ -26,6 +58,7 @@ import argparse
 import asyncio
 import base64
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -50,6 +83,34 @@ BATCH_MAX = 50
 MAX_BODY = 16384
 ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$")
 DEFAULT_SCOPES = "iot:catalog:read iot:feed-data:write"
+MQTT_SCOPES = ("iot:mqtt:connect", "iot:mqtt:ack:read", "iot:mqtt:feed-data:write",
+               "iot:mqtt:desired:read")
+MQTT_FAULTS = ("drop-mqtt", "ack-error", "mqtt-silent", "no-credential-endpoint")
+MID_RE = re.compile(rb'"message_id"\s*:\s*"([^"\\]{1,128})"')
+ACK_STATUS = {201: "accepted", 200: "replayed", 409: "conflict", 422: "rejected"}
+
+
+def device_topic(client_id):
+    return "realer/iot/v1/devices/%s" % client_id
+
+
+def route_id(kind, source_id):
+    return "rte_" + hashlib.sha256(("%s:%s" % (kind, source_id)).encode()).hexdigest()[:26]
+
+
+def routes(client_id):
+    """{route_id: (kind, source_id)} for the demo device."""
+    out = {route_id("sensor", s["id"]): ("sensor", s["id"]) for s in SENSORS}
+    out.update({route_id("command", c["id"]): ("command", c["id"]) for c in COMMANDS})
+    return out
+
+
+def route_topic(client_id, kind, source_id, leaf):
+    return "%s/routes/%s/%s" % (device_topic(client_id), route_id(kind, source_id), leaf)
+
+
+def ack_topic(client_id):
+    return device_topic(client_id) + "/feed-data/acks"
 
 SCHEMA = """
 create table if not exists device (id integer primary key, client_id text, secret text);
@@ -62,6 +123,8 @@ create table if not exists feed (message_id text, device integer, body text, sou
     desired_id text, report_status text, value text, created real,
     primary key (device, message_id));
 create table if not exists knob (name text primary key, value text);
+create table if not exists mqtt_cred (username text primary key, device integer,
+    version integer, expires real, removed integer default 0);
 """
 
 
@@ -73,6 +136,11 @@ def now_iso(t=None):
 def db(data):
     conn = sqlite3.connect(os.path.join(data, "cloud.db"), isolation_level=None, timeout=10)
     conn.executescript(SCHEMA)
+    if "transport" not in [r[1] for r in conn.execute("pragma table_info(feed)")]:
+        try:
+            conn.execute("alter table feed add column transport text default 'https'")
+        except sqlite3.OperationalError:  # another process added it just now
+            pass
     return conn
 
 
@@ -106,7 +174,8 @@ def set_desired(data, command_id, value, ttl=None):
 
 def feed_rows(data):
     conn = db(data)
-    cols = ("message_id", "source", "value", "desired_id", "report_status", "created")
+    cols = ("message_id", "source", "value", "desired_id", "report_status", "created",
+            "transport")
     return [dict(zip(cols, r)) for r in conn.execute(
         "select %s from feed order by created" % ",".join(cols))]
 
@@ -115,12 +184,24 @@ def set_knob(data, name, value):
     db(data).execute("insert or replace into knob values (?,?)", (name, json.dumps(value)))
 
 
+def set_fault(data, body):
+    """Store a fault knob: MQTT kinds under their own name (they combine), the HTTPS kinds
+    under "fault"."""
+    if body.get("kind") in MQTT_FAULTS:
+        set_knob(data, "mqtt:" + body["kind"], {"count": int(body.get("count", 1))})
+    else:
+        set_knob(data, "fault", body)
+
+
 class Cloud:
-    def __init__(self, data, token_ttl):
+    def __init__(self, data, token_ttl, broker=None, cred_ttl=600):
         self.data = data
         self.token_ttl = token_ttl
         self.conn = db(data)
         self.counter = 0
+        self.broker = broker
+        self.cred_ttl = cred_ttl
+        self.bridge = None
 
     def err(self, http_status, code, etype, message, details=None, headers=None):
         self.counter += 1
@@ -179,20 +260,36 @@ class Cloud:
                                   "renew_after": max(1, self.token_ttl * 3 // 4),
                                   "scope": scope})
 
+    def take_knob(self, name):
+        """True (and one use consumed) when the knob `name` has uses left."""
+        knob = self._knob(name)
+        if knob and knob.get("count", 0) > 0:
+            knob["count"] -= 1
+            set_knob(self.data, name, knob)
+            return True
+        return False
+
     async def authorize(self, request, scope):
         resp = await self.faults(request)
         if resp is not None:
             return None, resp
+        device, scopes, resp = self._bearer(request, scope)
+        if resp is not None:
+            return None, resp
+        if str(device) != request.match_info["device_id"]:
+            return None, self.err(404, 4004, "resource_not_found", "no such device")
+        return device, None
+
+    def _bearer(self, request, scope):
+        """(device, token scopes, None) for a live token holding scope, else an error."""
         auth = request.headers.get("Authorization", "")
         row = self.conn.execute("select device, expires, scope from token where token=?",
                                 (auth[7:] if auth.startswith("Bearer ") else "",)).fetchone()
         if row is None or row[1] < time.time():
-            return None, self.err(401, 4001, "invalid_token", "token unknown or expired")
+            return None, None, self.err(401, 4001, "invalid_token", "token unknown or expired")
         if scope not in row[2].split():
-            return None, self.err(403, 4003, "insufficient_scope", "needs " + scope)
-        if str(row[0]) != request.match_info["device_id"]:
-            return None, self.err(404, 4004, "resource_not_found", "no such device")
-        return row[0], None
+            return None, None, self.err(403, 4003, "insufficient_scope", "needs " + scope)
+        return row[0], row[2].split(), None
 
     async def commands(self, request):
         device, resp = await self.authorize(request, "iot:catalog:read")
@@ -209,7 +306,7 @@ class Cloud:
             return resp
         return web.json_response({"code": 2000, "sensors": SENSORS})
 
-    def validate(self, device, item):
+    def validate(self, device, item, transport="https"):
         """(http_status, body) for one feed-data item, storing it when new."""
         if not isinstance(item, dict):
             return 422, self._verr({"body": ["must be an object"]})
@@ -248,10 +345,12 @@ class Cloud:
                                                      "message": "message_id reused with "
                                                                 "another payload"}}
             return 200, {"code": 2000, "status": "idempotent", "message_id": mid}
-        self.conn.execute("insert into feed values (?,?,?,?,?,?,?,?)",
+        self.conn.execute("insert into feed (message_id, device, body, source, desired_id, "
+                          "report_status, value, created, transport) values (?,?,?,?,?,?,?,?,?)",
                           (mid, device, body, "%s:%s" % ("command" if has_cmd else "sensor",
                                                          source),
-                           item.get("desired_id"), status, item["value"], time.time()))
+                           item.get("desired_id"), status, item["value"], time.time(),
+                           transport))
         self.counter += 1
         return 201, {"code": 2000, "status": "created", "feed_data_id": self.counter,
                      "message_id": mid, "warnings": []}
@@ -311,12 +410,100 @@ class Cloud:
         body = await request.json()
         what = request.match_info["what"]
         if what == "desired":
-            return web.json_response({"desired_id": set_desired(
-                self.data, body["command"], body["value"], body.get("ttl"))})
+            desired_id = set_desired(self.data, body["command"], body["value"], body.get("ttl"))
+            if self.bridge:
+                self.bridge.wake.set()
+            return web.json_response({"desired_id": desired_id})
         if what == "fault":
-            set_knob(self.data, "fault", body)
+            set_fault(self.data, body)
+            if self.bridge:
+                self.bridge.wake.set()
             return web.json_response({"ok": True})
         return web.Response(status=404)
+
+    # -- MQTT (HTTPS side) ----------------------------------------------------------------
+
+    def _client_id(self, device):
+        return self.conn.execute("select client_id from device where id=?",
+                                 (device,)).fetchone()[0]
+
+    async def mqtt_catalog(self, request):
+        device, resp = await self.authorize(request, "iot:catalog:read")
+        if resp is not None:
+            return resp
+        if self.broker is None:
+            return self.err(404, 4004, "resource_not_found", "MQTT is not enabled")
+        cid = self._client_id(device)
+        mqtt = {"broker_url": self.broker.tls_url, "protocol": "mqtt-5.0", "client_id": cid,
+                "feed_data_ack_topic": ack_topic(cid)}
+        if not self.take_knob("mqtt:no-credential-endpoint"):
+            mqtt["credential_endpoint"] = {"endpoint": "/iot/v1/mqtt-credentials",
+                                           "http_method": "POST",
+                                           "body": {"device_id": device,
+                                                    "scopes": list(MQTT_SCOPES)}}
+        out = []
+        for kind, items in (("sensor", SENSORS), ("command", COMMANDS)):
+            for it in items:
+                m = {"feed_data_topic": route_topic(cid, kind, it["id"], "feed-data"),
+                     "feed_data_publish_scope": "iot:mqtt:feed-data:write"}
+                if kind == "command":
+                    m["desired_topic"] = route_topic(cid, kind, it["id"], "desired")
+                    m["desired_subscribe_scope"] = "iot:mqtt:desired:read"
+                out.append({"source_type": kind, "source_id": it["id"], "mqtt": m})
+        return web.json_response({"code": 2000, "mqtt": mqtt, "mqtt_routes": out})
+
+    async def mqtt_credentials(self, request):
+        resp = await self.faults(request)
+        if resp is not None:
+            return resp
+        device, token_scopes, resp = self._bearer(request, "iot:mqtt:connect")
+        if resp is not None:
+            return resp
+        body, resp = await self._json_body(request)
+        if resp is not None:
+            return resp
+        if self.broker is None:
+            return self.err(404, 4004, "resource_not_found", "MQTT is not enabled")
+        if not isinstance(body, dict):
+            return self.err(422, 4022, "validation_failed", "body must be an object")
+        dev = body.get("device_id")
+        if isinstance(dev, bool) or dev != device:
+            return self.err(404, 4004, "resource_not_found", "no such device for this token")
+        scopes = body.get("scopes")
+        if not isinstance(scopes, list) or not scopes or \
+                not all(isinstance(x, str) for x in scopes):
+            return self.err(422, 4022, "validation_failed", "scopes[] required",
+                            {"scopes": ["must be a non-empty list of strings"]})
+        unknown = [x for x in scopes if x not in MQTT_SCOPES]
+        if unknown or "iot:mqtt:connect" not in scopes:
+            return self.err(422, 4022, "validation_failed", "bad scopes",
+                            {"scopes": ["unknown: %s" % unknown] if unknown else
+                             ["must include iot:mqtt:connect"]})
+        missing = [x for x in scopes if x not in token_scopes]
+        if missing:
+            return self.err(403, 4003, "insufficient_scope",
+                            "token lacks " + " ".join(missing))
+        cid = self._client_id(device)
+        version = (self.conn.execute("select max(version) from mqtt_cred where device=?",
+                                     (device,)).fetchone()[0] or 0) + 1
+        username = "realer-%s-cred-v%d" % (cid.replace("_", "-"), version)
+        password = "mqp_" + secrets.token_urlsafe(24)
+        publish, subscribe = [], []
+        if "iot:mqtt:feed-data:write" in scopes:
+            publish = [route_topic(cid, k, i, "feed-data") for k, i in routes(cid).values()]
+        if "iot:mqtt:ack:read" in scopes:
+            subscribe.append(ack_topic(cid))
+        if "iot:mqtt:desired:read" in scopes:
+            subscribe += [route_topic(cid, "command", c["id"], "desired") for c in COMMANDS]
+        self.conn.execute("insert into mqtt_cred (username, device, version, expires) "
+                          "values (?,?,?,?)", (username, device, version,
+                                               time.time() + self.cred_ttl))
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.broker.add_client(username, password, cid, publish, subscribe))
+        return web.json_response({"mqtt": {
+            "mqtt_client_id": cid, "mqtt_username": username, "mqtt_credential": password,
+            "expires_in": self.cred_ttl, "renew_after": max(1, self.cred_ttl * 3 // 4),
+            "session_hard_expires_in": self.cred_ttl}})
 
     def app(self):
         app = web.Application(client_max_size=MAX_BODY * 4)
@@ -326,27 +513,206 @@ class Cloud:
         app.router.add_get(base + "/sensors", self.sensors)
         app.router.add_post(base + "/feed-data", self.feed_data)
         app.router.add_post(base + "/feed-data/batches", self.batches)
+        app.router.add_get(base + "/mqtt", self.mqtt_catalog)
+        app.router.add_post("/iot/v1/mqtt-credentials", self.mqtt_credentials)
         app.router.add_post("/_admin/{what}", self.admin)
         return app
 
 
-async def serve(data, port, token_ttl):
-    os.makedirs(data, exist_ok=True)
-    pki = make_certs(os.path.join(data, "pki")) if not os.path.exists(
-        os.path.join(data, "pki", "ca.pem")) else {
-        k: os.path.join(data, "pki", f) for k, f in (("ca", "ca.pem"),
-                                                      ("server_cert", "server.pem"),
-                                                      ("server_key", "server.key"))}
+class MqttBridge:
+    """The cloud's own admin session on its broker: feed data in, acks and desired states out,
+    credential expiry and the MQTT fault knobs. paho runs its network thread; every message
+    is handed to the asyncio loop, where all database work happens."""
+
+    FEED_FILTER = "realer/iot/v1/devices/+/routes/+/feed-data"
+
+    def __init__(self, cloud, broker, loop):
+        import paho.mqtt.client as mqtt
+
+        self.cloud, self.broker, self.loop = cloud, broker, loop
+        self.wake = asyncio.Event()
+        self.published = {}
+        self.connected = False
+        self.log_file = open(os.path.join(broker.workdir, "bridge.log"), "a")
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id="realer-cloud-bridge", protocol=mqtt.MQTTv5)
+        self.client.username_pw_set(*broker.admin)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = lambda _c, _u, m: loop.call_soon_threadsafe(
+            self.handle, m.topic, m.payload)
+
+    def log(self, fmt, *args):
+        self.log_file.write("%s %s\n" % (now_iso(), fmt % args))
+        self.log_file.flush()
+
+    def start(self):
+        self.client.connect(self.broker.host, self.broker.port, keepalive=30)
+        self.client.loop_start()
+        self.task = self.loop.create_task(self.run())
+
+    def stop(self):
+        self.task.cancel()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client, _u, _f, rc, _p):
+        if rc.is_failure:
+            self.loop.call_soon_threadsafe(self.log, "bridge connect refused: %s", rc)
+            return
+        client.subscribe(self.FEED_FILTER, qos=1)
+        self.loop.call_soon_threadsafe(self._connected, True)
+
+    def _on_disconnect(self, _c, _u, _f, rc, _p):
+        self.loop.call_soon_threadsafe(self._connected, False)
+
+    def _connected(self, up):
+        self.connected = up
+        self.published = {}  # republish the retained desired states after a reconnect
+        self.wake.set()
+        self.log("bridge %s", "connected" if up else "disconnected")
+
+    def publish(self, topic, body, retain=False):
+        self.client.publish(topic, json.dumps(body), qos=1, retain=retain)
+
+    def ack(self, cid, mid, status, etype=None, message=None, details=None, retryable=None):
+        body = {"message_id": mid, "status": status}
+        if etype:
+            body["error"] = {"type": etype, "message": message, "details": details or {}}
+        if retryable is not None:
+            body["retryable"] = retryable
+        self.publish(ack_topic(cid), body)
+        self.log("ack %s %s %s", cid, mid, status)
+
+    def handle(self, topic, payload):
+        """One publish on a route feed-data topic: validate, store, ack."""
+        parts = topic.split("/")
+        cid, rte = parts[4], parts[6]
+        row = self.cloud.conn.execute("select id from device where client_id=?",
+                                      (cid,)).fetchone()
+        if row is None:
+            self.log("drop: unknown device %s", cid)
+            return
+        device = row[0]
+        try:
+            item = json.loads(payload)
+        except ValueError:
+            item = None
+        if not isinstance(item, dict) or not isinstance(item.get("message_id"), str):
+            m = MID_RE.search(payload)
+            if m is None:
+                self.log("drop: no message_id in %d bytes on %s", len(payload), topic)
+                return
+            self.ack(cid, m.group(1).decode(errors="replace"), "rejected",
+                     "validation_failed", "payload is not a JSON object")
+            return
+        mid = item["message_id"]
+        if self.cloud.take_knob("mqtt:ack-error"):
+            self.ack(cid, mid, "error", "internal_error", "try again (fault knob)",
+                     retryable=True)
+            return
+        route = routes(cid).get(rte)
+        if route is None:
+            self.ack(cid, mid, "rejected", "resource_not_found", "no such route")
+            return
+        kind, source = route
+        key, other = ("sensor_id", "command_id") if kind == "sensor" else \
+            ("command_id", "sensor_id")
+        if other in item or item.get(key, source) != source:
+            self.ack(cid, mid, "rejected", "validation_failed", "source does not match route",
+                     {key: ["must be %s on this route" % source]})
+            return
+        item[key] = source
+        status, body = self.cloud.validate(device, item, transport="mqtt")
+        if self.cloud.take_knob("mqtt:mqtt-silent"):
+            self.log("silent: no ack for %s (%s)", mid, ACK_STATUS[status])
+            return
+        if status in (200, 201):
+            self.ack(cid, mid, ACK_STATUS[status])
+        else:
+            e = body["error"]
+            self.ack(cid, mid, ACK_STATUS[status], e["type"], e["message"], e.get("details"))
+
+    async def _control(self, fn, *args):
+        try:
+            await self.loop.run_in_executor(None, fn, *args)
+        except Exception as e:  # a broker hiccup must not stop the loop
+            self.log("dynsec %s failed: %s", fn.__name__, e)
+
+    async def run(self):
+        while True:
+            try:
+                await self.tick()
+            except Exception as e:
+                self.log("tick failed: %r", e)
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), 0.25)
+            except asyncio.TimeoutError:
+                pass
+
+    async def tick(self):
+        conn = self.cloud.conn
+        if self.connected:
+            for cmd_id, dev, value, did, dat, exp, seq in conn.execute(
+                    "select id, device, value, desired_id, desired_at, expires_at, seq from "
+                    "command where desired_id is not null").fetchall():
+                if self.published.get((dev, cmd_id)) != seq:
+                    cid = self.cloud._client_id(dev)
+                    self.publish(route_topic(cid, "command", cmd_id, "desired"),
+                                 {"command_id": cmd_id, "desired_id": did, "value": value,
+                                  "seq": seq, "desired_at": dat, "expires_at": exp},
+                                 retain=True)
+                    self.published[(dev, cmd_id)] = seq
+                    self.log("desired %s seq %s -> %s", cmd_id, seq, did)
+        for (username,) in conn.execute("select username from mqtt_cred where removed=0 and "
+                                        "expires < ?", (time.time(),)).fetchall():
+            conn.execute("update mqtt_cred set removed=1 where username=?", (username,))
+            self.log("credential %s expired: removed", username)
+            await self._control(self.broker.remove_client, username)
+        if self.cloud.take_knob("mqtt:drop-mqtt"):
+            for (username,) in conn.execute("select username from mqtt_cred where removed=0"
+                                            ).fetchall():
+                self.log("drop-mqtt: kicking %s", username)
+                await self._control(self.broker.kick_client, username)
+
+
+def _pki(data):
+    if not os.path.exists(os.path.join(data, "pki", "ca.pem")):
+        return make_certs(os.path.join(data, "pki"))
+    return {k: os.path.join(data, "pki", f) for k, f in (("ca", "ca.pem"),
+                                                          ("server_cert", "server.pem"),
+                                                          ("server_key", "server.key"))}
+
+
+def start_broker(data, pki):
+    """The cloud's own mosquitto (fresh dynsec state) in DATA/mqtt; call from the main
+    thread (the broker is bound to the life of the thread that starts it)."""
+    from tools.mosquitto import Broker
+
+    conn = db(data)
+    conn.execute("update mqtt_cred set removed=1")  # the new broker knows none of them
+    return Broker(os.path.join(data, "mqtt"), certs=pki).start()
+
+
+async def serve(data, port, token_ttl, broker=None, cred_ttl=600):
+    pki = _pki(data)
     secret = provision(data)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(pki["server_cert"], pki["server_key"])
-    runner = web.AppRunner(Cloud(data, token_ttl).app(), access_log=None)
+    cloud = Cloud(data, token_ttl, broker, cred_ttl)
+    if broker is not None:
+        cloud.bridge = MqttBridge(cloud, broker, asyncio.get_running_loop())
+        cloud.bridge.start()
+    runner = web.AppRunner(cloud.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     info = {"api_url": "https://127.0.0.1:%d" % port, "ca_file": pki["ca"],
             "device_id": DEVICE_ID, "client_id": CLIENT_ID, "client_secret": secret}
+    if broker is not None:
+        info["mqtt_url"] = broker.tls_url
     tmp = os.path.join(data, "cloud.json.tmp")
     with open(tmp, "w") as f:
         json.dump(info, f)
@@ -373,6 +739,9 @@ def main(argv=None):
     s.add_argument("--data", required=True)
     s.add_argument("--port", type=int, default=0)
     s.add_argument("--token-ttl", type=int, default=120)
+    s.add_argument("--mqtt", action="store_true", help="also run a mosquitto broker (TLS)")
+    s.add_argument("--mqtt-cred-ttl", type=int, default=600,
+                   help="lifetime of an MQTT credential, seconds")
     d = sub.add_parser("set-desired")
     d.add_argument("--data", required=True)
     d.add_argument("command", type=int)
@@ -382,16 +751,21 @@ def main(argv=None):
     f.add_argument("--data", required=True)
     k = sub.add_parser("fault")
     k.add_argument("--data", required=True)
-    k.add_argument("kind", choices=("401", "429", "503", "slow"))
+    k.add_argument("kind", choices=("401", "429", "503", "slow") + MQTT_FAULTS)
     k.add_argument("--count", type=int, default=1)
     k.add_argument("--retry-after", type=int, default=2)
     k.add_argument("--seconds", type=float, default=5)
     a = ap.parse_args(argv)
     if a.cmd == "serve":
+        os.makedirs(a.data, exist_ok=True)
+        broker = start_broker(a.data, _pki(a.data)) if a.mqtt else None
         try:
-            asyncio.run(serve(a.data, a.port, a.token_ttl))
+            asyncio.run(serve(a.data, a.port, a.token_ttl, broker, a.mqtt_cred_ttl))
         except KeyboardInterrupt:
             pass
+        finally:
+            if broker is not None:
+                broker.stop()
     elif a.cmd == "set-desired":
         print(admin_call(a.data, "desired", {"command": a.command, "value": a.value,
                                              "ttl": a.ttl})["desired_id"])

@@ -4,7 +4,7 @@ Starts the local cloud (tools/realer_cloud.py) in run/cloud, writes a data root 
 with config.json (sim board) and the cloud's CA, runs `micropython main.py` there, and shows
 the firmware's status line live until Ctrl-C. Firmware logs go to run/device.log.
 
-    python -m tools.run_local [--transport https] [--fresh]
+    python -m tools.run_local [--transport https|mqtt] [--fresh]
 """
 import argparse
 import json
@@ -19,10 +19,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MICROPYTHON = os.path.join(ROOT, ".venv", "bin", "micropython")
 
 
-def device_config(cloud, ca_name="ca.pem", api_url=None):
-    """The sim-board config.json for the local cloud's demo device."""
+def device_config(cloud, ca_name="ca.pem", api_url=None, transport="https"):
+    """The sim-board config.json for the local cloud's demo device (transport "https" or
+    "mqtt"; with mqtt the device still reads the broker from the cloud's MQTT catalog)."""
     return {
-        "cloud": {"platform": "realer", "transport": "https",
+        "cloud": {"platform": "realer", "transport": transport,
                   "api_url": api_url or cloud["api_url"], "device_id": cloud["device_id"],
                   "client_id": cloud["client_id"], "client_secret": cloud["client_secret"],
                   "ca_file": ca_name},
@@ -36,13 +37,17 @@ def device_config(cloud, ca_name="ca.pem", api_url=None):
     }
 
 
-def start_cloud(data, token_ttl=300, port=0):
-    """Start the local cloud; returns (process, cloud.json contents)."""
+def start_cloud(data, token_ttl=300, port=0, mqtt=False, mqtt_cred_ttl=None):
+    """Start the local cloud; returns (process, cloud.json contents). With mqtt=True the cloud
+    also runs its broker and cloud.json holds "mqtt_url" (mqtts://127.0.0.1:PORT)."""
     info_path = os.path.join(data, "cloud.json")
     if os.path.exists(info_path):
         os.remove(info_path)
+    extra = (["--mqtt"] if mqtt else []) + (
+        ["--mqtt-cred-ttl", str(mqtt_cred_ttl)] if mqtt_cred_ttl else [])
     proc = subprocess.Popen([sys.executable, "-m", "tools.realer_cloud", "serve", "--data", data,
-                             "--token-ttl", str(token_ttl), "--port", str(port)], cwd=ROOT,
+                             "--token-ttl", str(token_ttl), "--port", str(port)] + extra,
+                            cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     for _ in range(200):
         if os.path.exists(info_path):
@@ -55,11 +60,11 @@ def start_cloud(data, token_ttl=300, port=0):
     raise SystemExit("local cloud did not start within 10 s")
 
 
-def write_device(device_dir, cloud, api_url=None):
+def write_device(device_dir, cloud, api_url=None, transport="https"):
     os.makedirs(device_dir, exist_ok=True)
     shutil.copy(cloud["ca_file"], os.path.join(device_dir, "ca.pem"))
     with open(os.path.join(device_dir, "config.json"), "w") as f:
-        json.dump(device_config(cloud, api_url=api_url), f, indent=2)
+        json.dump(device_config(cloud, api_url=api_url, transport=transport), f, indent=2)
 
 
 def firmware_env(device_dir):
@@ -75,17 +80,19 @@ def start_firmware(device_dir, log_file):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--transport", default="https", choices=("https",))
+    ap.add_argument("--transport", default="https", choices=("https", "mqtt"))
     ap.add_argument("--fresh", action="store_true", help="forget the device's outbox and state")
     a = ap.parse_args()
     run = os.path.join(ROOT, "run")
     device = os.path.join(run, "device")
     if a.fresh:
         shutil.rmtree(run, ignore_errors=True)
-    cloud_proc, cloud = start_cloud(os.path.join(run, "cloud"))
-    write_device(device, cloud)
+    cloud_proc, cloud = start_cloud(os.path.join(run, "cloud"), mqtt=a.transport == "mqtt")
+    write_device(device, cloud, transport=a.transport)
     log_path = os.path.join(run, "device.log")
     print("local Realer cloud: %s   device data root: %s" % (cloud["api_url"], device))
+    if cloud.get("mqtt_url"):
+        print("local MQTT broker: %s" % cloud["mqtt_url"])
     print("try: .venv/bin/python -m tools.realer_cloud set-desired --data run/cloud 4 42")
     print("firmware log: %s   (Ctrl-C stops both)" % log_path)
     with open(log_path, "ab") as log_file:

@@ -100,7 +100,8 @@ def test_client_id_lock(broker):
 
 
 def test_remove_and_disable_kick(broker):
-    for user, action in (("kick-rm", broker.remove_client), ("kick-dis", broker.disable_client)):
+    for user, action in (("kick-rm", broker.remove_client), ("kick-dis", broker.disable_client),
+                         ("kick-kick", broker.kick_client)):
         broker.add_client(user, "pw", subscribe=["k/#"])
         c = client(broker, user, "pw")
         try:
@@ -110,12 +111,18 @@ def test_remove_and_disable_kick(broker):
         finally:
             c.close()
     assert "kick-rm" not in broker.list_clients()
-    broker.enable_client("kick-dis")
     c = client(broker, "kick-dis", "pw")
     try:
-        assert c.connect().value == 0
+        assert c.connect().value in (BAD_USER_OR_PASSWORD, NOT_AUTHORIZED)
     finally:
         c.close()
+    broker.enable_client("kick-dis")
+    for user in ("kick-dis", "kick-kick"):  # usable again at once
+        c = client(broker, user, "pw")
+        try:
+            assert c.connect().value == 0, user
+        finally:
+            c.close()
 
 
 def test_restart_keeps_users_and_ports(broker):
