@@ -35,6 +35,12 @@ async def _sleep_ms(ms):
     await asyncio.sleep(ms / 1000)
 
 
+async def _readinto(self, buf):
+    data = await self.read(len(buf))
+    buf[:len(data)] = data
+    return len(data)
+
+
 def install():
     for name, fn in (("ticks_ms", _ticks_ms), ("ticks_us", _ticks_us), ("ticks_cpu", _ticks_us),
                      ("ticks_add", _ticks_add), ("ticks_diff", _ticks_diff),
@@ -46,6 +52,8 @@ def install():
         sys.print_exception = _print_exception
     if not hasattr(asyncio, "sleep_ms"):
         asyncio.sleep_ms = _sleep_ms
+    if not hasattr(asyncio.StreamReader, "readinto"):
+        asyncio.StreamReader.readinto = _readinto
     if not hasattr(gc, "mem_free"):
         gc.mem_free = lambda: 1 << 20
         gc.mem_alloc = lambda: 0
