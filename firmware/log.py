@@ -3,8 +3,16 @@
 Every secret the firmware learns (client secret, tokens, MQTT credential, access keys, and
 derived forms such as a Basic auth value) is registered with `secret()` the moment it is
 known; `redact()` then replaces it by `***` in every line before the line is written.
+
+`secret()` also registers the forms the value takes when it is quoted rather than printed:
+inside repr() of a str or of its bytes, and inside JSON, which escape quotes, backslashes and
+non-ASCII differently. Where registered secrets overlap in a line, the whole union is
+replaced, so no tail of a longer secret survives a shorter one. A secret shorter than 4
+characters is still redacted (mangling ordinary words is better than a leak) and a warning
+says it is too short.
 """
 import io
+import json
 import sys
 from time import ticks_ms
 
@@ -15,7 +23,7 @@ INFO = const(20)
 WARN = const(30)
 ERROR = const(40)
 _NAMES = {DEBUG: "D", INFO: "I", WARN: "W", ERROR: "E"}
-_MIN_SECRET_LEN = const(4)  # shorter values would blank out ordinary words
+_MIN_SECRET_LEN = const(4)  # shorter secrets also blank out ordinary words: warned
 
 _level = [INFO]
 _secrets: list = []
@@ -32,28 +40,70 @@ def set_sink(fn):
 
 
 def secret(value):
-    """Register a value that must never be logged. Longest first, so a secret containing
-    another secret is replaced whole."""
+    """Register a value (str or bytes) that must never be logged, with its quoted forms."""
     if not value:
         return
-    value = str(value)
-    if len(value) < _MIN_SECRET_LEN or value in _secrets:
-        return
-    _secrets.append(value)
-    _secrets.sort(key=len, reverse=True)
+    forms = _forms(value)
+    new = forms[0] not in _secrets
+    for f in forms:
+        if f not in _secrets:
+            _secrets.append(f)
+    if new and len(forms[0]) < _MIN_SECRET_LEN:  # redacted anyway; never name the value
+        emit(WARN, "log", "a secret of %d characters is too short to keep private; ordinary "
+             "text containing it is redacted too" % len(forms[0]))
 
 
 def forget(value):
     """Drop a secret that is no longer live (an expired token), to keep redaction cheap."""
-    if value in _secrets:
-        _secrets.remove(value)
+    if not value:
+        return
+    for f in _forms(value):
+        if f in _secrets:
+            _secrets.remove(f)
+
+
+def _forms(value):
+    """The value as text, then each distinct escaped form it takes inside repr() or JSON."""
+    if isinstance(value, (bytes, bytearray)):
+        raw = bytes(value)
+        try:
+            text = raw.decode()
+        except UnicodeError:
+            return [repr(raw)[2:-1]]
+    else:
+        text = str(value)
+        raw = text.encode()
+    forms = [text]
+    for f in (repr(text)[1:-1], repr(raw)[2:-1], json.dumps(text)[1:-1]):
+        if f not in forms:
+            forms.append(f)
+    return forms
 
 
 def redact(text):
+    """`text` with every registered secret replaced by `***`; overlapping or adjacent
+    occurrences become one `***`."""
+    spans = None
     for s in _secrets:
-        if s in text:
-            text = text.replace(s, "***")
-    return text
+        i = text.find(s)
+        while i >= 0:
+            if spans is None:
+                spans = []
+            spans.append((i, i + len(s)))
+            i = text.find(s, i + 1)
+    if spans is None:
+        return text
+    spans.sort()
+    out: list = []
+    pos = 0  # text before pos is already copied or blanked
+    for start, end in spans:
+        if start > pos or not out:  # a new blanked region (touching ones merge)
+            out.append(text[pos:start])
+            out.append("***")
+        if end > pos:
+            pos = end
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def emit(level, tag, msg, args=()):
@@ -93,7 +143,8 @@ def error(tag, msg, *args):
 def exc(tag, msg, e):
     """Log an exception with its traceback, redacted like every other line."""
     emit(ERROR, tag, "%s: %s" % (msg, describe(e)))
-    emit(DEBUG, tag, traceback_text(e))
+    if DEBUG >= _level[0]:  # formatting a traceback costs heap; only when it is shown
+        emit(DEBUG, tag, traceback_text(e))
 
 
 def describe(e):
