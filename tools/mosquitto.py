@@ -43,8 +43,9 @@ def _free_port():
 
 def _port_open(port):
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+            # a connect to an unbound ephemeral port can meet itself (TCP simultaneous open)
+            return s.getsockname() != s.getpeername()
     except OSError:
         return False
 

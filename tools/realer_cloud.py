@@ -40,13 +40,15 @@ DATA/mqtt with the same certificates, TLS listener on 127.0.0.1; cloud.json gets
            | "conflict" | "rejected" | "error", "error": {"type", "message", "details"} (not on
            accepted/replayed), "retryable": bool (error only)}. A payload that is not a JSON
            object gets a rejected ack if a message_id can be found in it, else it is dropped
-           (logged in DATA/mqtt/bridge.log).
+           (logged in DATA/mqtt/bridge.log). Over 16384 bytes: rejected, payload_too_large.
 - desired: each new desired value is published on the command's desired_topic, QoS 1,
            retained: {"command_id", "desired_id", "value", "seq", "desired_at", "expires_at"}.
 - MQTT fault knobs (`fault KIND --count N`): drop-mqtt (kick the device's live sessions once),
            ack-error (next N publishes get error/retryable, not stored), mqtt-silent (next N
            publishes are processed but not acked), no-credential-endpoint (next N catalog
-           reads omit credential_endpoint).
+           reads omit credential_endpoint), broker-down (--seconds S: stop the broker, start
+           it again on the same ports with the same credentials; retained desired states are
+           published again; credential requests meanwhile get 503 service_unavailable).
 
     python -m tools.realer_cloud serve --data DIR [--port N] [--token-ttl S] [--mqtt]
                                        [--mqtt-cred-ttl S]
@@ -85,7 +87,8 @@ ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$")
 DEFAULT_SCOPES = "iot:catalog:read iot:feed-data:write"
 MQTT_SCOPES = ("iot:mqtt:connect", "iot:mqtt:ack:read", "iot:mqtt:feed-data:write",
                "iot:mqtt:desired:read")
-MQTT_FAULTS = ("drop-mqtt", "ack-error", "mqtt-silent", "no-credential-endpoint")
+MQTT_FAULTS = ("drop-mqtt", "ack-error", "mqtt-silent", "no-credential-endpoint",
+               "broker-down")
 MID_RE = re.compile(rb'"message_id"\s*:\s*"([^"\\]{1,128})"')
 ACK_STATUS = {201: "accepted", 200: "replayed", 409: "conflict", 422: "rejected"}
 
@@ -188,7 +191,8 @@ def set_fault(data, body):
     """Store a fault knob: MQTT kinds under their own name (they combine), the HTTPS kinds
     under "fault"."""
     if body.get("kind") in MQTT_FAULTS:
-        set_knob(data, "mqtt:" + body["kind"], {"count": int(body.get("count", 1))})
+        set_knob(data, "mqtt:" + body["kind"], {"count": int(body.get("count", 1)),
+                                                "seconds": float(body.get("seconds", 5))})
     else:
         set_knob(data, "fault", body)
 
@@ -261,13 +265,13 @@ class Cloud:
                                   "scope": scope})
 
     def take_knob(self, name):
-        """True (and one use consumed) when the knob `name` has uses left."""
+        """The knob (one use consumed) when `name` has uses left, else None."""
         knob = self._knob(name)
         if knob and knob.get("count", 0) > 0:
             knob["count"] -= 1
             set_knob(self.data, name, knob)
-            return True
-        return False
+            return knob
+        return None
 
     async def authorize(self, request, scope):
         resp = await self.faults(request)
@@ -498,8 +502,14 @@ class Cloud:
         self.conn.execute("insert into mqtt_cred (username, device, version, expires) "
                           "values (?,?,?,?)", (username, device, version,
                                                time.time() + self.cred_ttl))
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: self.broker.add_client(username, password, cid, publish, subscribe))
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: self.broker.add_client(username, password, cid, publish,
+                                                     subscribe))
+        except Exception as e:  # broker down (fault knob) or dynsec refused
+            self.conn.execute("update mqtt_cred set removed=1 where username=?", (username,))
+            return self.err(503, 5003, "service_unavailable", "MQTT broker unavailable",
+                            {"broker": [type(e).__name__]})
         return web.json_response({"mqtt": {
             "mqtt_client_id": cid, "mqtt_username": username, "mqtt_credential": password,
             "expires_in": self.cred_ttl, "renew_after": max(1, self.cred_ttl * 3 // 4),
@@ -536,6 +546,7 @@ class MqttBridge:
         self.log_file = open(os.path.join(broker.workdir, "bridge.log"), "a")
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                   client_id="realer-cloud-bridge", protocol=mqtt.MQTTv5)
+        self.client.reconnect_delay_set(0.2, 2)
         self.client.username_pw_set(*broker.admin)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -594,6 +605,14 @@ class MqttBridge:
             self.log("drop: unknown device %s", cid)
             return
         device = row[0]
+        if len(payload) > MAX_BODY:
+            m = MID_RE.search(payload[:4096])
+            if m is None:
+                self.log("drop: %d bytes without a message_id on %s", len(payload), topic)
+            else:
+                self.ack(cid, m.group(1).decode(errors="replace"), "rejected",
+                         "payload_too_large", "payload over %d bytes" % MAX_BODY)
+            return
         try:
             item = json.loads(payload)
         except ValueError:
@@ -670,6 +689,14 @@ class MqttBridge:
             conn.execute("update mqtt_cred set removed=1 where username=?", (username,))
             self.log("credential %s expired: removed", username)
             await self._control(self.broker.remove_client, username)
+        down = self.cloud.take_knob("mqtt:broker-down")
+        if down:
+            # in this (the main) thread: the broker is bound to the thread that starts it
+            self.log("broker-down: stopping the broker for %s s", down["seconds"])
+            self.broker.stop()
+            await asyncio.sleep(down["seconds"])
+            self.broker.restart()
+            self.log("broker-down: broker back on port %s", self.broker.tls_port)
         if self.cloud.take_knob("mqtt:drop-mqtt"):
             for (username,) in conn.execute("select username from mqtt_cred where removed=0"
                                             ).fetchall():

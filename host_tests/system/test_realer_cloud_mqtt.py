@@ -254,6 +254,8 @@ def test_feed_data_acks_and_idempotency(cloud):
     c.publish(t7, b'{"message_id": "m-5", "value": ')  # truncated JSON: id still found
     ack = next_ack(c, "m-5")
     assert (ack["status"], ack["error"]["type"]) == ("rejected", "validation_failed")
+    c.publish(t7, json.dumps(reading("m-5b", value="x" * 17000)))
+    assert next_ack(c, "m-5b")["error"]["type"] == "payload_too_large"
     c.publish(t7, b"not json at all")  # no id to answer: dropped, the next ack is m-6
     c.publish(routes[8]["feed_data_topic"], reading("m-6", value="40"))
     assert json.loads(c.next_message().payload) == {"message_id": "m-6", "status": "accepted"}
@@ -271,7 +273,7 @@ def test_feed_data_acks_and_idempotency(cloud):
     assert rows["m-6"]["source"] == "sensor:8"
     assert (rows["m-7"]["source"], rows["m-7"]["desired_id"], rows["m-7"]["report_status"]) == \
         ("command:4", "des_1", "stale")
-    assert not {"m-2", "m-3", "m-4", "m-5", "m-8", "m-9"} & set(rows)
+    assert not {"m-2", "m-3", "m-4", "m-5", "m-5b", "m-8", "m-9"} & set(rows)
     # the same message_id over HTTPS afterwards is the same record (one idempotency space)
     status, body = cloud.http("POST", "/iot/v1/devices/%d/feed-data" % cloud.info["device_id"],
                               reading("m-1", sensor_id=7), token=cloud.token())
@@ -358,3 +360,52 @@ def test_credential_expiry_kicks(tmp_path):
         assert rc == 0
     finally:
         rig.stop()
+
+
+def test_run_local_mqtt_device_config_is_valid(cloud, tmp_path):
+    from firmware import config
+
+    device = str(tmp_path / "device")
+    run_local.write_device(device, cloud.info, transport="mqtt")
+    cfg = config.load(device)
+    assert cfg.raw["cloud"]["transport"] == "mqtt"
+    assert cfg.raw["cloud"]["api_url"] == cloud.info["api_url"]
+
+
+def test_fault_broker_down(cloud):
+    c, cat, cred, routes = cloud.connected_device()
+    realer_cloud.admin_call(cloud.data, "fault", {"kind": "broker-down", "seconds": 1.5})
+    assert c.wait_disconnected(5), "broker-down did not end the session"
+    ep = cat["mqtt"]["credential_endpoint"]
+    status, body = cloud.http("POST", ep["endpoint"], ep["body"], token=cloud.token())
+    assert (status, body["error"]["type"]) == (503, "service_unavailable")
+    end = time.time() + 8
+    rc = None
+    while time.time() < end:  # as a device would: retry until the broker is back
+        try:
+            rc = c.connect().value
+        except OSError:
+            time.sleep(0.2)
+            continue
+        if rc == 0:
+            break
+    assert rc == 0, "same credential refused after the broker came back"
+    # the cloud's bridge is back too: acks flow, the desired state is retained again
+    assert c.subscribe(cat["mqtt"]["feed_data_ack_topic"])[0].value == 1
+    end = time.time() + 5
+    ack = None
+    while ack is None and time.time() < end:
+        c.publish(routes[7]["feed_data_topic"], reading("down-1"))
+        try:
+            ack = json.loads(c.next_message(0.5).payload)
+        except BrokerError:
+            pass
+    assert ack and ack["message_id"] == "down-1" and ack["status"] in ("accepted", "replayed")
+    d = realer_cloud.set_desired(cloud.data, 4, 33)
+    assert c.subscribe(routes[4]["desired_topic"])[0].value == 1
+    for _ in range(3):
+        msg = c.next_message()
+        if json.loads(msg.payload).get("desired_id") == d:
+            break
+    else:
+        raise AssertionError("desired state not published after the broker came back")
