@@ -55,6 +55,9 @@ DATA/mqtt with the same certificates, TLS listener on 127.0.0.1; cloud.json gets
     python -m tools.realer_cloud set-desired --data DIR COMMAND VALUE [--ttl S]
     python -m tools.realer_cloud list-feed-data --data DIR
     python -m tools.realer_cloud fault --data DIR KIND [--count N] [--retry-after S]
+                                       [--seconds S]
+      KIND: 401 429 503 slow | drop-mqtt ack-error mqtt-silent no-credential-endpoint
+            broker-down
 """
 import argparse
 import asyncio
@@ -102,7 +105,7 @@ def route_id(kind, source_id):
 
 
 def routes(client_id):
-    """{route_id: (kind, source_id)} for the demo device."""
+    """{route_id: (kind, source_id)} for the demo device (the one device: ids per source)."""
     out = {route_id("sensor", s["id"]): ("sensor", s["id"]) for s in SENSORS}
     out.update({route_id("command", c["id"]): ("command", c["id"]) for c in COMMANDS})
     return out
