@@ -19,7 +19,10 @@ import threading
 
 import peers
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from firmware import log
 from tools import pki, run_local
 
 CLIENT_ID = "cdv_nosecretsclientid000000"
@@ -204,3 +207,53 @@ def test_crash_traceback_in_a_running_firmware_is_redacted(tmp_path, certs):
     assert "Authorization: Basic ***; secret '***'; token ***" in crashes[0], crashes[0]
     assert "Traceback" in output and "RuntimeError: request failed" in output, output
     assert "refused" in output  # the real tasks ran alongside and hit the network
+
+
+def blanked(text, secrets):
+    """The oracle: mark every character any secret occurrence covers, then write each run of
+    marked characters as one `***`."""
+    covered = [False] * len(text)
+    for sec in secrets:
+        for i in range(len(text) - len(sec) + 1):
+            if text.startswith(sec, i):
+                covered[i:i + len(sec)] = [True] * len(sec)
+    out = []
+    for i, ch in enumerate(text):
+        if not covered[i]:
+            out.append(ch)
+        elif i == 0 or not covered[i - 1]:
+            out.append("***")
+    return "".join(out)
+
+
+_ALPHABET = "ab-'\\\"\u00e9"  # few letters: secrets overlap often; quotes/backslash/non-ASCII
+_piece = st.text(alphabet=_ALPHABET, min_size=1, max_size=7)
+
+
+@settings(max_examples=300, deadline=None)
+@given(secrets=st.lists(_piece, min_size=1, max_size=4), fillers=st.lists(
+    st.text(alphabet=_ALPHABET + " x", max_size=5), min_size=1, max_size=4),
+    order=st.lists(st.integers(0, 7), max_size=10), wrap=st.sampled_from(["%s", "%r", "b%r"]))
+def test_redact_matches_the_oracle(secrets, fillers, order, wrap):
+    parts = [(secrets + fillers)[i % (len(secrets) + len(fillers))] for i in order]
+    text = "".join(parts)
+    if wrap == "%r":
+        text = repr(text)
+    elif wrap == "b%r":
+        text = repr(text.encode())
+    before = list(log._secrets)
+    lines = []
+    log.set_sink(lines.append)  # short secrets warn; keep that out of the test output
+    try:
+        for sec in secrets:
+            log.secret(sec)
+        forms = list(log._secrets)
+        got = log.redact(text)
+    finally:
+        for sec in secrets:
+            log.forget(sec)
+        log.set_sink(None)
+    assert log._secrets == before
+    assert got == blanked(text, forms)
+    for sec in secrets:
+        assert sec not in got
