@@ -112,14 +112,17 @@ def test_secret_that_contains_another_is_blanked_whole():
 def test_partly_overlapping_secrets_leave_no_fragment():
     a = "alpha-BRAVO"
     b = "BRAVO-charlie"
-    cap = Capture(a, b)
+    rep = "Rep-Rep-"  # overlaps itself: "Rep-Rep-Rep-" holds it twice
+    cap = Capture(a, b, rep)
     try:
         log.info("t", "x=alpha-BRAVO-charlie;")
         log.info("t", "y=%s|%s|BRAVO", b, a)
+        log.info("t", "z=Rep-Rep-Rep-.")
     finally:
         cap.close()
     assert cap.lines[0].endswith("t: x=***;"), cap.lines[0]
     assert cap.lines[1].endswith("t: y=***|***|BRAVO"), cap.lines[1]
+    assert cap.lines[2].endswith("t: z=***."), cap.lines[2]
     assert "alpha" not in cap.text() and "charlie" not in cap.text()
 
 
