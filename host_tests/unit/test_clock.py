@@ -31,6 +31,14 @@ class Esp32Time:
         return time.gmtime((int(secs) & 0xFFFFFFFF) + _Y2K)
 
 
+class Unix1970Time(Esp32Time):
+    """A port counting from 1970 (the unix port, and newer ESP32 builds) right after
+    power-up: its RTC starts at 0, so wall time reads as January 1970."""
+
+    def gmtime(self, secs=None):
+        return time.gmtime(self.now if secs is None else int(secs))
+
+
 def _clock_on(fake):
     """A fresh firmware.clock module imported while `time` is `fake`; the real modules are
     put back before returning, so other tests keep the host clock."""
@@ -67,6 +75,18 @@ def test_power_up_clock_at_2000_is_unset():
         e = support.raises(clock.ClockUnset, clock.unix_time)
         assert "not set" in str(e)
         support.raises(clock.ClockUnset, clock.iso8601)
+
+
+def test_power_up_clock_at_1970_is_unset_too():
+    fake = Unix1970Time(3)
+    clock = _clock_on(fake)
+    assert clock._EPOCH_OFFSET == 0
+    assert not clock.is_set()
+    support.raises(clock.ClockUnset, clock.unix_time)
+    support.raises(clock.ClockUnset, clock.iso8601)
+    fake.now = _NOW
+    assert clock.is_set() and clock.unix_time() == _NOW
+    assert clock.iso8601() == "2026-04-24T10:15:00Z"
 
 
 def test_iso8601_refuses_small_timestamps_instead_of_wrapping():
