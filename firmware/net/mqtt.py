@@ -9,7 +9,8 @@ packet id; unacknowledged ones are sent again with DUP set after a reconnect. `r
 session up: connect with backoff, re-subscribe, resend, repeat.
 
 Every failure is a named error: CONNACK refusals map to BadCredentials / NotAuthorized /
-ServerUnavailable / ConnectRefused, SUBACK failures to SubscribeDenied, and any malformed
+ServerUnavailable / ConnectRefused (the first two are
+CredentialsRefused), SUBACK failures to SubscribeDenied, and any malformed
 packet (bad remaining length, unknown property, oversize) to MqttProtocolError, which closes
 the connection (with DISCONNECT 0x81 on MQTT 5), never the loop.
 """
@@ -93,12 +94,17 @@ class ConnectRefused(MqttError):
         self.code = code
 
 
-class BadCredentials(ConnectRefused):
-    """Wrong user name or password: retrying with the same ones is pointless."""
+class CredentialsRefused(ConnectRefused):
+    """The broker will not take these credentials: retrying with the same ones is pointless,
+    fetch new ones. (Mosquitto 2.0 answers a wrong password with NotAuthorized, 0x87 / 5.)"""
 
 
-class NotAuthorized(ConnectRefused):
-    """The broker knows the client but does not let it connect."""
+class BadCredentials(CredentialsRefused):
+    """Wrong user name or password (0x86 / 4)."""
+
+
+class NotAuthorized(CredentialsRefused):
+    """The broker does not let this client connect (0x87 / 5)."""
 
 
 class ServerUnavailable(ConnectRefused):

@@ -119,6 +119,9 @@ def test_connack_codes_map_to_named_errors():
     assert type(mqtt.refusal(3)) is mqtt.ServerUnavailable
     assert type(mqtt.refusal(0x89)) is mqtt.ServerUnavailable
     assert type(mqtt.refusal(0x84)) is mqtt.ConnectRefused
+    assert isinstance(mqtt.refusal(0x86), mqtt.CredentialsRefused)
+    assert isinstance(mqtt.refusal(5), mqtt.CredentialsRefused)
+    assert not isinstance(mqtt.refusal(0x89), mqtt.CredentialsRefused)
     e = mqtt.refusal(0x86, "bad user name or password")
     assert e.code == 0x86 and "bad user name" in str(e)
     assert isinstance(e, mqtt.MqttError)
