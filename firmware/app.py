@@ -32,6 +32,7 @@ class App:
         self.board = board
         self.outbox = outbox
         self.cloud = cloud
+        cloud.on_desired = self.on_desired  # desired state may also arrive by subscription
         self.desired = DesiredState(cfg.root)
         self.wake = Wake()
         self.readings = 0
@@ -162,15 +163,21 @@ class App:
             gc.collect()
             st = self.outbox.stats()
             log.info("status", "readings=%d delivered=%d pending=%d dead=%d applied=%d "
-                     "renewals=%d free=%d", self.readings, self.delivered,
+                     "renewals=%d%s free=%d", self.readings, self.delivered,
                      self.outbox.pending_count(), st.get("dead", 0), self.applied,
-                     self.cloud.renewals, gc.mem_free())
+                     self.cloud.renewals, self._transport_status(), gc.mem_free())
+
+    def _transport_status(self):
+        mode = getattr(self.cloud, "mode", None)
+        if mode is None:
+            return ""
+        return " mode=%s credentials=%d" % (mode, self.cloud.credentials)
 
     def supervisor(self):
         sup = Supervisor()
         for name in ("sampler", "uplink", "downlink", "auth", "local", "status"):
             sup.add(name, getattr(self, name))
-        for name, factory in self.board.background():
+        for name, factory in self.board.background() + self.cloud.background():
             sup.add(name, factory)
         return sup
 
@@ -190,6 +197,10 @@ def make_cloud(cfg):
         from firmware.clouds.realer_https import RealerHttps
 
         return RealerHttps(cfg)
+    if platform == "realer" and cfg.get("cloud.transport") == "mqtt":
+        from firmware.clouds.realer_mqtt import RealerMqtt
+
+        return RealerMqtt(cfg)
     raise config.ConfigError(["cloud.platform: %s over %s is not in this build yet" %
                               (platform, cfg.get("cloud.transport"))])
 

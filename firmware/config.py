@@ -44,7 +44,8 @@ _FIX = {
 _CLOUD_KEYS = ("platform", "transport", "api_url", "device_id", "client_id", "client_secret",
                "ca_file", "scope", "batch_max", "product_code", "model_name", "device_name",
                "access_token", "refresh_token", "registration_url", "hardware_key",
-               "serial_number", "firmware_version", "command_topic", "ws_path", "name", "mac")
+               "serial_number", "firmware_version", "command_topic", "ws_path", "name", "mac",
+               "ack_timeout_s")
 _TOP_KEYS = ("cloud", "board", "sensors", "commands", "switches", "intervals", "outbox", "log",
              "wifi", "ota", "safe_mode_pin", "watchdog_s")
 _SENSOR_DRIVERS = ("sim", "dht22", "dht11", "ds18b20", "adc", "digital", "bme280")
@@ -171,6 +172,11 @@ def _check_cloud(cloud, root, problems, warnings):
         if cloud["transport"] not in ("https", "mqtt"):
             problems.append("cloud.transport: %r; use \"https\" or \"mqtt\"" %
                             (cloud["transport"],))
+    for key in ("batch_max", "ack_timeout_s"):
+        value = cloud.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or value <= 0):
+            problems.append("cloud.%s: must be a number > 0" % key)
     if platform == "xyte":
         cloud.setdefault("registration_url", "https://entry.xyte.io")
         cloud.setdefault("command_topic", "commands")

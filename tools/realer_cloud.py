@@ -41,6 +41,8 @@ DATA/mqtt with the same certificates, TLS listener on 127.0.0.1; cloud.json gets
            accepted/replayed), "retryable": bool (error only)}. A payload that is not a JSON
            object gets a rejected ack if a message_id can be found in it, else it is dropped
            (logged in DATA/mqtt/bridge.log). Over 16384 bytes: rejected, payload_too_large.
+- knob "broker_url" (set_knob(data, "broker_url", URL)): the catalog advertises URL instead
+           of the broker's own address, so a test can put a fault proxy in front of it.
 - desired: each new desired value is published on the command's desired_topic, QoS 1,
            retained: {"command_id", "desired_id", "value", "seq", "desired_at", "expires_at"}.
 - MQTT fault knobs (`fault KIND --count N`): drop-mqtt (kick the device's live sessions once),
@@ -441,7 +443,9 @@ class Cloud:
         if self.broker is None:
             return self.err(404, 4004, "resource_not_found", "MQTT is not enabled")
         cid = self._client_id(device)
-        mqtt = {"broker_url": self.broker.tls_url, "protocol": "mqtt-5.0", "client_id": cid,
+        # knob "broker_url": advertise another address (tests put a fault proxy in front)
+        url = self._knob("broker_url") or self.broker.tls_url
+        mqtt = {"broker_url": url, "protocol": "mqtt-5.0", "client_id": cid,
                 "feed_data_ack_topic": ack_topic(cid)}
         if not self.take_knob("mqtt:no-credential-endpoint"):
             mqtt["credential_endpoint"] = {"endpoint": "/iot/v1/mqtt-credentials",

@@ -114,6 +114,10 @@ class RealerHttps:
         self._basic = http.basic_auth(self.client_id, self.client_secret)
         self._auth_lock = asyncio.Lock()  # several tasks may find the token due at once
 
+    def background(self):
+        """Extra tasks this adapter needs (none: HTTPS is driven by uplink and downlink)."""
+        return []
+
     def _url(self, tail):
         return "%s/iot/v1/devices/%s/%s" % (self.base, self.device_id, tail)
 
@@ -214,8 +218,9 @@ class RealerHttps:
             result.wait_ms = max(result.wait_ms, resp.retry_after_ms() or 0)
 
     async def poll_catalog(self, on_desired):
-        """Read both catalogs; hand each desired command state to on_desired(cmd). Returns
-        the wait the server asked for (429 Retry-After) in ms, else 0."""
+        """Read both catalogs; hand each desired command state to on_desired(cmd) (with
+        on_desired None only the sensor catalog is read). Returns the wait the server asked
+        for (429 Retry-After) in ms, else 0."""
         resp = await self._call("GET", self._url("sensors"))
         body = _json(resp)
         if resp.status == 200 and isinstance(body, dict) and isinstance(body.get("sensors"),
@@ -223,6 +228,8 @@ class RealerHttps:
             self.enabled_sensors = [s.get("id") for s in body["sensors"] if isinstance(s, dict)]
         elif resp.status != 200:
             return self._catalog_wait(resp, body)
+        if on_desired is None:
+            return 0
         resp = await self._call("GET", self._url("commands"))
         body = _json(resp)
         if resp.status != 200:

@@ -811,7 +811,9 @@ class Client:
             except Exception as e:  # every failure is retried; the reason is logged
                 log.warn(_TAG, "connect to %s:%d failed: %s", self.host, self.port,
                          log.describe(e))
-                await self._end(conn.as_net_error(e, "mqtt session"))
+                err = conn.as_net_error(e, "mqtt session")
+                await self._end(err)
+                self.error = err  # prepare() may act on it (refused credentials)
             if not self._stopping:
                 await asyncio.sleep_ms(backoff.next_ms())
 

@@ -201,3 +201,19 @@ def test_realer_transport_checked():
         assert p.startswith("cloud.transport")
     finally:
         support.rmtree(root)
+
+
+def test_delivery_tuning_numbers_checked():
+    root = _root(_realer(transport="mqtt", batch_max=0, ack_timeout_s="10"))
+    try:
+        problems = _problems(root)
+        assert "cloud.batch_max: must be a number > 0" in problems
+        assert "cloud.ack_timeout_s: must be a number > 0" in problems
+    finally:
+        support.rmtree(root)
+    root = _root(_realer(transport="mqtt", batch_max=5, ack_timeout_s=2.5))
+    try:
+        cfg = config.load(root)
+        assert cfg.get("cloud.ack_timeout_s") == 2.5 and not cfg.warnings
+    finally:
+        support.rmtree(root)
