@@ -121,6 +121,13 @@ async def open_connection(host, port, secure, ca_file, timeout_ms):
         raise as_net_error(e, what)
 
 
+async def send(writer, data, timeout_ms):
+    """Write data and wait until it left, at most timeout_ms. On TLS the first write also
+    runs the handshake, so a peer that accepted and went silent must time out here too."""
+    writer.write(data)
+    await asyncio.wait_for(writer.drain(), timeout_ms / 1000)
+
+
 async def close(writer):
     try:
         writer.close()

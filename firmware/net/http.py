@@ -259,8 +259,7 @@ class Client:
             c.got_bytes = False
             try:
                 # one write: head and body in separate segments meet Nagle + delayed ACK
-                c.writer.write(head + body if body else head)
-                await asyncio.wait_for(c.writer.drain(), timeout_ms / 1000)
+                await conn.send(c.writer, head + body if body else head, timeout_ms)
                 resp, keep = await self._read_response(c, method, timeout_ms,
                                                        max_body or self.max_body, sink)
             except Exception as e:  # the connection's state is unknown now: drop it

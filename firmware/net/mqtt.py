@@ -498,9 +498,9 @@ class Client:
                 props = {MAXIMUM_PACKET_SIZE: self.max_packet}
                 if self.session_expiry_s:
                     props[SESSION_EXPIRY] = self.session_expiry_s
-            writer.write(encode_connect(self.client_id, self.username, self.password,
-                                        self.keepalive_s, self.clean_start, self.v5, props))
-            await writer.drain()
+            await conn.send(writer, encode_connect(self.client_id, self.username, self.password,
+                                                   self.keepalive_s, self.clean_start, self.v5,
+                                                   props), self.timeout_ms)
             pkt = await self._read_packet(stream, self.timeout_ms)
             if pkt[0] != CONNACK:
                 raise MqttProtocolError("expected CONNACK, got packet type %d" % pkt[0])
@@ -571,8 +571,7 @@ class Client:
         if stream is None:
             raise NotConnected("not connected")
         try:
-            stream.writer.write(data)
-            await stream.writer.drain()
+            await conn.send(stream.writer, data, self.timeout_ms)
         except Exception as e:  # the socket is gone: the session is over
             err = conn.as_net_error(e, "mqtt send")
             await self._end(err)
@@ -724,8 +723,7 @@ class Client:
         except MqttProtocolError as e:
             if self.v5:
                 try:
-                    stream.writer.write(encode_disconnect(_MALFORMED, True))
-                    await stream.writer.drain()
+                    await conn.send(stream.writer, encode_disconnect(_MALFORMED, True), 1000)
                 except Exception:  # the connection is being dropped anyway
                     pass
             await self._end(e)

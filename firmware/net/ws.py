@@ -117,8 +117,7 @@ class WebSocket:
         if self.closed:
             raise self.closed
         try:
-            self.s.writer.write(encode_frame(opcode, payload))
-            await self.s.writer.drain()
+            await conn.send(self.s.writer, encode_frame(opcode, payload), self.timeout_ms)
         except Exception as e:  # socket gone: the connection is over
             raise conn.as_net_error(e, "websocket send")
 
@@ -239,8 +238,7 @@ async def connect(url, headers=None, ca_file=None, timeout_ms=_DEFAULT_TIMEOUT_M
     for k, v in (headers or {}).items():
         lines.append("%s: %s" % (k, v))
     try:
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        await writer.drain()
+        await conn.send(writer, ("\r\n".join(lines) + "\r\n\r\n").encode(), timeout_ms)
         status, _ = parse_status_line(await stream.readline(timeout_ms))
         got: dict = {}
         while True:

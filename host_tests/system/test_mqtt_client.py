@@ -238,3 +238,20 @@ def _drain(watcher):
             out.append(watcher.next_message(timeout=0.5))
         except BrokerError:
             return out
+
+
+def test_silent_tls_peer_times_out_instead_of_hanging(broker):
+    # accepts TCP, then never answers the TLS handshake (a blackholed path); on MicroPython
+    # the handshake runs inside the first write, so that write needs a timeout too
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    try:
+        s = spec(broker, True)
+        s["url"] = "mqtts://127.0.0.1:%d" % silent.getsockname()[1]
+        out, _ = drive(s, timeout=30)
+    finally:
+        silent.close()
+    assert out[0]["connect"] == "NetTimeout", out

@@ -217,3 +217,19 @@ def test_tls_echo_and_wrong_ca(pki):
         assert out[0]["connect"] == "TLSError"
     finally:
         s.stop()
+
+
+def test_silent_tls_peer_times_out_instead_of_hanging(pki):
+    # accepts TCP, never answers the TLS handshake, which MicroPython runs inside the first
+    # write: the upgrade request's write must time out like the reads do
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    try:
+        out = drive({"url": "wss://127.0.0.1:%d/" % silent.getsockname()[1], "ca": pki["ca"],
+                     "actions": []})
+    finally:
+        silent.close()
+    assert out[0]["connect"] == "NetTimeout", out
