@@ -193,12 +193,22 @@ class Broker:
                 self.proc = None
                 raise BrokerError("mosquitto exited (%s):\n%s\n%s"
                                   % (err.strip(), self.log_tail(), ""))
-            if all(_port_open(p) for p in ports):
+            # listeners may accept before a bad TLS file makes mosquitto exit: wait for both
+            if all(_port_open(p) for p in ports) and self._running_logged():
                 return
             time.sleep(0.05)
         self.stop()
         raise BrokerError("mosquitto did not accept on %s within 10 s:\n%s"
                           % (ports, self.log_tail()))
+
+    def _running_logged(self):
+        """True once this launch's log section says the broker finished starting."""
+        try:
+            with open(self.log_path, errors="replace") as f:
+                text = f.read()
+        except OSError:
+            return False
+        return " running" in text[text.rfind("---- start"):]
 
     def _init_dynsec(self):
         if os.path.exists(self.dynsec_path):
