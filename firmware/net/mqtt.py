@@ -398,6 +398,9 @@ def decode(first, body, v5=True):
         code = r.u8()
         props = r.props() if v5 and r.left() else {}
         _end(r)
+        if props.get(RECEIVE_MAXIMUM) == 0 or props.get(MAXIMUM_PACKET_SIZE) == 0:
+            # a protocol error (MQTT 5 3.2.2.3.3/3.2.2.3.6); a send window of 0 would hang
+            raise MqttProtocolError("CONNACK with Receive Maximum or Maximum Packet Size 0")
         return CONNACK, bool(ack & 1), code, props
     if ptype == PUBACK:
         pid = r.u16()

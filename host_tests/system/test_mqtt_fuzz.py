@@ -270,3 +270,51 @@ def test_struct_sizes_used_by_the_seeds():
     # guards the hand-built seeds: PUBACK pid 7 and SUBACK pid 2 are big-endian u16
     assert struct.unpack("!H", GOOD[True][1][2:4])[0] == 7
     assert M.decode(*_split(GOOD[True][2]), True)[1:3] == (2, [0, 1, 0x87])
+
+
+# ---- connect() against a real socket peer that answers CONNECT with anything -------------
+
+async def _connect_to(answer, timeout_ms=1000):
+    """connect() to a loopback server that reads the CONNECT, writes `answer` and closes;
+    returns the exception connect() raised, or None (then the session is closed again)."""
+
+    async def handle(reader, writer):
+        await reader.read(4096)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = M.Client("mqtt://127.0.0.1:%d" % port, "fuzz", timeout_ms=timeout_ms)
+    try:
+        await client.connect()
+    except Exception as e:
+        return e
+    finally:
+        await client.disconnect()
+        server.close()
+    return None
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.binary(max_size=60),
+                 st.builds(lambda body, cut: _mutate(GOOD[True][0], [("cut", cut, 0)]) + body,
+                           st.binary(max_size=8), st.integers(0, 200))))
+def test_connect_answered_with_garbage(answer):
+    err = asyncio.run(_connect_to(answer))
+    assert err is None or isinstance(err, conn.NetError), repr(err)
+
+
+def test_connack_with_receive_maximum_zero_is_refused():
+    # MQTT 5 3.2.2.3.3: Receive Maximum 0 is a protocol error. Taken as a send window of 0,
+    # every QoS 1 publish would wait for a free slot forever.
+    for prop in (M.RECEIVE_MAXIMUM, M.MAXIMUM_PACKET_SIZE):
+        body = b"\x00\x00" + M.encode_props({prop: 0})
+        try:
+            M.decode(0x20, body, True)
+            raise AssertionError("CONNACK with property 0x%02x = 0 accepted" % prop)
+        except M.MqttProtocolError:
+            pass
+        err = asyncio.run(_connect_to(_pkt(2, 0, body)))
+        assert isinstance(err, M.MqttProtocolError), repr(err)
