@@ -1,6 +1,7 @@
 """Random and mutated broker packets into firmware.net.mqtt: the codec (`decode`), the
-encode/decode round trip of PUBLISH, and the client's packet reader on a byte stream. Only the
-module's named errors may escape, and an oversize remaining length is refused unallocated."""
+encode/decode round trip of PUBLISH, the client's packet reader on a byte stream, connect()
+and a live session against a loopback peer that sends garbage. Only the module's named errors
+may escape, and an oversize remaining length is refused unallocated."""
 import asyncio
 import struct
 import tracemalloc
@@ -318,3 +319,41 @@ def test_connack_with_receive_maximum_zero_is_refused():
             pass
         err = asyncio.run(_connect_to(_pkt(2, 0, body)))
         assert isinstance(err, M.MqttProtocolError), repr(err)
+
+
+async def _session_fed(stream_bytes, v5):
+    """A session whose broker sends a good CONNACK, then `stream_bytes`, then closes; returns
+    why the session ended (the reader loop must end it, with a named error)."""
+
+    async def handle(reader, writer):
+        await reader.read(4096)
+        writer.write(GOOD[v5][0] + stream_bytes)
+        await writer.drain()
+        await asyncio.sleep(0.05)  # let PUBACKs and DISCONNECT 0x81 arrive before closing
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    got = []
+    client = M.Client("mqtt://127.0.0.1:%d" % port, "fuzz", version=5 if v5 else 4,
+                      timeout_ms=2000, keepalive_s=0, on_message=got.append)
+    try:
+        await client.connect()
+        return await asyncio.wait_for(client.wait_closed(), 5)
+    finally:
+        await client.disconnect()
+        server.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.booleans(), st.lists(st.integers(0, 7), max_size=4),
+       st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)), max_size=3),
+       st.binary(max_size=40))
+def test_session_reader_ends_with_a_named_error(v5, picks, sets, tail):
+    data = bytearray(b"".join(GOOD[v5][i] for i in picks) + tail)
+    for pos, val in sets:
+        if data:
+            data[pos % len(data)] = val
+    err = asyncio.run(_session_fed(bytes(data), v5))
+    # as_net_error turns an unexpected exception (a bug) into a bare NetError: not allowed
+    assert isinstance(err, conn.NetError) and type(err) is not conn.NetError, repr(err)
