@@ -6,7 +6,7 @@ Tasks (DESIGN.md "The loop"), each restarted by the supervisor if it crashes:
 - downlink  polls the command catalog and applies new desired values (firmware/desired.py)
 - auth      renews the token before `renew_after`
 - local     reports physical input changes without desired_id
-- status    one status line every `intervals.status_s` (also what `make run` shows)
+- health    one status line with the heap every `intervals.status_s` (what `make run` shows)
 """
 import asyncio
 import gc
@@ -33,6 +33,7 @@ class App:
         self.outbox = outbox
         self.cloud = cloud
         cloud.on_desired = self.on_desired  # desired state may also arrive by subscription
+        cloud.on_reconnect = self.report_command_states  # a new broker session: reconcile
         self.desired = DesiredState(cfg.root)
         self.wake = Wake()
         self.readings = 0
@@ -156,7 +157,7 @@ class App:
                 log.info(_TAG, "local change on command %s -> %s", cid, value)
                 self._append("command", cid, value)
 
-    async def status(self):
+    async def health(self):
         every_ms = int(self.cfg.get("intervals.status_s") * 1000)
         while True:
             await asyncio.sleep_ms(every_ms)
@@ -175,7 +176,7 @@ class App:
 
     def supervisor(self):
         sup = Supervisor()
-        for name in ("sampler", "uplink", "downlink", "auth", "local", "status"):
+        for name in ("sampler", "uplink", "downlink", "auth", "local", "health"):
             sup.add(name, getattr(self, name))
         for name, factory in self.board.background() + self.cloud.background():
             sup.add(name, factory)

@@ -56,6 +56,7 @@ DATA/mqtt with the same certificates, TLS listener on 127.0.0.1; cloud.json gets
                                        [--mqtt-cred-ttl S]
     python -m tools.realer_cloud set-desired --data DIR COMMAND VALUE [--ttl S]
     python -m tools.realer_cloud list-feed-data --data DIR
+    python -m tools.realer_cloud show-device --data DIR
     python -m tools.realer_cloud fault --data DIR KIND [--count N] [--retry-after S]
                                        [--seconds S]
       KIND: 401 429 503 slow | drop-mqtt ack-error mqtt-silent no-credential-endpoint
@@ -186,6 +187,39 @@ def feed_rows(data):
             "transport")
     return [dict(zip(cols, r)) for r in conn.execute(
         "select %s from feed order by created" % ",".join(cols))]
+
+
+def device_state(data, device=DEVICE_ID):
+    """What the operator sees for one device: each command's desired value and the state the
+    device last reported, each sensor's latest value, delivery counts, live credentials."""
+    conn = db(data)
+    now = time.time()
+
+    def last(source):
+        row = conn.execute("select value, desired_id, report_status, created, transport from "
+                           "feed where device=? and source=? order by created desc limit 1",
+                           (device, source)).fetchone()
+        return None if row is None else dict(zip(("value", "desired_id", "report_status",
+                                                  "at", "transport"), row))
+
+    commands = []
+    for cid, name, value, desired_id, expires_at in conn.execute(
+            "select id, name, value, desired_id, expires_at from command where device=? "
+            "order by id", (device,)):
+        commands.append({"id": cid, "name": name, "desired_value": value,
+                         "desired_id": desired_id, "expires_at": expires_at,
+                         "reported": last("command:%d" % cid)})
+    sensors = [{"id": s["id"], "name": s["name"], "latest": last("sensor:%d" % s["id"])}
+               for s in SENSORS]
+    counts = dict(conn.execute("select transport, count(*) from feed where device=? "
+                               "group by transport", (device,)).fetchall())
+    creds = [dict(zip(("username", "version", "expires_in_s"), (u, v, round(e - now))))
+             for u, v, e in conn.execute("select username, version, expires from mqtt_cred "
+                                         "where device=? and removed=0", (device,))]
+    tokens = conn.execute("select count(*) from token where device=? and expires>?",
+                          (device, now)).fetchone()[0]
+    return {"device_id": device, "commands": commands, "sensors": sensors,
+            "feed_data": counts, "live_tokens": tokens, "mqtt_credentials": creds}
 
 
 def set_knob(data, name, value):
@@ -783,6 +817,8 @@ def main(argv=None):
     d.add_argument("--ttl", type=int)
     f = sub.add_parser("list-feed-data")
     f.add_argument("--data", required=True)
+    sd = sub.add_parser("show-device")
+    sd.add_argument("--data", required=True)
     k = sub.add_parser("fault")
     k.add_argument("--data", required=True)
     k.add_argument("kind", choices=("401", "429", "503", "slow") + MQTT_FAULTS)
@@ -806,6 +842,8 @@ def main(argv=None):
     elif a.cmd == "list-feed-data":
         for row in feed_rows(a.data):
             print(json.dumps(row))
+    elif a.cmd == "show-device":
+        print(json.dumps(device_state(a.data), indent=2))
     elif a.cmd == "fault":
         admin_call(a.data, "fault", {"kind": a.kind, "count": a.count,
                                      "retry_after": a.retry_after, "seconds": a.seconds})

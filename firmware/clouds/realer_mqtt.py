@@ -58,6 +58,7 @@ class RealerMqtt:
         self.cred_renew = None  # clock.Deadline
         self.credentials = 0
         self.on_desired = None  # set by the app: handles one desired command state
+        self.on_reconnect = None  # set by the app: called after every reconnect
         self._acks: dict = {}  # message_id -> ack body, for the records being sent
         self._ack_event = asyncio.Event()
 
@@ -191,12 +192,17 @@ class RealerMqtt:
             if client is None:
                 continue
             self.mode = MQTT
-            runner = asyncio.create_task(client.run(prepare=self._prepare))
+            runner = asyncio.create_task(client.run(prepare=self._prepare,
+                                                    on_connect=self._connected))
             try:
                 await self._renew_forever(client)
             finally:
                 runner.cancel()
                 await client.disconnect()
+
+    async def _connected(self, client):
+        if client.connects > 1 and self.on_reconnect is not None:
+            self.on_reconnect()
 
     async def _renew_forever(self, client):
         while True:
