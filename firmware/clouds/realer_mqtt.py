@@ -60,6 +60,7 @@ class RealerMqtt:
         self.on_desired = None  # set by the app: handles one desired command state
         self.on_reconnect = None  # set by the app: called after every reconnect
         self._acks: dict = {}  # message_id -> ack body, for the records being sent
+        self._waiting: set = set()  # their ids: late or duplicate acks are not kept
         self._ack_event = asyncio.Event()
 
     # -- what the app uses, shared with RealerHttps -------------------------------------
@@ -233,12 +234,14 @@ class RealerMqtt:
             log.warn(_TAG, "not a JSON object on %s; ignored", msg.topic)
         elif msg.topic == self.ack_topic:
             mid = body.get("message_id")
-            if isinstance(mid, str) and isinstance(body.get("status"), str):
+            if not isinstance(mid, str) or not isinstance(body.get("status"), str):
+                log.warn(_TAG, "ack without message_id/status ignored")
+            elif mid in self._waiting:
                 self._acks[mid] = body
                 self._ack_event.set()
                 self._ack_event.clear()
-            else:
-                log.warn(_TAG, "ack without message_id/status ignored")
+            else:  # for a record already judged (a re-publish was acked twice)
+                log.debug(_TAG, "late ack for %s dropped", mid)
         elif msg.topic in self.desired_routes:
             body.setdefault("command_id", self.desired_routes[msg.topic])
             cmd = {"id": body["command_id"], "desired_id": body.get("desired_id"),
@@ -263,6 +266,8 @@ class RealerMqtt:
             raise mqtt.NotConnected("no broker session yet")
         result = SendResult()
         sent = []
+        self._waiting = set(r.message_id for r in records)
+        self._acks = {}
         for rec in records:
             topic = self.routes.get((rec.kind, rec.source))
             if topic is None:  # no route for it: the HTTPS endpoint still takes it
@@ -272,13 +277,16 @@ class RealerMqtt:
                 result.failed = result.failed or sub.failed
                 result.wait_ms = max(result.wait_ms, sub.wait_ms)
                 continue
-            self._acks.pop(rec.message_id, None)
             await client.publish(topic, json.dumps(_record_body(rec)), 1, wait=False)
             sent.append(rec)
-        if sent:
-            await self._await_acks(sent)
-        for rec in sent:
-            self._judge(result, rec, self._acks.pop(rec.message_id, None))
+        try:
+            if sent:
+                await self._await_acks(sent)
+            for rec in sent:
+                self._judge(result, rec, self._acks.get(rec.message_id))
+        finally:
+            self._waiting = set()
+            self._acks = {}
         return result
 
     async def _await_acks(self, sent):

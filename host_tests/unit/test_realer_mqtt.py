@@ -105,7 +105,9 @@ def test_acks_and_desired_messages_are_routed_and_garbage_ignored():
     support.run(cloud._read_catalog())
     desired: list = []
     cloud.on_desired = desired.append
+    cloud._waiting = {"1-1"}  # send() is waiting for this record's ack
     cloud._on_message(_msg(ACKS, {"message_id": "1-1", "status": "accepted"}))
+    cloud._on_message(_msg(ACKS, {"message_id": "0-9", "status": "replayed"}))  # late: dropped
     cloud._on_message(_msg(DESIRED_3, {"desired_id": "des_9", "value": "1", "seq": 4}))
     for topic, junk in ((ACKS, b"{not json"), (ACKS, [1, 2]), (ACKS, {"status": "accepted"}),
                         (DESIRED_3, {"value": "1"}), ("some/other/topic", {"a": 1}),
