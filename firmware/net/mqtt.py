@@ -697,9 +697,10 @@ class Client:
             shift += 7
             if shift >= 28:
                 raise MqttProtocolError("remaining length longer than 4 bytes")
-        if length + 5 > self.max_packet:
+        size = 2 + shift // 7 + length  # the whole packet, as Maximum Packet Size counts it
+        if size > self.max_packet:
             raise MqttProtocolError("packet of %d bytes is over the %d allowed" %
-                                    (length, self.max_packet))
+                                    (size, self.max_packet))
         body = bytearray(length)
         pos = [0]
 

@@ -220,7 +220,7 @@ def test_stream_reads_good_packets_back_to_back():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(4096 - 5 + 1, 268435455), st.sampled_from([0x30, 0x32, 0x40, 0x90, 0x20]))
+@given(st.integers(4096 - 3 + 1, 268435455), st.sampled_from([0x30, 0x32, 0x40, 0x90, 0x20]))
 def test_oversize_remaining_length_is_refused_unallocated(length, first):
     client = _client(True, max_packet=4096)
     data = bytes([first]) + M.encode_varint(length) + b"\x00" * 64
@@ -243,14 +243,38 @@ def test_remaining_length_of_five_bytes_is_refused():
     assert isinstance(err, M.MqttProtocolError) and "longer than 4 bytes" in str(err), err
 
 
-def test_packet_at_the_limit_is_read():
-    # the client counts a fixed header of up to 5 bytes against max_packet, so a body of
-    # max_packet - 5 is the largest it takes (the oversize test starts one byte above)
-    client = _client(True, max_packet=4096)
-    raw = M.encode_publish("t", b"x" * (4096 - 5 - 4), 0)
-    stream = http.Stream(StepReader(raw, 512), _Writer())
-    kind, msg = asyncio.run(client._read_packet(stream, 1000))
-    assert kind == M.PUBLISH and len(msg.payload) == 4096 - 9
+def _publish_of_total_size(total):
+    """(packet, payload): a v5 QoS 0 PUBLISH to "t" whose whole packet (fixed header included)
+    is `total` bytes, or None for a size no packet has (129 -> 131 adds a length byte)."""
+    for header in (2, 3, 4, 5):
+        payload = bytes(range(256)) * (total // 256 + 1)
+        payload = payload[:total - header - 4]
+        raw = M.encode_publish("t", payload, 0)
+        if len(raw) == total:
+            return raw, payload
+    return None
+
+
+def test_packet_of_exactly_max_packet_bytes_is_read():
+    # We announce Maximum Packet Size = max_packet: the broker may send packets of that total
+    # size (MQTT 5 3.1.2.11.4), fixed header included, so refusing one would drop a session
+    # the broker did nothing wrong in (and a QoS 1 resend would loop). Sizes around the 2-, 3-
+    # and 4-byte remaining-length boundaries.
+    tried = 0
+    for limit in list(range(125, 135)) + list(range(16382, 16392)):
+        exact = _publish_of_total_size(limit)
+        if exact is None:
+            continue
+        tried += 1
+        raw, payload = exact
+        stream = http.Stream(StepReader(raw, 512), _Writer())
+        kind, msg = asyncio.run(_client(True, max_packet=limit)._read_packet(stream, 1000))
+        assert kind == M.PUBLISH and msg.payload == payload, limit
+        over = next(p for p in map(_publish_of_total_size, range(limit + 1, limit + 4)) if p)[0]
+        err = _capture(_client(True, max_packet=limit)._read_packet(
+            http.Stream(StepReader(over, 512), _Writer()), 1000))
+        assert isinstance(err, M.MqttProtocolError), (limit, err)
+    assert tried == 18, tried
 
 
 def _capture(coro):
