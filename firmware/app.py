@@ -33,7 +33,8 @@ class App:
         self.outbox = outbox
         self.cloud = cloud
         cloud.on_desired = self.on_desired  # desired state may also arrive by subscription
-        cloud.on_reconnect = self.report_command_states  # a new broker session: reconcile
+        cloud.on_link_up = self.link_up  # a broker session (re)opened
+        self.link = Wake()
         self.desired = DesiredState(cfg.root)
         self.wake = Wake()
         self.readings = 0
@@ -84,7 +85,9 @@ class App:
             except Exception as e:  # network faults: keep everything, back off
                 log.warn(_TAG, "uplink: %s; %d pending", log.describe(e),
                          self.outbox.pending_count())
-                await asyncio.sleep_ms(backoff.next_ms())
+                # a session coming back ends the wait early: no idle link after an outage
+                if await self.link.wait(backoff.next_ms()):
+                    backoff.reset()
                 continue
             for mid in result.ok:
                 self.outbox.delivered(mid)
@@ -142,6 +145,13 @@ class App:
                     first = False
                     self.report_command_states()
             await asyncio.sleep_ms(max(1000, self.cloud.renew_at.remaining_ms()))
+
+    def link_up(self, first):
+        """A broker session opened (MQTT transports): wake the uplink; after a reconnect,
+        report the physical command state again so the cloud can reconcile."""
+        self.link.set()
+        if not first:
+            self.report_command_states()
 
     def report_command_states(self):
         for cid, act in self.board.actuators.items():

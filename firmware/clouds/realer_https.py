@@ -114,7 +114,7 @@ class RealerHttps:
         self._basic = http.basic_auth(self.client_id, self.client_secret)
         self._auth_lock = asyncio.Lock()  # several tasks may find the token due at once
         self.on_desired = None  # set by the app (desired state comes from poll_catalog here)
-        self.on_reconnect = None
+        self.on_link_up = None  # no sessions over HTTPS: never called
 
     def background(self):
         """Extra tasks this adapter needs (none: HTTPS is driven by uplink and downlink)."""

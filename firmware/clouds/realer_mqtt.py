@@ -58,7 +58,7 @@ class RealerMqtt:
         self.cred_renew = None  # clock.Deadline
         self.credentials = 0
         self.on_desired = None  # set by the app: handles one desired command state
-        self.on_reconnect = None  # set by the app: called after every reconnect
+        self.on_link_up = None  # set by the app: on_link_up(first) after every connect
         self._acks: dict = {}  # message_id -> ack body, for the records being sent
         self._waiting: set = set()  # their ids: late or duplicate acks are not kept
         self._ack_event = asyncio.Event()
@@ -202,8 +202,8 @@ class RealerMqtt:
                 await client.disconnect()
 
     async def _connected(self, client):
-        if client.connects > 1 and self.on_reconnect is not None:
-            self.on_reconnect()
+        if self.on_link_up is not None:
+            self.on_link_up(client.connects == 1)
 
     async def _renew_forever(self, client):
         while True:
