@@ -3,7 +3,8 @@
 # single QoS 1 publishes that each wait for their PUBACK (one network round trip), taken
 # before the timed run; imported_alloc the heap held once the client's modules are imported.
 #   ours  URL USER PASSWORD N WINDOW [CA]    firmware.net.mqtt, wait=False then flush()
-#   umqtt HOST PORT USER PASSWORD N          umqtt.simple 1.3.4, publish(qos=1): stop-and-wait
+#   umqtt HOST PORT USER PASSWORD N [nodelay] umqtt.simple 1.3.4, publish(qos=1): stop-and-wait;
+#                                            nodelay: TCP_NODELAY set on its socket after connect
 import gc
 import json
 import random
@@ -46,12 +47,14 @@ async def ours(url, user, password, n, window, ca):
     return ms, median(rtts), imported
 
 
-def umqtt(host, port, user, password, n):
+def umqtt(host, port, user, password, n, nodelay):
     from umqtt.simple import MQTTClient
 
     imported = code_alloc()
     c = MQTTClient("bench-umqtt-%06x" % random.getrandbits(24), host, port, user, password)
     c.connect()
+    if nodelay:  # its five small writes per PUBLISH otherwise meet Nagle + delayed ACK
+        c.sock.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
     rtts = []
     for _ in range(5):
         t = time.ticks_ms()
@@ -78,8 +81,9 @@ def main():
     else:
         host, port, user, password, n = sys.argv[2], int(sys.argv[3]), sys.argv[4], \
             sys.argv[5], int(sys.argv[6])
-        ms, rtt, imported = umqtt(host, port, user, password, n)
-        name = "umqtt.simple"
+        nodelay = len(sys.argv) > 7 and sys.argv[7] == "nodelay"
+        ms, rtt, imported = umqtt(host, port, user, password, n, nodelay)
+        name = "umqtt.simple" + (" nodelay" if nodelay else "")
     print(json.dumps({"client": name, "n": n, "ms": ms, "rtt_ms": rtt,
                       "imported_alloc": imported}))
 
