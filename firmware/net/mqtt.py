@@ -10,7 +10,8 @@ session up: connect with backoff, re-subscribe, resend, repeat.
 
 Every failure is a named error: CONNACK refusals map to BadCredentials / NotAuthorized /
 ServerUnavailable / ConnectRefused (the first two are
-CredentialsRefused), SUBACK failures to SubscribeDenied, and any malformed
+CredentialsRefused), SUBACK failures to SubscribeDenied, a PUBLISH over the broker's Maximum
+Packet Size to PacketTooLarge (refused before it is sent or kept), and any malformed
 packet (bad remaining length, unknown property, oversize) to MqttProtocolError, which closes
 the connection (with DISCONNECT 0x81 on MQTT 5), never the loop.
 """
@@ -138,6 +139,11 @@ class ServerDisconnect(MqttError):
 
 class NotConnected(MqttError):
     """No session is open right now."""
+
+
+class PacketTooLarge(MqttError):
+    """The PUBLISH is over the broker's Maximum Packet Size: it was not sent and is not kept
+    (the broker would drop the session, and a resend would do it again)."""
 
 
 def refusal(code, reason=""):
@@ -597,7 +603,8 @@ class Client:
         if isinstance(payload, str):
             payload = payload.encode()
         if qos == 0:
-            await self._send(encode_publish(topic, payload, 0, retain, 0, False, props, self.v5))
+            await self._send(self._fits(encode_publish(topic, payload, 0, retain, 0, False,
+                                                       props, self.v5), topic))
             return 0
         while len(self._inflight) >= self._send_window:
             self._check_session()
@@ -605,7 +612,8 @@ class Client:
         self._check_session()
         pid = self._next_pid()
         entry = [topic, payload, retain, props, None]
-        data = encode_publish(topic, payload, qos, retain, pid, False, props, self.v5)
+        data = self._fits(encode_publish(topic, payload, qos, retain, pid, False, props,
+                                         self.v5), topic)
         self._inflight[pid] = entry
         await self._send(data)
         if wait:
@@ -615,6 +623,13 @@ class Client:
             if entry[4] >= 0x80:
                 raise PublishRejected(topic, entry[4])
         return pid
+
+    def _fits(self, data, topic):
+        limit = self.server_props.get(MAXIMUM_PACKET_SIZE)
+        if limit and len(data) > limit:
+            raise PacketTooLarge("%d-byte PUBLISH to %s is over the broker's %d-byte limit" %
+                                 (len(data), topic, limit))
+        return data
 
     def _check_session(self):
         if self._stream is None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from firmware.net import conn, http, mqtt
 from support import StepReader
+from tools.mosquitto import Broker, BrokerError
 
 M = mqtt
 
@@ -381,3 +382,46 @@ def test_session_reader_ends_with_a_named_error(v5, picks, sets, tail):
     err = asyncio.run(_session_fed(bytes(data), v5))
     # as_net_error turns an unexpected exception (a bug) into a bare NetError: not allowed
     assert isinstance(err, conn.NetError) and type(err) is not conn.NetError, repr(err)
+
+
+# ---- a publish the broker cannot take (found by the benchmark's packet-size probing) -----
+
+class _SmallPacketBroker(Broker):
+    """mosquitto announcing Maximum Packet Size 1000 in its CONNACK."""
+
+    def _config(self):
+        return "max_packet_size 1000\n" + super()._config()
+
+
+def test_publish_over_the_brokers_maximum_packet_size_is_refused_locally(tmp_path):
+    # mosquitto answers an oversize PUBLISH with DISCONNECT 0x95; a QoS 1 one stayed in flight
+    # and was sent again on every reconnect, so the session could never carry anything else
+    # (40 reconnects in 2 s of run()). It must be refused before it is sent or kept.
+    try:
+        broker = _SmallPacketBroker(str(tmp_path), dynsec=False, users={"u": "pw-123456"}).start()
+    except BrokerError as e:
+        raise AssertionError("mosquitto could not start: %s" % e) from None
+
+    async def run():
+        c = M.Client(broker.url, "big", "u", "pw-123456", timeout_ms=3000)
+        await c.connect()
+        assert c.server_props.get(M.MAXIMUM_PACKET_SIZE) == 1000, c.server_props
+        for qos in (1, 0):
+            err = await _acapture(c.publish("t/big", b"x" * 2000, qos))
+            assert isinstance(err, M.PacketTooLarge), repr(err)
+        assert c.connected and c.inflight == 0
+        await asyncio.wait_for(c.publish("t/small", b"x" * 900, 1), 3)  # still usable
+        await c.disconnect()
+
+    try:
+        asyncio.run(run())
+    finally:
+        broker.stop()
+
+
+async def _acapture(coro):
+    try:
+        await asyncio.wait_for(coro, 3)
+    except Exception as e:
+        return e
+    return None
