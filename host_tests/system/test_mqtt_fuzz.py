@@ -384,7 +384,7 @@ def test_session_reader_ends_with_a_named_error(v5, picks, sets, tail):
     assert isinstance(err, conn.NetError) and type(err) is not conn.NetError, repr(err)
 
 
-# ---- a publish the broker cannot take (found by the benchmark's packet-size probing) -----
+# ---- a publish the broker cannot take (found reading the client, checked on mosquitto) ----
 
 class _SmallPacketBroker(Broker):
     """mosquitto announcing Maximum Packet Size 1000 in its CONNACK."""
