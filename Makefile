@@ -10,12 +10,14 @@ DEPS_STAMP := $(VENV)/.deps-installed
 export MICROPYPATH := $(CURDIR):$(CURDIR)/host_tests/shims:$(CURDIR)/lib:.frozen
 
 TRANSPORT ?= https
+PLATFORM ?= realer
 
 .PHONY: run deps test lint typecheck unit-mp pytest clean ota-keygen ota-bundle
 
-# The firmware (sim board) against the local Realer cloud, live status until Ctrl-C.
+# The firmware (sim board) against a local cloud, live status until Ctrl-C.
+# PLATFORM=realer|nubison|devicehive|xyte; TRANSPORT=https|mqtt picks Realer's transport.
 run: deps
-	$(PY) -m tools.run_local --transport $(TRANSPORT)
+	$(PY) -m tools.run_local --platform $(PLATFORM) --transport $(TRANSPORT)
 
 deps: $(DEPS_STAMP) $(MOSQUITTO)
 

@@ -202,18 +202,30 @@ def _expiry(value):
     return None
 
 
+# platform (and transport, for Realer) -> (module, class); imported only when chosen, so a
+# board carries in RAM just the adapter it uses
+_ADAPTERS = {
+    "realer/https": ("firmware.clouds.realer_https", "RealerHttps"),
+    "realer/mqtt": ("firmware.clouds.realer_mqtt", "RealerMqtt"),
+    "nubison": ("firmware.clouds.nubison", "Nubison"),
+    "devicehive": ("firmware.clouds.devicehive", "DeviceHive"),
+    "xyte": ("firmware.clouds.xyte", "Xyte"),
+}
+
+
 def make_cloud(cfg):
     platform = cfg.get("cloud.platform")
-    if platform == "realer" and cfg.get("cloud.transport") == "https":
-        from firmware.clouds.realer_https import RealerHttps
-
-        return RealerHttps(cfg)
-    if platform == "realer" and cfg.get("cloud.transport") == "mqtt":
-        from firmware.clouds.realer_mqtt import RealerMqtt
-
-        return RealerMqtt(cfg)
-    raise config.ConfigError(["cloud.platform: %s over %s is not in this build yet" %
-                              (platform, cfg.get("cloud.transport"))])
+    key = platform + "/" + cfg.get("cloud.transport") if platform == "realer" else platform
+    entry = _ADAPTERS.get(key)
+    if entry is None:
+        raise config.ConfigError(["cloud.platform: %s over %s is not in this build" %
+                                  (platform, cfg.get("cloud.transport"))])
+    try:
+        module = __import__(entry[0], None, None, (entry[1],))
+    except ImportError as e:
+        raise config.ConfigError(["cloud.platform: the %s adapter is not in this build (%s)" %
+                                  (platform, e)])
+    return getattr(module, entry[1])(cfg)
 
 
 def build(root=None):

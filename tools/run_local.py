@@ -1,10 +1,16 @@
-"""`make run`: the firmware on the MicroPython unix port against the local Realer cloud.
+"""`make run`: the firmware on the MicroPython unix port against a local cloud.
 
-Starts the local cloud (tools/realer_cloud.py) in run/cloud, writes a data root in run/device
-with config.json (sim board) and the cloud's CA, runs `micropython main.py` there, and shows
-the firmware's status line live until Ctrl-C. Firmware logs go to run/device.log.
+Starts the platform's local cloud (tools/<platform>_cloud.py) in run/cloud, writes a data root
+in run/device with config.json (sim board) and the cloud's CA, runs `micropython main.py`
+there, and shows the firmware's status line live until Ctrl-C. Logs go to run/device.log.
 
-    python -m tools.run_local [--transport https|mqtt] [--fresh]
+    python -m tools.run_local [--platform realer|nubison|devicehive|xyte]
+                              [--transport https|mqtt] [--fresh]
+
+Contract for every local cloud module: `python -m tools.<platform>_cloud serve --data DIR
+--port 0` writes DIR/cloud.json once it listens, holding at least "ca_file" (the CA PEM the
+device must trust) and, except for Realer, "device_cloud" (the `cloud` section of the
+device's config.json, with "ca_file": "ca.pem") and optionally "hint" (one line for the user).
 """
 import argparse
 import json
@@ -20,13 +26,20 @@ MICROPYTHON = os.path.join(ROOT, ".venv", "bin", "micropython")
 
 
 def device_config(cloud, ca_name="ca.pem", api_url=None, transport="https"):
-    """The sim-board config.json for the local cloud's demo device (transport "https" or
-    "mqtt"; with mqtt the device still reads the broker from the cloud's MQTT catalog)."""
+    """The sim-board config.json for the local cloud's demo device. Realer: transport "https"
+    or "mqtt" (with mqtt the device still reads the broker from the cloud's MQTT catalog);
+    other platforms: the cloud section their local cloud wrote as "device_cloud"."""
+    if "device_cloud" in cloud:
+        section = dict(cloud["device_cloud"], ca_file=ca_name)
+        if api_url:
+            section["api_url"] = api_url
+    else:
+        section = {"platform": "realer", "transport": transport,
+                   "api_url": api_url or cloud["api_url"], "device_id": cloud["device_id"],
+                   "client_id": cloud["client_id"], "client_secret": cloud["client_secret"],
+                   "ca_file": ca_name}
     return {
-        "cloud": {"platform": "realer", "transport": transport,
-                  "api_url": api_url or cloud["api_url"], "device_id": cloud["device_id"],
-                  "client_id": cloud["client_id"], "client_secret": cloud["client_secret"],
-                  "ca_file": ca_name},
+        "cloud": section,
         "board": "sim",
         "sensors": [{"id": 7, "quantity": "temperature", "interval_s": 5},
                     {"id": 8, "quantity": "humidity", "interval_s": 10}],
@@ -37,16 +50,19 @@ def device_config(cloud, ca_name="ca.pem", api_url=None, transport="https"):
     }
 
 
-def start_cloud(data, token_ttl=300, port=0, mqtt=False, mqtt_cred_ttl=None):
-    """Start the local cloud; returns (process, cloud.json contents). With mqtt=True the cloud
-    also runs its broker and cloud.json holds "mqtt_url" (mqtts://127.0.0.1:PORT)."""
+def start_cloud(data, token_ttl=300, port=0, mqtt=False, mqtt_cred_ttl=None, platform="realer",
+                extra_args=()):
+    """Start a local cloud; returns (process, cloud.json contents). Realer with mqtt=True also
+    runs its broker and cloud.json holds "mqtt_url" (mqtts://127.0.0.1:PORT). extra_args go
+    to the cloud's `serve` command as they are."""
     info_path = os.path.join(data, "cloud.json")
     if os.path.exists(info_path):
         os.remove(info_path)
     extra = (["--mqtt"] if mqtt else []) + (
-        ["--mqtt-cred-ttl", str(mqtt_cred_ttl)] if mqtt_cred_ttl else [])
-    proc = subprocess.Popen([sys.executable, "-m", "tools.realer_cloud", "serve", "--data", data,
-                             "--token-ttl", str(token_ttl), "--port", str(port)] + extra,
+        ["--mqtt-cred-ttl", str(mqtt_cred_ttl)] if mqtt_cred_ttl else []) + list(extra_args)
+    proc = subprocess.Popen([sys.executable, "-m", "tools.%s_cloud" % platform, "serve",
+                             "--data", data, "--token-ttl", str(token_ttl), "--port", str(port)]
+                            + extra,
                             cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     for _ in range(200):
@@ -80,6 +96,8 @@ def start_firmware(device_dir, log_file):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--platform", default="realer",
+                    choices=("realer", "nubison", "devicehive", "xyte"))
     ap.add_argument("--transport", default="https", choices=("https", "mqtt"))
     ap.add_argument("--fresh", action="store_true", help="forget the device's outbox and state")
     a = ap.parse_args()
@@ -87,13 +105,16 @@ def main():
     device = os.path.join(run, "device")
     if a.fresh:
         shutil.rmtree(run, ignore_errors=True)
-    cloud_proc, cloud = start_cloud(os.path.join(run, "cloud"), mqtt=a.transport == "mqtt")
+    cloud_proc, cloud = start_cloud(os.path.join(run, "cloud"), platform=a.platform,
+                                    mqtt=a.platform == "realer" and a.transport == "mqtt")
     write_device(device, cloud, transport=a.transport)
     log_path = os.path.join(run, "device.log")
-    print("local Realer cloud: %s   device data root: %s" % (cloud["api_url"], device))
+    print("local %s cloud: %s   device data root: %s" % (
+        a.platform, cloud.get("api_url", "-"), device))
     if cloud.get("mqtt_url"):
         print("local MQTT broker: %s" % cloud["mqtt_url"])
-    print("try: .venv/bin/python -m tools.realer_cloud set-desired --data run/cloud 4 42")
+    print(cloud.get("hint", "try: .venv/bin/python -m tools.realer_cloud set-desired "
+                            "--data run/cloud 4 42"))
     print("firmware log: %s   (Ctrl-C stops both)" % log_path)
     with open(log_path, "ab") as log_file:
         fw = start_firmware(device, log_file)
