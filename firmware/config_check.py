@@ -1,0 +1,237 @@
+"""The config.json validator: every problem at once, one line each naming the key and the fix.
+
+Only `config.load()` / `config.validate()` use it, at start-up; they drop this module from
+`sys.modules` afterwards so its code and tables do not stay in RAM for the device's life (on
+the unix port, and on a board running `.mpy` from the filesystem, bytecode lives in the heap).
+"""
+import os
+
+from micropython import const
+
+from firmware import log
+from firmware.config import FILE, PLATFORMS, Config, ConfigError, join
+
+_TAG = "config"
+_TLS_SCHEMES = ("https", "mqtts", "wss")
+_MAX_GPIO = const(39)
+_INPUT_ONLY = (34, 35, 36, 37, 38, 39)
+_FLASH_PINS = (6, 7, 8, 9, 10, 11)
+
+# platform -> keys under `cloud` it needs (beyond `platform`)
+_REQUIRED = {
+    "realer": ("api_url", "device_id", "client_id", "client_secret"),
+    "nubison": ("api_url", "client_id", "client_secret", "product_code", "device_id",
+                "model_name", "device_name"),
+    "devicehive": ("api_url", "device_id", "access_token", "refresh_token"),
+    "xyte": ("hardware_key", "serial_number", "firmware_version"),
+}
+_SECRETS = ("client_secret", "access_token", "refresh_token", "hardware_key", "password",
+            "access_key")
+_FIX = {
+    "client_secret": "set the client secret issued by the cloud console",
+    "client_id": "set the client id issued by the cloud console",
+    "api_url": "set the cloud's base URL, e.g. https://api.example.com",
+    "device_id": "set the device id the cloud assigned",
+    "access_token": "set the device's JWT access token",
+    "refresh_token": "set the device's JWT refresh token",
+}
+_CLOUD_KEYS = ("platform", "transport", "api_url", "device_id", "client_id", "client_secret",
+               "ca_file", "scope", "batch_max", "product_code", "model_name", "device_name",
+               "access_token", "refresh_token", "registration_url", "hardware_key",
+               "serial_number", "firmware_version", "command_topic", "ws_path", "name", "mac",
+               "ack_timeout_s")
+_TOP_KEYS = ("cloud", "board", "sensors", "commands", "switches", "intervals", "outbox", "log",
+             "wifi", "ota", "safe_mode_pin", "watchdog_s")
+_SENSOR_DRIVERS = ("sim", "dht22", "dht11", "ds18b20", "adc", "digital", "bme280")
+_COMMAND_DRIVERS = ("sim", "relay", "pwm", "gpio")
+_DEFAULTS: dict = {
+    "board": "sim",
+    "intervals": {"sample_s": 30, "catalog_poll_s": 30, "status_s": 10},
+    "outbox": {"max_records": 2000, "ttl_s": None},
+    "log": {"level": "info"},
+}
+_LEVELS = ("debug", "info", "warn", "error")
+
+
+def validate(raw, root="."):
+    problems: list = []
+    warnings: list = []
+    if not isinstance(raw, dict):
+        raise ConfigError(["%s: the top level must be a JSON object {...}" % FILE])
+    _register_secrets(raw)
+    for key in raw:
+        if key not in _TOP_KEYS:
+            warnings.append("%s: unknown key, ignored" % key)
+    for key, default in _DEFAULTS.items():
+        if key not in raw:
+            raw[key] = default
+        elif isinstance(default, dict) and isinstance(raw[key], dict):
+            for k, v in default.items():
+                raw[key].setdefault(k, v)
+    cloud = raw.get("cloud")
+    if not isinstance(cloud, dict):
+        problems.append("cloud: missing or not an object; add {\"platform\": ..., ...}")
+        cloud = raw["cloud"] = {}
+    _check_cloud(cloud, root, problems, warnings)
+    if raw["board"] not in ("sim", "esp32"):
+        problems.append("board: %r is not a board; use \"sim\" or \"esp32\"" % (raw["board"],))
+    _check_sections(raw, problems)
+    _check_io(raw, problems)
+    for w in warnings:
+        log.warn(_TAG, w)
+    if problems:
+        raise ConfigError(problems)
+    return Config(raw, root, warnings)
+
+
+def _register_secrets(node):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in _SECRETS and isinstance(v, str):
+                log.secret(v)
+            else:
+                _register_secrets(v)
+    elif isinstance(node, list):
+        for v in node:
+            _register_secrets(v)
+
+
+def _check_cloud(cloud, root, problems, warnings):
+    platform = cloud.get("platform")
+    if platform not in PLATFORMS:
+        problems.append("cloud.platform: %r is not supported; use one of %s" %
+                        (platform, ", ".join(PLATFORMS)))
+        return
+    for key in cloud:
+        if key not in _CLOUD_KEYS:
+            warnings.append("cloud.%s: unknown key, ignored" % key)
+    if platform == "realer":
+        cloud.setdefault("transport", "https")
+        if cloud["transport"] not in ("https", "mqtt"):
+            problems.append("cloud.transport: %r; use \"https\" or \"mqtt\"" %
+                            (cloud["transport"],))
+    for key in ("batch_max", "ack_timeout_s"):
+        value = cloud.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or value <= 0):
+            problems.append("cloud.%s: must be a number > 0" % key)
+    if platform == "xyte":
+        cloud.setdefault("registration_url", "https://entry.xyte.io")
+        cloud.setdefault("command_topic", "commands")
+    if platform == "devicehive":
+        cloud.setdefault("ws_path", "/api/websocket")
+    for key in _REQUIRED[platform]:
+        value = cloud.get(key)
+        if value is None or value == "":
+            problems.append("cloud.%s: missing; %s" % (key, _FIX.get(key, "required for %s" %
+                                                                   platform)))
+        elif key == "device_id":
+            if not isinstance(value, (int, str)) or isinstance(value, bool):
+                problems.append("cloud.device_id: must be a number or a string")
+        elif not isinstance(value, str):
+            problems.append("cloud.%s: must be a string, got %s" % (key, type(value).__name__))
+    url = cloud.get("api_url") if platform != "xyte" else cloud.get("registration_url")
+    scheme = url.split("://", 1)[0] if isinstance(url, str) and "://" in url else None
+    if isinstance(url, str) and url and scheme is None:
+        problems.append("cloud.api_url: %r has no scheme; write https://host/..." % url)
+    ca = cloud.get("ca_file")
+    if ca is not None and not isinstance(ca, str):
+        problems.append("cloud.ca_file: must be a path string relative to the data root")
+    elif ca:
+        try:
+            os.stat(join(root, ca))
+        except OSError:
+            problems.append("cloud.ca_file: %r not found in the data root; copy the CA PEM "
+                            "there" % ca)
+    elif scheme in _TLS_SCHEMES:
+        problems.append("cloud.ca_file: missing; %s needs the CA certificate (PEM) that "
+                        "signs the server, relative to the data root" % scheme)
+
+
+def _check_sections(raw, problems):
+    for section in ("intervals", "outbox", "log", "wifi", "ota"):
+        if section in raw and not isinstance(raw[section], dict):
+            problems.append("%s: must be an object {...}" % section)
+            raw[section] = dict(_DEFAULTS.get(section, {}))
+    for key, value in raw["intervals"].items():
+        if not _is_num(value) or value <= 0:
+            problems.append("intervals.%s: must be a number of seconds > 0" % key)
+    mx = raw["outbox"].get("max_records")
+    if not isinstance(mx, int) or isinstance(mx, bool) or not 10 <= mx <= 100000:
+        problems.append("outbox.max_records: must be a whole number from 10 to 100000")
+    ttl = raw["outbox"].get("ttl_s")
+    if ttl is not None and (not _is_num(ttl) or ttl <= 0):
+        problems.append("outbox.ttl_s: must be seconds > 0, or null for no expiry")
+    if raw["log"].get("level") not in _LEVELS:
+        problems.append("log.level: use one of %s" % ", ".join(_LEVELS))
+    wifi = raw.get("wifi")
+    if isinstance(wifi, dict) and not isinstance(wifi.get("ssid"), str):
+        problems.append("wifi.ssid: missing; set the network name (and wifi.password)")
+
+
+def _is_num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_io(raw, problems):
+    esp32 = raw["board"] == "esp32"
+    used: dict = {}
+    for section, drivers, output in (("sensors", _SENSOR_DRIVERS, False),
+                                     ("commands", _COMMAND_DRIVERS, True),
+                                     ("switches", None, False)):
+        entries = raw.setdefault(section, [])
+        if not isinstance(entries, list):
+            problems.append("%s: must be a list [...]" % section)
+            raw[section] = []
+            continue
+        ids: list = []
+        for i, e in enumerate(entries):
+            where = "%s[%d]" % (section, i)
+            if not isinstance(e, dict):
+                problems.append("%s: must be an object {...}" % where)
+                continue
+            key = "command" if section == "switches" else "id"
+            cid = e.get(key)
+            if cid is None or isinstance(cid, bool) or not isinstance(cid, (int, str)):
+                problems.append("%s.%s: missing; set the cloud's id for it" % (where, key))
+            elif section != "switches":
+                if cid in ids:
+                    problems.append("%s.id: %r is used twice in %s" % (where, cid, section))
+                ids.append(cid)
+            drv = e.get("driver", "sim" if section != "switches" else None)
+            if drivers is not None and drv not in drivers:
+                problems.append("%s.driver: %r unknown; use one of %s" %
+                                (where, drv, ", ".join(drivers)))
+            if "interval_s" in e and (not _is_num(e["interval_s"]) or e["interval_s"] <= 0):
+                problems.append("%s.interval_s: must be seconds > 0" % where)
+            if "min" in e and "max" in e and _is_num(e["min"]) and _is_num(e["max"]) \
+                    and e["min"] > e["max"]:
+                problems.append("%s: min %r is above max %r" % (where, e["min"], e["max"]))
+            pins = [("pin", e["pin"])] if "pin" in e else []
+            if isinstance(e.get("i2c"), dict):
+                pins += [("i2c." + k, e["i2c"][k]) for k in ("scl", "sda") if k in e["i2c"]]
+            if esp32 and drv != "sim" and not pins and section != "switches" or \
+                    section == "switches" and esp32 and not pins:
+                problems.append("%s.pin: missing; set the GPIO number it is wired to" % where)
+            for name, pin in pins:
+                _check_pin("%s.%s" % (where, name), pin, output and name == "pin", esp32,
+                           used, problems)
+
+
+def _check_pin(where, pin, output, esp32, used, problems):
+    if not isinstance(pin, int) or isinstance(pin, bool):
+        problems.append("%s: must be a GPIO number, got %r" % (where, pin))
+        return
+    if esp32:
+        if not 0 <= pin <= _MAX_GPIO:
+            problems.append("%s: GPIO %d does not exist on the ESP32 (0..39)" % (where, pin))
+        elif pin in _FLASH_PINS:
+            problems.append("%s: GPIO %d is wired to the flash chip; pick another" % (where, pin))
+        elif output and pin in _INPUT_ONLY:
+            problems.append("%s: GPIO %d is input-only; outputs need a pin below 34" %
+                            (where, pin))
+    shared_bus = ".i2c." in where
+    if pin in used and not (shared_bus and ".i2c." in used[pin]):  # sensors may share a bus
+        problems.append("%s: GPIO %d is already used by %s" % (where, pin, used[pin]))
+    else:
+        used.setdefault(pin, where)
