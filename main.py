@@ -1,11 +1,59 @@
-# Runs the firmware: boot.py has already mounted storage and chosen the app slot.
-from firmware import log
+# Runs the firmware: boot.py has already mounted storage, checked safe mode and chosen the
+# app slot. A crash of an app on OTA trial rolls back to the previous slot and resets.
+import sys
 
-try:
-    import firmware.app
 
-    firmware.app.main()
-except Exception as e:  # only a bug outside the supervised tasks gets here
-    # redacted like every other line: a raw traceback could print a secret
-    log.exc("main", "firmware stopped", e)
-    raise SystemExit(1)
+def _root():
+    if sys.platform == "esp32":
+        return ""
+    import os
+
+    return os.getenv("FIRMWARE_ROOT") or ""
+
+
+def _crashed(e):
+    try:
+        from firmware import log
+
+        # redacted like every other line: a raw traceback could print a secret
+        log.exc("main", "firmware stopped", e)
+    except Exception:  # the app's own log module may be what is broken
+        print("main: firmware stopped: %s (log unavailable)" % type(e).__name__)
+    slots = sys.modules.get("firmware.ota.slots")
+    if slots is None:
+        try:
+            from firmware.ota import slots
+        except Exception:
+            slots = None
+    if slots is not None and slots.on_trial(_root()):
+        version = slots.fail(_root(), "crashed: %s" % type(e).__name__)
+        print("main: update %s failed on trial; back to the previous app at reset" % version)
+        if sys.platform == "esp32":  # on the host the next run is the next boot
+            import machine
+
+            machine.reset()
+
+
+def _safe_mode():
+    try:
+        from firmware import safemode
+    except ImportError:
+        return None
+    return safemode.active
+
+
+def _run():
+    try:
+        reason = _safe_mode()
+        if reason:
+            print("main: safe mode (%s): app not started" % reason)
+            return
+        import firmware.app
+
+        firmware.app.main()
+    except Exception as e:  # only a bug outside the supervised tasks gets here
+        _crashed(e)
+        raise SystemExit(1)
+
+
+_run()

@@ -214,7 +214,7 @@ def _copy(f, out, buf, size, h):
         size -= got
 
 
-def extract(f, manifest, dest_dir, chunk=_CHUNK, offset=None):
+def extract(f, manifest, dest_dir, chunk=_CHUNK, offset=None, progress=None):
     """Stream every payload of a verified bundle into `dest_dir`, an existing, empty staging
     directory (on failure this call removes what it wrote, which would include a file it
     replaced).
@@ -223,7 +223,8 @@ def extract(f, manifest, dest_dir, chunk=_CHUNK, offset=None):
     there). Each file goes to `<path>.part`, is hashed as it streams, and is renamed to
     `<path>` only when its SHA-256 matches. Any error (BadHash, Truncated, BadSize for
     trailing bytes, BadManifest, OSError) removes every file and directory this call created
-    before it propagates. Returns the list of extracted paths, relative to dest_dir."""
+    before it propagates. `progress(path)`, if given, is called after each file is in place.
+    Returns the list of extracted paths, relative to dest_dir."""
     if chunk < 1:
         raise ValueError("chunk must be positive")
     if offset is not None:
@@ -247,6 +248,8 @@ def extract(f, manifest, dest_dir, chunk=_CHUNK, offset=None):
             os.rename(part, target)
             written[-1] = target
             done.append(path)
+            if progress is not None:
+                progress(path)
         if f.readinto(buf[:1]):
             raise BadSize("bytes after the last payload")
     except BaseException:
