@@ -1,0 +1,306 @@
+"""App updates: download a signed bundle over HTTPS to flash, verify it, unpack it into the
+inactive slot, switch with one atomic state-file replace, reset into the trial.
+
+Every stage is safe to cut power in (docs/ota.md): the download and the unpack only touch
+`ota/download.bin` and the inactive slot, which nothing boots from; the switch is one rename
+(firmware/ota/slots.py); the first boots of the new app are trials that roll back on a crash,
+a boot loop or a missing confirm(). An interrupted download starts over from byte 0.
+
+Entry points: `Updater.start(url, version, sha256=None)` (a cloud adapter got a "new firmware"
+message: runs the update as a background task), `poll()` (the `ota` task: a manifest URL
+polled every `ota.interval_s`), `confirm()` (the health task, once the cloud has accepted data
+on the new app), `failure()` (an update that rolled back, for the adapter to report).
+"""
+import asyncio
+import hashlib
+import os
+
+from micropython import const
+
+from firmware import log, ota_bundle
+from firmware.ota import slots
+
+_TAG = "ota"
+_DOWNLOAD = "download.bin"
+_CHUNK = const(1024)
+_MAX_DOWNLOAD = const(4 * 1024 * 1024 + 16384)  # bundle payload limit + header room
+_MIN_INTERVAL_S = const(60)
+
+
+class UpdateError(Exception):
+    """An update was refused or could not be completed; the running app is unchanged."""
+
+
+class Busy(UpdateError):
+    """Another update is running, or a new app is on trial and not yet confirmed."""
+
+
+class DownloadFailed(UpdateError):
+    """The server's answer was not the bundle (status, size or whole-file SHA-256)."""
+
+
+def _rmtree(p):
+    try:
+        names = os.listdir(p)
+    except OSError:
+        try:
+            os.remove(p)  # a file where the directory should be
+        except OSError:
+            pass
+        return
+    for name in names:
+        full = p + "/" + name
+        if os.stat(full)[0] & 0x4000:
+            _rmtree(full)
+        else:
+            os.remove(full)
+    os.rmdir(p)
+
+
+def _remove(p):
+    try:
+        os.remove(p)
+    except OSError:
+        pass
+
+
+def public_key_from(cfg_value, root):
+    """32-byte key: config `ota.public_key` (64 hex digits), else the file
+    `ota_public_key.bin` in the data root (written at provisioning). None if neither."""
+    if cfg_value:
+        try:
+            key = bytes.fromhex(cfg_value)
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise UpdateError("ota.public_key must be 64 hex digits")
+        return key
+    try:
+        with open(slots.path(root, "ota_public_key.bin"), "rb") as f:
+            key = f.read()
+    except OSError:
+        return None
+    return key if len(key) == 32 else None
+
+
+def _resolve(base, url):
+    if "://" in url:
+        return url
+    cut = base.find("/", base.find("://") + 3)
+    if url.startswith("/"):
+        return (base[:cut] if cut > 0 else base) + url
+    return base[:base.rfind("/") + 1] + url
+
+
+def _reset():
+    import machine
+
+    machine.reset()
+
+
+class Updater:
+    """Owns `ota/` in the data root. `client` is a firmware.net.http.Client (made on demand
+    from `ca_file`); `reset` restarts the board (machine.reset); `hook(stage, detail)` is
+    told of each step (tests cut the power there)."""
+
+    def __init__(self, root, public_key, client=None, ca_file=None, manifest_url=None,
+                 interval_s=3600, trials=2, chunk=_CHUNK, reset=_reset, hook=None):
+        if public_key is None or len(public_key) != 32:
+            raise UpdateError("no OTA public key (config ota.public_key or ota_public_key.bin)")
+        self.root = root
+        self.key = public_key
+        self._client = client
+        self.ca_file = ca_file
+        self.manifest_url = manifest_url
+        self.interval_s = max(_MIN_INTERVAL_S, interval_s)
+        self.trials = trials
+        self.chunk = chunk
+        self.reset = reset
+        self.hook = hook
+        self.task = None
+        self.last_error = None
+
+    @classmethod
+    def from_config(cls, cfg, **kw):
+        """The app's updater from config `ota` {manifest_url, interval_s, public_key,
+        trial_boots}; None when no public key is configured (updates are then off)."""
+        key = public_key_from(cfg.get("ota.public_key", None), cfg.root)
+        if key is None:
+            return None
+        ca = cfg.get("ota.ca_file", None) or cfg.get("cloud.ca_file", None)
+        return cls(cfg.root, key, ca_file=slots.path(cfg.root, ca) if ca else None,
+                   manifest_url=cfg.get("ota.manifest_url", None),
+                   interval_s=cfg.get("ota.interval_s", 3600),
+                   trials=cfg.get("ota.trial_boots", 2), **kw)
+
+    def _step(self, stage, detail=None):
+        if self.hook is not None:
+            self.hook(stage, detail)
+
+    def client(self):
+        if self._client is None:
+            from firmware.net import http
+
+            self._client = http.Client(ca_file=self.ca_file, timeout_ms=30000)
+        return self._client
+
+    def version(self):
+        return slots.running_version(self.root)
+
+    def failure(self):
+        """{"version", "reason"} of the last update that rolled back, or None."""
+        return slots.failure(self.root)
+
+    def clear_failure(self):
+        slots.clear_failure(self.root)
+
+    def confirm(self):
+        """The app on trial works: keep it. Returns its version or None (nothing on trial)."""
+        version = slots.confirm(self.root)
+        if version is not None:
+            log.info(_TAG, "update %s confirmed", version)
+        return version
+
+    def start(self, url, version, sha256=None):
+        """Run an update in the background (for a cloud message naming a new version).
+        Returns False when it is not needed or cannot start now (the reason is logged)."""
+        if self.task is not None and not self.task.done():
+            log.info(_TAG, "update %s ignored: another update is running", version)
+            return False
+        if not self.wanted(version):
+            return False
+        self.task = asyncio.create_task(self._guarded(url, version, sha256))
+        return True
+
+    def wanted(self, version):
+        if version is not None and version == self.version():
+            return False
+        if slots.on_trial(self.root):
+            log.info(_TAG, "update %s waits: an update is on trial", version)
+            return False
+        failed = slots.failure(self.root)
+        if version is not None and failed and failed.get("version") == version:
+            log.info(_TAG, "update %s skipped: it rolled back before (%s)", version,
+                     failed.get("reason"))
+            return False
+        return True
+
+    async def _guarded(self, url, version, sha256):
+        try:
+            await self.run(url, version, sha256)
+        except Exception as e:  # logged and kept for the status; the app keeps running
+            self.last_error = e
+            log.warn(_TAG, "update %s failed: %s", version, log.describe(e))
+
+    async def run(self, url, version=None, sha256=None):
+        """Download, install and reset. Raises UpdateError, a BundleError or a network error
+        (the running app unchanged); does not return when the update is installed (reset)."""
+        if slots.inactive(self.root) is None:
+            raise Busy("an update is on trial; confirm or roll back first")
+        bundle = await self.download(url, sha256)
+        self.install(bundle, version)
+        self._step("reset", version)
+        log.info(_TAG, "resetting into the update")
+        self.reset()
+
+    async def download(self, url, sha256=None):
+        """Stream the bundle to ota/download.bin in chunk-sized writes; returns its path."""
+        try:
+            os.mkdir(slots.path(self.root, "ota"))
+        except OSError:  # exists
+            pass
+        dest = slots.path(self.root, "ota", _DOWNLOAD)
+        _remove(dest)  # a cut download starts over
+        h = hashlib.sha256() if sha256 else None
+        size = [0]
+        f = open(dest, "wb")
+        try:
+            def sink(chunk):
+                size[0] += len(chunk)
+                if size[0] > _MAX_DOWNLOAD:
+                    raise DownloadFailed("bundle larger than %d bytes" % _MAX_DOWNLOAD)
+                f.write(chunk)
+                if h is not None:
+                    h.update(chunk)
+                self._step("download", size[0])
+
+            log.info(_TAG, "downloading %s", url)
+            resp = await self.client().request("GET", url, sink=sink)
+        except BaseException:
+            f.close()
+            _remove(dest)
+            raise
+        f.close()
+        if resp.status != 200:
+            _remove(dest)
+            raise DownloadFailed("bundle download answered %d" % resp.status)
+        if h is not None and h.digest().hex() != sha256.lower():
+            _remove(dest)
+            raise DownloadFailed("bundle SHA-256 differs from the one announced")
+        log.info(_TAG, "downloaded %d bytes", size[0])
+        return dest
+
+    def install(self, bundle, version=None):
+        """Verify `bundle` (a file), unpack it into the inactive slot and stage it for the next
+        boot. Returns the bundle's version. On any error the slot is emptied, the state file
+        untouched and the error raised."""
+        slot = slots.inactive(self.root)
+        if slot is None:
+            raise Busy("an update is on trial; confirm or roll back first")
+        dest = slots.slot_dir(self.root, slot)
+        with open(bundle, "rb") as f:
+            manifest, _ = ota_bundle.read_manifest(f, self.key)
+            got = manifest["version"]
+            if version is not None and got != version:
+                raise UpdateError("bundle is version %s, expected %s" % (got, version))
+            self._step("verified", got)
+            _rmtree(dest)
+            os.mkdir(dest)
+            try:
+                ota_bundle.extract(f, manifest, dest, chunk=self.chunk,
+                                   progress=lambda p: self._step("unpack", p))
+            except BaseException:
+                _rmtree(dest)
+                raise
+        self._step("unpacked", got)
+        slots.stage(self.root, slot, got, self.trials)
+        _remove(bundle)
+        log.info(_TAG, "update %s in slot %s, on trial at the next boot", got, slot)
+        self._step("switched", got)
+        return got
+
+    async def check(self):
+        """Fetch the manifest (JSON {"version", "url", "sha256"?}); update when it names a
+        version other than the running one. Returns the version started, or None."""
+        resp = await self.client().request("GET", self.manifest_url)
+        if resp.status != 200:
+            raise DownloadFailed("manifest answered %d" % resp.status)
+        try:
+            m = resp.json()
+            version = m["version"]
+            url = _resolve(self.manifest_url, m["url"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise UpdateError("manifest unreadable: %s" % log.describe(e))
+        if not isinstance(version, str) or not self.wanted(version):
+            return None
+        await self.run(url, version, m.get("sha256"))
+        return version
+
+    async def poll(self):
+        """Background task: check the manifest URL every interval_s (first check soon after
+        start, so a fresh board picks up a pending update)."""
+        if not self.manifest_url:
+            return
+        failed = self.failure()
+        if failed:
+            log.warn(_TAG, "update %s rolled back: %s", failed.get("version"),
+                     failed.get("reason"))
+        await asyncio.sleep_ms(5000)
+        while True:
+            try:
+                await self.check()
+            except Exception as e:  # network or bundle trouble: try again next interval
+                self.last_error = e
+                log.warn(_TAG, "update check: %s", log.describe(e))
+            await asyncio.sleep_ms(self.interval_s * 1000)
+
