@@ -14,6 +14,9 @@ class WLAN:
     # test knobs, shared by all instances like the one radio of a board
     next_status = [STAT_GOT_IP]
     connect_calls = []
+    # per-connect outcomes, consumed in order before next_status applies: a STAT_* value,
+    # or an exception instance that connect() raises (ESP32's "Wifi Internal Error")
+    script = []
 
     def __init__(self, interface=STA_IF):
         self.interface = interface
@@ -27,7 +30,10 @@ class WLAN:
 
     def connect(self, ssid=None, key=None, **kw):
         WLAN.connect_calls.append(ssid)
-        self._status = WLAN.next_status[0]
+        outcome = WLAN.script.pop(0) if WLAN.script else WLAN.next_status[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        self._status = outcome
 
     def disconnect(self):
         self._status = STAT_IDLE
@@ -36,6 +42,10 @@ class WLAN:
         if param == "rssi":
             return -60
         return self._status
+
+    # test side: the radio's state changes (the AP vanished, DHCP finished)
+    def set_status(self, status):
+        self._status = status
 
     def isconnected(self):
         return self._status == STAT_GOT_IP
