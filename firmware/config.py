@@ -79,11 +79,12 @@ def validate(raw, root="."):
     try:
         return config_check.validate(raw, root)
     finally:
-        _forget("firmware.config_check")
+        unload("firmware.config_check")
 
 
-def _forget(name):
-    """Drop a module that is no longer needed, so the GC can free its code and tables."""
+def unload(name):
+    """Drop a start-up-only module (this validator, the board factory) from sys.modules and
+    its package, so the GC can free its code and tables once nothing else refers to them."""
     sys.modules.pop(name, None)
     parent, _, leaf = name.rpartition(".")
     pkg = sys.modules.get(parent)

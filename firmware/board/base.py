@@ -1,4 +1,4 @@
-"""The small interface every board speaks: sensors, actuators, local inputs, and the factory.
+"""The small interface every board speaks: sensors, actuators, local inputs, the driver registry.
 
 A `Board` holds `sensors` and `actuators` by cloud id and the physical `switches`; the tasks
 never see pins or buses. Drivers (sim, and later the ESP32 ones) plug in through a registry
@@ -11,7 +11,6 @@ import asyncio
 from micropython import const
 
 _DEFAULT_INTERVAL_S = const(60)
-_SWITCH_DRIVER = "gpio"  # the registry name the esp32 input driver registers under
 
 
 class BoardError(Exception):
@@ -243,44 +242,10 @@ def register(name, driver):
     DRIVERS[name] = driver
 
 
-def _driver(name, entry, drivers):
-    d = drivers.get(name)
-    if d is None:
-        raise BoardConfigError("entry %r names driver %r; known drivers: %s"
-                               % (entry, name, ", ".join(sorted(drivers))))
-    if isinstance(d, str):
-        mod = __import__(d, None, None, ["x"])
-        d = getattr(mod, "DRIVER", mod)
-        drivers[name] = d
-    return d
-
-
 def make_board(kind, sensors_cfg, commands_cfg, switches_cfg=(), drivers=None):
     """Build the board named by config `board`. With "sim" every entry uses the sim driver
-    (the same config runs on the host); otherwise each entry's `driver` picks its driver."""
-    drivers = DRIVERS if drivers is None else drivers
-    if kind not in ("sim", "esp32") and kind not in drivers:
-        raise BoardConfigError("board %r is unknown: use sim or esp32" % (kind,))
-    board = Board(kind)
-
-    # config.py's defaults: sensors and commands without `driver` are sim; a switch on a
-    # real board is a GPIO input
-    def pick(entry, default):
-        if not isinstance(entry, dict):
-            raise BoardConfigError("entry %r must be an object {...}" % (entry,))
-        name = "sim" if kind == "sim" else entry.get("driver", default)
-        return _driver(name, entry, drivers)
-
-    for cfg in sensors_cfg or ():
-        s = pick(cfg, "sim").sensor(cfg)
-        if s.id in board.sensors:
-            raise BoardConfigError("sensor id %r appears twice" % (s.id,))
-        board.sensors[s.id] = s
-    for cfg in commands_cfg or ():
-        a = pick(cfg, "sim").actuator(cfg)
-        if a.id in board.actuators:
-            raise BoardConfigError("command id %r appears twice" % (a.id,))
-        board.actuators[a.id] = a
-    for cfg in switches_cfg or ():
-        board.switches.append(pick(cfg, _SWITCH_DRIVER).switch(cfg, board))
-    return board
+    (the same config runs on the host); otherwise each entry's `driver` picks its driver.
+    The factory is firmware/board/factory.py, a start-up-only module the app drops after."""
+    from firmware.board import factory
+    return factory.make_board(kind, sensors_cfg, commands_cfg, switches_cfg,
+                              DRIVERS if drivers is None else drivers)

@@ -1,12 +1,18 @@
-"""Opening a connection for every client: URL parsing, plain TCP or verified TLS, and the one
-place where socket, TLS and timeout failures become named errors.
+"""Opening a connection for every client: URL parsing, plain TCP or verified TLS, the one
+place where socket, TLS and timeout failures become named errors, and `Stream`, the one
+preallocated read buffer each connection reads through.
 
 ESP32's lwIP and mbedTLS report some failures with their own numbers (negative mbedTLS codes,
 113/118 for unreachable hosts); they are listed once here so every client reads them alike.
 """
 import asyncio
 
+from micropython import const
+
 from firmware.net import tls
+
+_BUF_SIZE = const(1024)
+_MAX_LINE = const(1024)
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "mqtt": 1883, "mqtts": 8883}
 _SECURE = ("https", "wss", "mqtts")
@@ -37,6 +43,10 @@ class TLSError(NetError):
 
 class Closed(NetError):
     """The peer closed the connection (or reset it) while we were talking."""
+
+
+class ProtocolError(NetError):
+    """The peer sent something its protocol does not allow (here: a line beyond our limit)."""
 
 
 class URLError(ValueError):
@@ -105,6 +115,59 @@ def as_net_error(e, what):
     if isinstance(e, EOFError):
         return Closed("%s: closed by peer" % what)
     return NetError("%s: %s" % (what, e))
+
+
+class Stream:
+    """A connection and its one read buffer (bytes [start, end) of buf are read, not yet
+    consumed): bounded lines and exact-length reads, shared by the HTTP, WebSocket and MQTT
+    clients. A line longer than the buffer raises `LineError`."""
+
+    LineError: type = ProtocolError
+
+    def __init__(self, reader, writer):
+        self.reader = reader
+        self.writer = writer
+        self.buf = bytearray(_BUF_SIZE)
+        self.mv = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+        self.got_bytes = False
+
+    async def _fill(self, timeout_ms):
+        if self.start == self.end:
+            self.start = self.end = 0
+        elif self.end == len(self.buf):  # keep unread bytes, make room behind them
+            n = self.end - self.start
+            self.buf[:n] = self.mv[self.start:self.end]
+            self.start, self.end = 0, n
+        if self.end == len(self.buf):
+            raise self.LineError("line longer than %d bytes" % _MAX_LINE)
+        n = await asyncio.wait_for(self.reader.readinto(self.mv[self.end:]), timeout_ms / 1000)
+        if not n:
+            raise Closed("closed by server")
+        self.got_bytes = True
+        self.end += n
+
+    async def readline(self, timeout_ms):
+        while True:
+            i = self.buf.find(b"\n", self.start, self.end)
+            if i >= 0:
+                line = bytes(self.mv[self.start:i])
+                self.start = i + 1
+                return line[:-1] if line.endswith(b"\r") else line
+            if self.end - self.start >= _MAX_LINE:
+                raise self.LineError("line longer than %d bytes" % _MAX_LINE)
+            await self._fill(timeout_ms)
+
+    # Passes exactly n body bytes to sink(memoryview) in buffer-sized pieces.
+    async def read_n(self, n, sink, timeout_ms):
+        while n > 0:
+            if self.start == self.end:
+                await self._fill(timeout_ms)
+            take = min(n, self.end - self.start)
+            sink(self.mv[self.start:self.start + take])
+            self.start += take
+            n -= take
 
 
 async def open_connection(host, port, secure, ca_file, timeout_ms):

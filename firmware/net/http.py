@@ -18,8 +18,6 @@ from firmware import log
 from firmware.backoff import retry_after_ms as _retry_after
 from firmware.net import conn
 
-_BUF_SIZE = const(1024)
-_MAX_LINE = const(1024)
 _MAX_HEADERS = const(48)
 _DEFAULT_TIMEOUT_MS = const(15000)
 _DEFAULT_MAX_BODY = const(16384)
@@ -132,54 +130,10 @@ class Response:
         return _retry_after(self.headers.get("retry-after"), now_unix)
 
 
-class Stream:
-    """A connection and its one read buffer (bytes [start, end) of buf are read, not yet
-    consumed): bounded lines and exact-length reads, shared by the HTTP and WebSocket clients."""
+class Stream(conn.Stream):
+    """conn.Stream whose over-long lines are HTTP protocol errors (HTTP and WebSocket)."""
 
-    def __init__(self, reader, writer):
-        self.reader = reader
-        self.writer = writer
-        self.buf = bytearray(_BUF_SIZE)
-        self.mv = memoryview(self.buf)
-        self.start = 0
-        self.end = 0
-        self.got_bytes = False
-
-    async def _fill(self, timeout_ms):
-        if self.start == self.end:
-            self.start = self.end = 0
-        elif self.end == len(self.buf):  # keep unread bytes, make room behind them
-            n = self.end - self.start
-            self.buf[:n] = self.mv[self.start:self.end]
-            self.start, self.end = 0, n
-        if self.end == len(self.buf):
-            raise HttpProtocolError("line longer than %d bytes" % _MAX_LINE)
-        n = await asyncio.wait_for(self.reader.readinto(self.mv[self.end:]), timeout_ms / 1000)
-        if not n:
-            raise conn.Closed("closed by server")
-        self.got_bytes = True
-        self.end += n
-
-    async def readline(self, timeout_ms):
-        while True:
-            i = self.buf.find(b"\n", self.start, self.end)
-            if i >= 0:
-                line = bytes(self.mv[self.start:i])
-                self.start = i + 1
-                return line[:-1] if line.endswith(b"\r") else line
-            if self.end - self.start >= _MAX_LINE:
-                raise HttpProtocolError("line longer than %d bytes" % _MAX_LINE)
-            await self._fill(timeout_ms)
-
-    # Passes exactly n body bytes to sink(memoryview) in buffer-sized pieces.
-    async def read_n(self, n, sink, timeout_ms):
-        while n > 0:
-            if self.start == self.end:
-                await self._fill(timeout_ms)
-            take = min(n, self.end - self.start)
-            sink(self.mv[self.start:self.start + take])
-            self.start += take
-            n -= take
+    LineError = HttpProtocolError
 
 
 class _Collect:

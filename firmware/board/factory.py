@@ -1,0 +1,49 @@
+"""The board factory: turns the sensors/commands/switches config into a `Board`.
+
+Start-up only: `base.make_board` imports it, and the app drops it from `sys.modules` once the
+board is built, so its code does not stay in the heap.
+"""
+from firmware.board.base import Board, BoardConfigError
+
+_SWITCH_DRIVER = "gpio"  # the registry name the esp32 input driver registers under
+
+
+def _driver(name, entry, drivers):
+    d = drivers.get(name)
+    if d is None:
+        raise BoardConfigError("entry %r names driver %r; known drivers: %s"
+                               % (entry, name, ", ".join(sorted(drivers))))
+    if isinstance(d, str):
+        mod = __import__(d, None, None, ["x"])
+        d = getattr(mod, "DRIVER", mod)
+        drivers[name] = d
+    return d
+
+
+def make_board(kind, sensors_cfg, commands_cfg, switches_cfg, drivers):
+    """Build the board named by config `board` from the `drivers` registry (base.DRIVERS)."""
+    if kind not in ("sim", "esp32") and kind not in drivers:
+        raise BoardConfigError("board %r is unknown: use sim or esp32" % (kind,))
+    board = Board(kind)
+
+    # config.py's defaults: sensors and commands without `driver` are sim; a switch on a
+    # real board is a GPIO input
+    def pick(entry, default):
+        if not isinstance(entry, dict):
+            raise BoardConfigError("entry %r must be an object {...}" % (entry,))
+        name = "sim" if kind == "sim" else entry.get("driver", default)
+        return _driver(name, entry, drivers)
+
+    for cfg in sensors_cfg or ():
+        s = pick(cfg, "sim").sensor(cfg)
+        if s.id in board.sensors:
+            raise BoardConfigError("sensor id %r appears twice" % (s.id,))
+        board.sensors[s.id] = s
+    for cfg in commands_cfg or ():
+        a = pick(cfg, "sim").actuator(cfg)
+        if a.id in board.actuators:
+            raise BoardConfigError("command id %r appears twice" % (a.id,))
+        board.actuators[a.id] = a
+    for cfg in switches_cfg or ():
+        board.switches.append(pick(cfg, _SWITCH_DRIVER).switch(cfg, board))
+    return board
