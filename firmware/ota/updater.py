@@ -198,7 +198,11 @@ class Updater:
         if slots.inactive(self.root) is None:
             raise Busy("an update is on trial; confirm or roll back first")
         bundle = await self.download(url, sha256)
-        self.install(bundle, version)
+        try:
+            self.install(bundle, version)
+        except BaseException:
+            _remove(bundle)  # a refused bundle is not kept in flash
+            raise
         self._step("reset", version)
         log.info(_TAG, "resetting into the update")
         self.reset()
