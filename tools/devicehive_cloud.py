@@ -351,7 +351,12 @@ class Cloud:
             code, body = 500, "Internal error: %s" % e
         if code != 200:
             return self.error(s, base, code, body)
-        self.log(s, action, 200, "")
+        detail = ""
+        if action == "command/update":
+            detail = req.get("commandId")
+        elif action == "notification/insert":
+            detail = body.pop("_detail", "")
+        self.log(s, action, 200, detail)
         out = dict(base, status="success")
         out.update(body)
         return out
@@ -536,7 +541,8 @@ class Cloud:
             row = self.conn.execute("select id, timestamp from notification where device=? "
                                     "and message_id=?", (dev, str(mid))).fetchone()
             if row:
-                return 200, {"notification": {"id": row[0], "timestamp": row[1]}}
+                return 200, {"notification": {"id": row[0], "timestamp": row[1]},
+                             "_detail": "%s replay" % mid}
         ts = parse_time(n.get("timestamp")) if n.get("timestamp") else time.time()
         if ts is None:
             return 400, "notification.timestamp is unreadable"
@@ -545,7 +551,8 @@ class Cloud:
             "message_id, created) values (?,?,?,?,?,?)",
             (dev, n["notification"], json.dumps(params), dh_time(ts),
              None if mid is None else str(mid), time.time()))
-        return 200, {"notification": {"id": cur.lastrowid, "timestamp": dh_time(ts)}}
+        return 200, {"notification": {"id": cur.lastrowid, "timestamp": dh_time(ts)},
+                     "_detail": "" if mid is None else str(mid)}
 
     def _subscribe(self, s, req, kind):
         dev, err = self._device_arg(s, req, required=False)

@@ -1,0 +1,176 @@
+"""The whole firmware (main.py, sim board) on the MicroPython unix port against the local
+DeviceHive cloud over real TLS, through the fault proxy: token expiry and refresh, commands
+applied once and updated, an expired command, malformed server messages, a network cut and
+a SIGKILL, with nothing lost and nothing applied twice."""
+import json
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from tools import devicehive_cloud as dhc
+from tools import run_local
+from tools.faultproxy import FaultProxy
+
+
+def wait_for(what, cond, timeout=20):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what)
+
+
+class Rig:
+    def __init__(self, tmp):
+        self.cloud_dir = os.path.join(tmp, "cloud")
+        self.device = os.path.join(tmp, "device")
+        self.log_path = os.path.join(tmp, "device.log")
+        if not os.path.exists(run_local.MICROPYTHON):
+            raise AssertionError("no MicroPython unix port at %s: run `make deps`" %
+                                 run_local.MICROPYTHON)
+        self.cloud_proc, self.cloud = run_local.start_cloud(self.cloud_dir, token_ttl=4,
+                                                            platform="devicehive")
+        port = int(self.cloud["api_url"].rsplit(":", 1)[1])
+        self.proxy = FaultProxy("127.0.0.1", port)
+        pport = self.proxy.start_in_thread()
+        run_local.write_device(self.device, self.cloud, api_url="wss://127.0.0.1:%d" % pport)
+        cfg_path = os.path.join(self.device, "config.json")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        cfg["cloud"]["ack_timeout_s"] = 2
+        cfg["sensors"] = [{"id": 7, "quantity": "temperature", "interval_s": 1},
+                          {"id": 8, "quantity": "humidity", "interval_s": 2}]
+        cfg["switches"] = [{"command": 3, "flip_every_s": 3}]
+        cfg["intervals"] = {"catalog_poll_s": 5, "status_s": 1}
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f)
+        self.fw = None
+        self.log_file = open(self.log_path, "ab")
+
+    def start(self):
+        self.fw = run_local.start_firmware(self.device, self.log_file)
+
+    def kill(self):
+        self.fw.send_signal(signal.SIGKILL)
+        self.fw.wait(10)
+
+    def log(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def notes(self):
+        return dhc.notifications(self.cloud_dir)
+
+    def sensor_notes(self):
+        return [n for n in self.notes() if n["notification"] == "sensor"]
+
+    def command(self, cid):
+        return [c for c in dhc.commands(self.cloud_dir) if c["id"] == cid][0]
+
+    def requests(self, action=None):
+        return [r for r in dhc.request_log(self.cloud_dir, action) if r["user"] == dhc.DEVICE_USER]
+
+    def last_status(self):
+        found = re.findall(r"status: (.*)", self.log())
+        return dict(kv.split("=") for kv in found[-1].split()) if found else {}
+
+    def stop(self):
+        if self.fw and self.fw.poll() is None:
+            self.fw.kill()
+            self.fw.wait(10)
+        self.proxy.stop()
+        self.cloud_proc.kill()
+        self.cloud_proc.wait(10)
+        self.log_file.close()
+
+
+@pytest.fixture
+def rig(tmp_path):
+    r = Rig(str(tmp_path))
+    yield r
+    r.stop()
+
+
+def done(rig, cid):
+    return rig.command(cid)["status"]
+
+
+def test_devicehive_end_to_end(rig):
+    rig.start()
+    wait_for("first readings", lambda: len(rig.sensor_notes()) >= 3)
+
+    # commands: applied once with the observed value, rejected (out of range), expired
+    ok = dhc.send_command(rig.cloud_dir, "4", 55, lifetime=60)
+    bad = dhc.send_command(rig.cloud_dir, "4", 500, lifetime=60)
+    old = dhc.send_command(rig.cloud_dir, "4", 20, lifetime=30, age=120)
+    wait_for("three command updates", lambda: all(done(rig, c) for c in (ok, bad, old)))
+    assert (done(rig, ok), rig.command(ok)["result"]["value"]) == ("applied", "55")
+    assert done(rig, bad) == "rejected"
+    assert (done(rig, old), rig.command(old)["result"]["value"]) == ("expired", "55")
+
+    # the 4 s access token expires on the open socket: 401, token/refresh, authenticate
+    wait_for("a token refresh", lambda: [r for r in rig.requests("token/refresh")
+                                         if r["code"] == 200], 15)
+    assert [r for r in rig.requests() if r["code"] == 401 and r["detail"] == "Token expired"]
+
+    # malformed server messages: logged, and the same socket goes on delivering
+    conn_before = rig.requests("notification/insert")[-1]["conn"]
+    dhc.set_knob(rig.cloud_dir, "garbage", {"count": 1})
+    wait_for("garbage sent", lambda: rig.requests("garbage (fault knob)"))
+    n = len(rig.sensor_notes())
+    wait_for("readings after the garbage", lambda: len(rig.sensor_notes()) >= n + 2)
+    assert rig.requests("notification/insert")[-1]["conn"] == conn_before
+    log = rig.log()
+    assert "message is not JSON; ignored" in log and "no/such/action" in log
+    assert "command without a usable id or name; ignored" in log
+
+    # network cut: readings and a command sent meanwhile arrive afterwards, once each
+    rig.proxy.set(mode="blackhole")
+    time.sleep(3)
+    offline = dhc.send_command(rig.cloud_dir, "4", 77, lifetime=120)
+    time.sleep(1)
+    cut_readings = int(rig.last_status()["readings"])
+    rig.proxy.set(mode="pass")
+    wait_for("the offline command applied", lambda: done(rig, offline) == "applied", 25)
+    wait_for("readings taken during the cut",
+             lambda: len(rig.sensor_notes()) >= cut_readings, 20)
+
+    # SIGKILL mid-stream, restart: pending records replayed, no command applied again
+    rig.kill()
+    rig.start()
+    wait_for("second boot delivering", lambda: len(
+        {n["parameters"]["message_id"].split("-")[0] for n in rig.sensor_notes()}) == 2)
+    wait_for("outbox drained", lambda: rig.last_status().get("pending") == "0", 20)
+    rig.kill()
+
+    log = rig.log()
+    # each command handled exactly once over both boots and every reconnect
+    for cid, status in ((ok, "applied"), (bad, "rejected"), (old, "stale"),
+                        (offline, "applied")):
+        assert log.count("desired %d: %s" % (cid, status)) == 1, cid
+        assert len([r for r in rig.requests("command/update") if r["detail"] == str(cid)]) \
+            == 1, cid
+    # after a reconnect / reboot the device subscribed from its last handled command
+    froms = [r["detail"] for r in rig.requests("command/subscribe-from")]
+    assert froms[0] == "now" and rig.command(offline)["timestamp"] in froms[-1]
+    assert len(froms) >= 3  # first session, after the cut, after the reboot
+    # nothing lost: per boot, the message ids the cloud stored are gap-free, none twice
+    mids = [n["parameters"]["message_id"] for n in rig.notes()]
+    assert len(mids) == len(set(mids))
+    mids += [c["result"]["message_id"] for c in dhc.commands(rig.cloud_dir) if c["result"]]
+    ids: dict = {}
+    for mid in mids:
+        boot, seq = mid.split("-")
+        ids.setdefault(boot, []).append(int(seq, 16))
+    assert len(ids) == 2
+    for boot, seqs in ids.items():
+        assert sorted(seqs) == list(range(min(seqs), max(seqs) + 1)), "gap in boot %s" % boot
+    # tokens never in the log
+    tokens = [rig.cloud["device_cloud"]["access_token"],
+              rig.cloud["device_cloud"]["refresh_token"]]
+    assert not [t for t in tokens if t in log]
