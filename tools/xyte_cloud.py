@@ -1,0 +1,597 @@
+"""A local Xyte cloud (HTTPS registration and hub, a real mosquitto, the server side on the
+broker) for end-to-end tests and `make run PLATFORM=xyte`.
+
+Implements what xyte-mqtt.txt and specs/README.md ("Xyte") describe. State is one SQLite file
+(DATA/cloud.db), so the operator CLI and tests can read and change it while the server runs.
+
+HTTPS (aiohttp, TLS from tools/pki.py; one server plays both entry.xyte.io and the hub):
+- POST /v1/devices {hardware_key, sn, firmware_version, mac | cloud_id, name?}: 200 {id,
+  access_key, hub_url, hub_url_static_cert, mqtt_hub_url}. Unknown hardware_key: 403; a
+  missing field: 422. A new registration for the same sn deletes the older device (its
+  broker client too). The device becomes a mosquitto dynsec client: user name = client id =
+  id, password = access_key, allowed to publish its own request topics and subscribe its own
+  event topics (v1/device/ID/...).
+- Hub calls need `Authorization: <access_key>` (no Bearer); a deleted device or a wrong key
+  gets 401. GET .../config, POST .../dumps/:mime/:filename (stored), GET .../files/:file_id.
+Chosen where the spec is silent: the `:mime` segment arrives URL-encoded (text%2Fplain).
+
+Server side on the broker (paho, admin user, persistent session, no-local subscriptions):
+every device publish must carry user properties device_id (= the topic's id) and access_key
+(= the device's current key); otherwise it is logged as a violation and ignored.
+- telemetry: stored once per telemetries.message_id (repeats counted as duplicates).
+- commands/update (and command/update): the status history per command; done/error/failed
+  are final (a later in_progress is logged, not applied). Each report's message_id is kept.
+- config/update, license/update, update, cloud_settings/update: stored as reported.
+- get: publishes space_info, config (Response Topic config/update), the oldest open command
+  (Response Topic commands/update), every license (Response Topic license/update), and
+  firmware when the device's version differs from the latest.
+Operator changes (send-command, set-config, license, space, firmware) are published at once.
+
+Fault knobs (`fault KIND [--count N]`): drop (kick the device's session), revoke (delete the
+device: broker client gone, hub 401), garbage (publish malformed messages on every device
+topic), register-fail (next N registrations answer 503). `--token-ttl S` (0: never): an
+access key older than S seconds is revoked the same way (the device registers again).
+
+    python -m tools.xyte_cloud serve --data DIR [--port N] [--token-ttl S]
+    python -m tools.xyte_cloud send-command --data DIR NAME [--params JSON]
+    python -m tools.xyte_cloud set-config --data DIR JSON
+    python -m tools.xyte_cloud show --data DIR
+    python -m tools.xyte_cloud fault --data DIR KIND [--count N]
+"""
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import sqlite3
+import ssl
+import sys
+import time
+import uuid
+
+from aiohttp import web
+
+from tools.pki import make_certs
+
+SCHEMA = """
+create table if not exists device (id text primary key, access_key text, sn text, mac text,
+    firmware_version text, name text, created real, deleted integer default 0);
+create table if not exists telemetry (message_id text primary key, device text, status text,
+    ts text, telemetries text, created real, dups integer default 0);
+create table if not exists command (id text primary key, name text, parameters text,
+    status text, message text, created real, history text, reports text,
+    published integer default 0);
+create table if not exists license (id text primary key, body text, state text,
+    published integer default 0);
+create table if not exists event (kind text, device text, body text, created real);
+create table if not exists dump (device text, mime text, filename text, body blob,
+    created real);
+create table if not exists kv (name text primary key, value text);
+"""
+FINAL = ("done", "error", "failed")
+SN = "SN-LOCAL-0001"
+FAULTS = ("drop", "revoke", "garbage", "register-fail")
+DEVICE_PUB = ("telemetry", "get", "update", "config/update", "commands/update",
+              "command/update", "license/update", "cloud_settings/update")
+DEVICE_SUB = ("config", "commands", "command", "license", "space_info", "firmware")
+
+
+def db(data):
+    c = sqlite3.connect(os.path.join(data, "cloud.db"), isolation_level=None, timeout=10)
+    c.executescript(SCHEMA)
+    return c
+
+
+def kv_get(data_or_conn, name, default=None):
+    c = db(data_or_conn) if isinstance(data_or_conn, str) else data_or_conn
+    row = c.execute("select value from kv where name=?", (name,)).fetchone()
+    return json.loads(row[0]) if row else default
+
+
+def kv_set(data_or_conn, name, value):
+    c = db(data_or_conn) if isinstance(data_or_conn, str) else data_or_conn
+    c.execute("insert or replace into kv values (?,?)", (name, json.dumps(value)))
+
+
+def now_iso(t=None):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t or time.time()))
+
+
+# -- operator helpers (usable while the server runs) --------------------------------------
+
+def send_command(data, name, parameters=None):
+    cid = str(uuid.uuid4())
+    db(data).execute("insert into command values (?,?,?,?,?,?,?,?,0)",
+                     (cid, name, json.dumps(parameters or {}), "pending", None, time.time(),
+                      "[]", "[]"))
+    return cid
+
+
+def set_config(data, fields):
+    version = "v%d" % (int(time.time() * 1000))
+    kv_set(data, "config", dict(fields, version=version, last_updated=now_iso()))
+    kv_set(data, "config_published", False)
+    return version
+
+
+def put_license(data, lid, text, op="add"):
+    body = {"id": lid, "data": text, "signature": "sig-" + lid, "add": op == "add",
+            "update": op == "update", "remove": op == "remove"}
+    db(data).execute("insert or replace into license values (?,?,?,0)",
+                     (lid, json.dumps(body), None))
+
+
+def set_space(data, info):
+    kv_set(data, "space", info)
+    kv_set(data, "space_published", False)
+
+
+def set_firmware(data, version, file_id):
+    kv_set(data, "firmware", {"latest_fw_version": version, "latest_fw_file_id": file_id})
+    kv_set(data, "firmware_published", False)
+
+
+def set_fault(data, kind, count=1):
+    if kind not in FAULTS:
+        raise ValueError("unknown fault %s" % kind)
+    kv_set(data, "fault:" + kind, count)
+
+
+def set_knob(data, name, value):
+    kv_set(data, name, value)
+
+
+def telemetry_rows(data):
+    c = db(data)
+    return [{"message_id": m, "device": d, "status": s, "timestamp": ts,
+             "telemetries": json.loads(t), "dups": n}
+            for m, d, s, ts, t, n in c.execute(
+                "select message_id, device, status, ts, telemetries, dups from telemetry "
+                "order by created")]
+
+
+def commands(data):
+    return [{"id": i, "name": n, "parameters": json.loads(p), "status": s, "message": m,
+             "history": json.loads(h), "reports": json.loads(r)}
+            for i, n, p, s, m, h, r in db(data).execute(
+                "select id, name, parameters, status, message, history, reports from command "
+                "order by created")]
+
+
+def events(data, kind=None):
+    q = "select kind, device, body from event" + (" where kind=?" if kind else "") + \
+        " order by rowid"
+    return [{"kind": k, "device": d, "body": json.loads(b)}
+            for k, d, b in db(data).execute(q, (kind,) if kind else ())]
+
+
+def devices(data):
+    return [{"id": i, "sn": s, "firmware_version": f, "name": n, "deleted": bool(x)}
+            for i, s, f, n, x in db(data).execute(
+                "select id, sn, firmware_version, name, deleted from device order by created")]
+
+
+def dumps(data):
+    return [{"device": d, "mime": m, "filename": f, "body": b.decode(errors="replace")}
+            for d, m, f, b in db(data).execute("select device, mime, filename, body from dump")]
+
+
+def show(data):
+    return {"devices": devices(data), "telemetry": len(telemetry_rows(data)),
+            "duplicates": sum(r["dups"] for r in telemetry_rows(data)),
+            "commands": commands(data), "licenses": licenses(data),
+            "config": kv_get(data, "config"), "reported_config": kv_get(data, "reported_config"),
+            "violations": len(events(data, "violation")), "dumps": len(dumps(data))}
+
+
+def licenses(data):
+    return [{"id": i, "body": json.loads(b), "state": s}
+            for i, b, s in db(data).execute("select id, body, state from license")]
+
+
+# -- the cloud -----------------------------------------------------------------------------
+
+class Cloud:
+    def __init__(self, data, token_ttl, broker, port_info):
+        self.data = data
+        self.conn = db(data)
+        self.token_ttl = token_ttl
+        self.broker = broker
+        self.info = port_info  # filled once the HTTPS port is known
+        self.bridge = None
+
+    def event(self, kind, device, body):
+        self.conn.execute("insert into event values (?,?,?,?)",
+                          (kind, device, json.dumps(body), time.time()))
+
+    def take(self, name):
+        n = kv_get(self.conn, "fault:" + name, 0)
+        if n:
+            kv_set(self.conn, "fault:" + name, n - 1)
+        return n
+
+    def live(self):
+        row = self.conn.execute("select id, access_key, firmware_version from device where "
+                                "deleted=0 order by created desc").fetchone()
+        return row
+
+    async def register(self, request):
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": "body is not JSON"}, status=400)
+        if not isinstance(body, dict):
+            return web.json_response({"error": "body is not an object"}, status=400)
+        if self.take("register-fail"):
+            return web.json_response({"error": "try later (fault knob)"}, status=503)
+        if body.get("hardware_key") != kv_get(self.conn, "hardware_key"):
+            return web.json_response({"error": "unknown hardware_key"}, status=403)
+        missing = [k for k in ("sn", "firmware_version") if not body.get(k)]
+        if not body.get("mac") and not body.get("cloud_id"):
+            missing.append("mac")
+        if missing:
+            return web.json_response({"error": "missing " + ", ".join(missing)}, status=422)
+        for (old,) in self.conn.execute("select id from device where sn=? and deleted=0",
+                                        (body["sn"],)).fetchall():
+            await self.delete(old, "registered again")
+        dev = str(uuid.uuid4())
+        key = "xak_" + secrets.token_urlsafe(24)
+        p = "v1/device/%s/" % dev
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.broker.add_client(dev, key, client_id=dev,
+                                                 publish=[p + t for t in DEVICE_PUB],
+                                                 subscribe=[p + t for t in DEVICE_SUB]))
+        self.conn.execute("insert into device values (?,?,?,?,?,?,?,0)",
+                          (dev, key, body["sn"], body.get("mac") or body.get("cloud_id"),
+                           body["firmware_version"], body.get("name"), time.time()))
+        self.event("register", dev, {k: v for k, v in body.items() if k != "hardware_key"})
+        hub = kv_get(self.conn, "hub_url", self.info["api_url"])
+        return web.json_response({"id": dev, "access_key": key, "hub_url": hub,
+                                  "hub_url_static_cert": hub,
+                                  "mqtt_hub_url": kv_get(self.conn, "mqtt_hub_url",
+                                                         self.info["mqtt_url"])})
+
+    async def delete(self, dev, why):
+        self.conn.execute("update device set deleted=1 where id=?", (dev,))
+        self.event("delete", dev, {"why": why})
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.broker.remove_client,
+                                                             dev)
+        except Exception as e:  # already gone from the broker
+            self.event("delete-failed", dev, {"error": str(e)})
+
+    def _auth(self, request):
+        dev = request.match_info["id"]
+        row = self.conn.execute("select access_key from device where id=? and deleted=0",
+                                (dev,)).fetchone()
+        if row is None or request.headers.get("Authorization") != row[0]:
+            raise web.HTTPUnauthorized(text=json.dumps({"error": "unauthorized"}),
+                                       content_type="application/json")
+        return dev
+
+    async def get_config(self, request):
+        self._auth(request)
+        return web.json_response(kv_get(self.conn, "config", {}))
+
+    async def get_file(self, request):
+        self._auth(request)
+        fw = kv_get(self.conn, "firmware", {})
+        return web.json_response({"url": "https://127.0.0.1/none", "checksum": "0" * 64,
+                                  "signature": "none", "version": fw.get("latest_fw_version")})
+
+    async def post_dump(self, request):
+        dev = self._auth(request)
+        mime, _, filename = request.match_info["tail"].rpartition("/")
+        body = await request.read()
+        self.conn.execute("insert into dump values (?,?,?,?,?)",
+                          (dev, mime, filename, body, time.time()))
+        return web.json_response({"ok": True}, status=201)
+
+    def app(self):
+        app = web.Application(client_max_size=1 << 20)
+        app.router.add_post("/v1/devices", self.register)
+        app.router.add_get("/v1/devices/{id}/config", self.get_config)
+        app.router.add_get("/v1/devices/{id}/files/{file_id}", self.get_file)
+        app.router.add_post("/v1/devices/{id}/dumps/{tail:.+}", self.post_dump)
+        return app
+
+
+class ServerSide:
+    """The Xyte server on the broker: a paho admin session; every message is handed to the
+    asyncio loop, where all database work happens."""
+
+    def __init__(self, cloud, broker, loop):
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        self.mqtt, self.Properties, self.PacketTypes = mqtt, Properties, PacketTypes
+        self.cloud, self.broker, self.loop = cloud, broker, loop
+        self.connected = False
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="xyte-server",
+                                  protocol=mqtt.MQTTv5)
+        self.client.reconnect_delay_set(0.2, 2)
+        self.client.username_pw_set(*broker.admin)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *_a: loop.call_soon_threadsafe(self._up, False)
+        self.client.on_message = lambda _c, _u, m: loop.call_soon_threadsafe(self.handle, m)
+
+    def start(self):
+        props = self.Properties(self.PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600  # PUBACKed device messages wait for us
+        self.client.connect(self.broker.host, self.broker.port, keepalive=30,
+                            clean_start=False, properties=props)
+        self.client.loop_start()
+
+    def stop(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client, _u, _f, rc, _p):
+        if rc.is_failure:
+            return
+        opts = self.mqtt.SubscribeOptions(qos=1, noLocal=True)
+        client.subscribe([("v1/device/+/+", opts), ("v1/device/+/+/update", opts)])
+        self.loop.call_soon_threadsafe(self._up, True)
+
+    def _up(self, up):
+        self.connected = up
+
+    def publish(self, dev, leaf, body, response=None):
+        props = self.Properties(self.PacketTypes.PUBLISH)
+        if response:
+            props.ResponseTopic = "v1/device/%s/%s" % (dev, response)
+        payload = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        self.client.publish("v1/device/%s/%s" % (dev, leaf), payload, qos=1,
+                            properties=props)
+
+    def handle(self, m):
+        parts = m.topic.split("/")
+        dev, leaf = parts[2], "/".join(parts[3:])
+        c = self.cloud
+        if leaf not in DEVICE_PUB:
+            return  # our own events (no-local should already keep them away)
+        users = dict(getattr(m.properties, "UserProperty", None) or [])
+        row = c.conn.execute("select access_key from device where id=? and deleted=0",
+                             (dev,)).fetchone()
+        if row is None or users.get("device_id") != dev or users.get("access_key") != row[0]:
+            c.event("violation", dev, {"topic": m.topic, "why": "user properties missing or "
+                                       "wrong" if row else "unknown device"})
+            return
+        try:
+            body = json.loads(m.payload) if m.payload else {}
+        except ValueError:
+            c.event("violation", dev, {"topic": m.topic, "why": "not JSON"})
+            return
+        if not isinstance(body, dict):
+            c.event("violation", dev, {"topic": m.topic, "why": "not an object"})
+            return
+        getattr(self, "on_" + leaf.replace("/", "_"))(dev, body)
+
+    def on_telemetry(self, dev, body):
+        tel = body.get("telemetries")
+        mid = tel.get("message_id") if isinstance(tel, dict) else None
+        if not isinstance(mid, str) or body.get("status") not in ("online", "offline", "error"):
+            self.cloud.event("violation", dev, {"topic": "telemetry", "body": body})
+            return
+        cur = self.cloud.conn.execute("insert or ignore into telemetry values (?,?,?,?,?,?,0)",
+                                      (mid, dev, body["status"], body.get("timestamp"),
+                                       json.dumps(tel), time.time()))
+        if cur.rowcount == 0:
+            self.cloud.conn.execute("update telemetry set dups=dups+1 where message_id=?",
+                                    (mid,))
+
+    def on_commands_update(self, dev, body):
+        c = self.cloud.conn
+        row = c.execute("select status, history, reports from command where id=?",
+                        (body.get("id"),)).fetchone()
+        status = body.get("status")
+        if row is None or status not in ("in_progress", "done", "error", "failed"):
+            self.cloud.event("violation", dev, {"topic": "commands/update", "body": body})
+            return
+        history, reports = json.loads(row[1]), json.loads(row[2])
+        mid = body.get("message_id")
+        if mid is not None:
+            if mid in reports:
+                return  # a repeated report
+            reports.append(mid)
+        history.append(status)
+        new = row[0] if row[0] in FINAL else status
+        c.execute("update command set status=?, message=?, history=?, reports=? where id=?",
+                  (new, body.get("message"), json.dumps(history), json.dumps(reports),
+                   body["id"]))
+
+    on_command_update = on_commands_update
+
+    def on_config_update(self, dev, body):
+        kv_set(self.cloud.conn, "reported_config", body)
+
+    def on_license_update(self, dev, body):
+        self.cloud.conn.execute("update license set state=? where id=?",
+                                (body.get("state"), body.get("id")))
+
+    def on_update(self, dev, body):
+        self.cloud.conn.execute("update device set firmware_version=?, name=? where id=?",
+                                (body.get("firmware_version"), body.get("name"), dev))
+        self.cloud.event("update", dev, body)
+
+    def on_cloud_settings_update(self, dev, body):
+        self.cloud.event("cloud_settings", dev, body)
+
+    def on_get(self, dev, body):
+        c = self.cloud
+        self.cloud.event("get", dev, body)
+        self.publish(dev, "space_info", kv_get(c.conn, "space", {}))
+        cfg = kv_get(c.conn, "config")
+        if cfg:
+            self.publish(dev, "config", cfg, "config/update")
+        row = c.conn.execute("select id, name, parameters, status from command where status "
+                             "in ('pending','in_progress') order by created").fetchone()
+        if row:
+            self.publish_command(dev, row)
+        for (body_text,) in c.conn.execute("select body from license").fetchall():
+            self.publish(dev, "license", body_text, "license/update")
+        fw = kv_get(c.conn, "firmware")
+        fwv = c.conn.execute("select firmware_version from device where id=?",
+                             (dev,)).fetchone()
+        if fw and fwv and fw["latest_fw_version"] != fwv[0]:
+            self.publish(dev, "firmware", fw)
+
+    def publish_command(self, dev, row):
+        topic = kv_get(self.cloud.conn, "command_topic", "commands")
+        self.publish(dev, topic, {"id": row[0], "name": row[1], "parameters": json.loads(row[2]),
+                                  "status": "pending" if row[3] == "pending" else row[3]},
+                     topic + "/update")
+
+    def garbage(self, dev):
+        for leaf in ("config", "commands", "license", "space_info", "firmware"):
+            self.publish(dev, leaf, b"\xff{not json")
+            self.publish(dev, leaf, "[1, 2, 3]" if leaf != "license" else "[7]")
+            self.publish(dev, leaf, {"unexpected": True})
+        self.publish(dev, "commands", {"id": 17, "status": "pending"})
+        self.publish(dev, "config", {"enabled_sensors": "all"})
+
+    async def tick(self):
+        c = self.cloud
+        live = c.live()
+        if live and self.connected:
+            dev = live[0]
+            for row in c.conn.execute("select id, name, parameters, status from command where "
+                                      "published=0").fetchall():
+                self.publish_command(dev, row)
+                c.conn.execute("update command set published=1 where id=?", (row[0],))
+            for name, leaf, resp in (("config", "config", "config/update"),
+                                     ("space", "space_info", None),
+                                     ("firmware", "firmware", None)):
+                if kv_get(c.conn, name) is not None and not kv_get(c.conn, name + "_published",
+                                                                     True):
+                    kv_set(c.conn, name + "_published", True)
+                    self.publish(dev, leaf, kv_get(c.conn, name), resp)
+            for lid, body in c.conn.execute("select id, body from license where "
+                                            "published=0").fetchall():
+                self.publish(dev, "license", body, "license/update")
+                c.conn.execute("update license set published=1 where id=?", (lid,))
+            if c.take("garbage"):
+                self.garbage(dev)
+        if live and c.take("drop"):
+            await asyncio.get_running_loop().run_in_executor(None, self.broker.kick_client,
+                                                             live[0])
+        if live and c.take("revoke"):
+            await c.delete(live[0], "revoked (fault knob)")
+        if c.token_ttl:
+            for (dev,) in c.conn.execute("select id from device where deleted=0 and "
+                                         "created < ?", (time.time() - c.token_ttl,)
+                                         ).fetchall():
+                await c.delete(dev, "access key expired")
+
+    async def run(self):
+        while True:
+            try:
+                await self.tick()
+            except Exception as e:  # a broker hiccup must not stop the loop
+                self.cloud.event("tick-failed", None, {"error": repr(e)})
+            await asyncio.sleep(0.2)
+
+
+def _pki(data):
+    d = os.path.join(data, "pki")
+    if not os.path.exists(os.path.join(d, "ca.pem")):
+        return make_certs(d)
+    return {"ca": os.path.join(d, "ca.pem"), "server_cert": os.path.join(d, "server.pem"),
+            "server_key": os.path.join(d, "server.key")}
+
+
+def provision(data):
+    c = db(data)
+    if kv_get(c, "hardware_key") is None:
+        kv_set(c, "hardware_key", "xhk_" + secrets.token_urlsafe(18))
+        kv_set(c, "space", {"name": "Local lab", "temperature_units": "celsius",
+                            "maintenance": False, "location": {"name": "Loopback",
+                                                               "utc_offset": 0}})
+    # the broker starts with a fresh dynsec state: devices registered before are gone
+    c.execute("update device set deleted=1")
+    return kv_get(c, "hardware_key")
+
+
+async def serve(data, port, token_ttl, broker):
+    pki = _pki(data)
+    hardware_key = provision(data)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki["server_cert"], pki["server_key"])
+    info = {"mqtt_url": broker.tls_url}
+    cloud = Cloud(data, token_ttl, broker, info)
+    runner = web.AppRunner(cloud.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    info["api_url"] = "https://127.0.0.1:%d" % port
+    side = cloud.bridge = ServerSide(cloud, broker, asyncio.get_running_loop())
+    side.start()
+    task = asyncio.get_running_loop().create_task(side.run())
+    info.update({"ca_file": pki["ca"], "hardware_key": hardware_key, "device_cloud": {
+        "platform": "xyte", "registration_url": info["api_url"], "hardware_key": hardware_key,
+        "serial_number": SN, "firmware_version": "1.0.0", "name": "local-xyte-demo",
+        "command_topic": "commands", "ca_file": "ca.pem"},
+        "hint": "try: .venv/bin/python -m tools.xyte_cloud send-command --data run/cloud "
+                "set_4 --params '{\"value\": 42}'"})
+    tmp = os.path.join(data, "cloud.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(info, f)
+    os.replace(tmp, os.path.join(data, "cloud.json"))
+    print("xyte cloud on %s, broker %s (data %s)" % (info["api_url"], broker.tls_url, data),
+          flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        task.cancel()
+        side.stop()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m tools.xyte_cloud",
+                                 description="local Xyte cloud (HTTPS + MQTT 5)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--data", required=True)
+    s.add_argument("--port", type=int, default=0)
+    s.add_argument("--token-ttl", type=int, default=0,
+                   help="revoke access keys older than this many seconds (0: never)")
+    sc = sub.add_parser("send-command")
+    sc.add_argument("--data", required=True)
+    sc.add_argument("name")
+    sc.add_argument("--params", default="{}")
+    cf = sub.add_parser("set-config")
+    cf.add_argument("--data", required=True)
+    cf.add_argument("fields")
+    sh = sub.add_parser("show")
+    sh.add_argument("--data", required=True)
+    k = sub.add_parser("fault")
+    k.add_argument("--data", required=True)
+    k.add_argument("kind", choices=FAULTS)
+    k.add_argument("--count", type=int, default=1)
+    a = ap.parse_args(argv)
+    if a.cmd == "serve":
+        from tools.mosquitto import Broker
+
+        os.makedirs(a.data, exist_ok=True)
+        broker = Broker(os.path.join(a.data, "mqtt"), certs=_pki(a.data)).start()
+        try:
+            asyncio.run(serve(a.data, a.port, a.token_ttl, broker))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            broker.stop()
+    elif a.cmd == "send-command":
+        print(send_command(a.data, a.name, json.loads(a.params)))
+    elif a.cmd == "set-config":
+        print(set_config(a.data, json.loads(a.fields)))
+    elif a.cmd == "show":
+        print(json.dumps(show(a.data), indent=2))
+    elif a.cmd == "fault":
+        set_fault(a.data, a.kind, a.count)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
