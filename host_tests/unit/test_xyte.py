@@ -1,0 +1,256 @@
+"""The Xyte adapter's registration, message handling and record mapping (both runtimes); the
+whole firmware against the local Xyte cloud and mosquitto is system/test_xyte_e2e.py."""
+import json
+
+from test_realer_https import FakeHttp, FakeResp
+
+import support
+from firmware import log
+from firmware.clouds import xyte
+from firmware.net import conn, mqtt
+from firmware.outbox import Record
+
+DEV = "4f1c-dev"
+KEY = "xak_secret_access_key_1"
+REG = {"id": DEV, "access_key": KEY, "hub_url": "https://hub.example",
+       "hub_url_static_cert": "https://hub2.example", "mqtt_hub_url": "hub.example:8883"}
+
+
+class Cfg:
+    ca_path = None
+
+    def __init__(self, root, **extra):
+        self.root = root
+        self.cloud = dict({"platform": "xyte", "registration_url": "https://entry.example/",
+                           "hardware_key": "hw-key-123456", "serial_number": "SN1",
+                           "firmware_version": "1.0.0", "name": "lab", "mac": "aa:bb"},
+                          **extra)
+
+    def get(self, key, default=None):
+        return {"cloud": self.cloud}.get(key, default)
+
+
+def registered(**extra):
+    root = support.tmpdir("xyte")
+    support.write(root + "/xyte.json", json.dumps({"reg": REG}))
+    return xyte.Xyte(Cfg(root, **extra)), root
+
+
+def message(leaf, body, props=None):
+    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return mqtt.Message("v1/device/%s/%s" % (DEV, leaf), payload, 1, False, False, 1,
+                        props or {})
+
+
+def sent(cloud):
+    return [(t, json.loads(p), dict(props[mqtt.USER_PROPERTY])) for t, p, props in cloud._out]
+
+
+def test_registration_is_kept_and_its_key_is_secret():
+    root = support.tmpdir("xyte")
+    http = FakeHttp([FakeResp(503, {"error": "later"}), FakeResp(200, REG)])
+    lines: list = []
+    log.set_sink(lines.append)
+    try:
+        cloud = xyte.Xyte(Cfg(root, register_retry_s=7), http)
+        assert cloud.token_due()
+        assert support.run(cloud.authenticate()) == 7000  # refused: again slowly
+        assert cloud.token_due()
+        assert support.run(cloud.authenticate()) == 0
+        log.info("t", "key is %s", KEY)
+    finally:
+        log.set_sink(None)
+    method, url, kw = http.calls[0]
+    assert (method, url) == ("POST", "https://entry.example/v1/devices")
+    assert kw["json"] == {"hardware_key": "hw-key-123456", "sn": "SN1",
+                          "firmware_version": "1.0.0", "mac": "aa:bb", "name": "lab"}
+    assert not cloud.token_due() and cloud.renewals == 1
+    assert not [line for line in lines if KEY in line or "hw-key-123456" in line]
+    again = xyte.Xyte(Cfg(root), FakeHttp([]))  # a reboot: no second registration
+    assert again.reg == REG and not again.token_due()
+    assert support.run(again.authenticate()) == 0
+    support.rmtree(root)
+
+
+def test_unreadable_state_file_means_register_again():
+    root = support.tmpdir("xyte")
+    support.write(root + "/xyte.json", "{not json")
+    cloud = xyte.Xyte(Cfg(root))
+    assert cloud.token_due()
+    support.rmtree(root)
+
+
+def test_hub_401_drops_the_registration():
+    cloud, root = registered()
+    cloud.http = FakeHttp([FakeResp(401, {"error": "unauthorized"})])
+    err = None
+    try:
+        support.run(cloud.probe())
+    except xyte.Reregister as e:
+        err = e
+    assert err is not None and cloud.token_due()
+    method, url, kw = cloud.http.calls[0]
+    assert url == "https://hub.example/v1/devices/%s/config" % DEV
+    assert kw["headers"]["Authorization"] == KEY  # no "Bearer"
+    assert json.load(open(root + "/xyte.json"))["reg"] == {}
+    support.rmtree(root)
+
+
+def test_telemetry_and_command_reports_carry_the_message_id():
+    cloud, root = registered()
+    leaf, body = cloud.record_message(Record("1-a", "sensor", 7, "21.5", 1777025700))
+    assert leaf == "telemetry"
+    assert body == {"status": "online", "timestamp": "2026-04-24T10:15:00Z",
+                    "telemetries": {"sensor_7": 21.5, "message_id": "1-a"}}
+    leaf, body = cloud.record_message(Record("1-b", "command", 3, "1", 1777025700))
+    assert body["telemetries"] == {"command_3": 1, "message_id": "1-b"}
+    leaf, body = cloud.record_message(Record("1-c", "command", 4, "55", 1777025700,
+                                             desired_id="cmd-1", report_status="applied"))
+    assert leaf == "commands/update"
+    assert body == {"id": "cmd-1", "status": "done", "message": "value 55",
+                    "message_id": "1-c"}
+    leaf, body = cloud.record_message(Record("1-d", "command", 4, "0", 1777025700,
+                                             desired_id="cmd-2", report_status="rejected"))
+    assert body["status"] == "error" and body["message"].startswith("rejected")
+    assert xyte.mqtt_url("hub.example") == "mqtts://hub.example:8883"
+    assert xyte.mqtt_url("mqtts://h:1") == "mqtts://h:1"
+    support.rmtree(root)
+
+
+def test_config_applied_kept_and_acked_with_its_version():
+    cloud, root = registered()
+    rt = "v1/device/%s/config/reply" % DEV
+    cloud._on_message(message("config", {"version": "v7", "enabled_sensors": [7],
+                                         "colour": "blue"}, {mqtt.RESPONSE_TOPIC: rt}))
+    assert cloud.enabled_sensors == {7}
+    (topic, body, users), = sent(cloud)
+    assert topic == rt and body["version"] == "v7" and body["colour"] == "blue"
+    assert users == {"device_id": DEV, "access_key": KEY}
+    cloud._out = []
+    # a foreign response topic is not used; the spec's topic is
+    cloud._on_message(message("config", {"version": "v8"},
+                              {mqtt.RESPONSE_TOPIC: "v1/device/other/config/update"}))
+    assert sent(cloud)[0][0] == "v1/device/%s/config/update" % DEV
+    assert cloud.enabled_sensors is None
+    reboot = xyte.Xyte(Cfg(root))
+    assert reboot.config["version"] == "v8"
+    support.rmtree(root)
+
+
+def test_command_lifecycle_goes_through_the_desired_path():
+    cloud, root = registered()
+    seen: list = []
+    cloud.on_desired = seen.append
+    cloud._on_message(message("commands", {"id": "c-1", "status": "pending", "name": "set_4",
+                                           "parameters": {"value": 42}}))
+    cloud._on_message(message("commands", {"id": "c-2", "name": "x",
+                                           "parameters": {"command": "3", "value": 1}}))
+    assert seen == [{"id": 4, "desired_id": "c-1", "value": 42, "expires_at": None},
+                    {"id": 3, "desired_id": "c-2", "value": 1, "expires_at": None}]
+    assert [(t.rsplit("/", 2)[-2:], b["status"]) for t, b, _ in sent(cloud)] == [
+        (["commands", "update"], "in_progress"), (["commands", "update"], "in_progress")]
+    cloud._out = []
+    cloud._on_message(message("commands", {"id": "c-3", "status": "pending",
+                                           "name": "reboot_now"}))
+    assert [b["status"] for _, b, _ in sent(cloud)] == ["in_progress", "error"]
+    cloud._out = []
+    cloud._on_message(message("commands", {"id": "c-3", "status": "pending",
+                                           "name": "reboot_now"}))
+    assert sent(cloud) == []  # handled before
+    cloud._on_message(message("commands", {"id": "c-4", "status": "done", "name": "set_4"}))
+    assert sent(cloud) == [] and len(seen) == 2
+    support.rmtree(root)
+
+
+def test_command_topic_is_configurable():
+    cloud, root = registered(command_topic="command")
+    seen: list = []
+    cloud.on_desired = seen.append
+    cloud._on_message(message("command", {"id": "c-9", "name": "4",
+                                          "parameters": {"value": 5}}))
+    assert seen[0]["id"] == 4 and sent(cloud)[0][0].endswith("/command/update")
+    support.rmtree(root)
+
+
+def test_licenses_one_or_many():
+    cloud, root = registered()
+    cloud._on_message(message("license", [
+        {"id": "L1", "data": "lic", "signature": "s", "add": True},
+        {"id": "L2", "remove": True}, {"id": "L3"}, "junk"]))
+    assert [(b["id"], b["state"]) for _, b, _ in sent(cloud)] == [
+        ("L1", "inuse"), ("L2", "removed"), ("L3", "error")]
+    assert list(cloud.licenses) == ["L1"]
+    support.rmtree(root)
+
+
+def test_space_firmware_and_malformed_messages():
+    cloud, root = registered()
+    lines: list = []
+    log.set_sink(lines.append)
+    try:
+        cloud._on_message(message("space_info", {"name": "Room", "temperature_units":
+                                                 "fahrenheit"}))
+        cloud._on_message(message("firmware", {"latest_fw_version": "1.2.0",
+                                               "latest_fw_file_id": "f-1"}))
+        for leaf, body in (("config", b"\xff{"), ("commands", [1]), ("commands", {"id": 5}),
+                           ("config", {"no": "version"}), ("firmware", {}),
+                           ("elsewhere", {"a": 1})):
+            cloud._on_message(message(leaf, body))
+    finally:
+        log.set_sink(None)
+    assert cloud.temperature_units == "fahrenheit"
+    assert cloud.latest_fw == ("1.2.0", "f-1")
+    assert sent(cloud) == []
+    text = "\n".join(lines)
+    for needle in ("not JSON", "not a JSON object", "command without id",
+                   "config without version", "without latest_fw_version", "unexpected topic"):
+        assert needle in text, needle
+    support.rmtree(root)
+
+
+class FakeClient:
+    """Stands in for mqtt.Client.publish: answers per topic from a script."""
+
+    connected = True
+
+    def __init__(self, outcomes):
+        self.outcomes = outcomes
+        self.published: list = []
+
+    async def publish(self, topic, payload, qos=0, retain=False, props=None, wait=True):
+        self.published.append((topic, json.loads(payload), props))
+        out = self.outcomes.pop(0)
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+
+def test_send_sorts_pubacks_into_ok_dead_and_kept():
+    cloud, root = registered()
+    recs = [Record("1-%d" % i, "sensor", 7, str(i), 1777025700) for i in range(4)]
+    cloud.client = FakeClient([1, mqtt.PublishRejected("t", 0x99),
+                               mqtt.PublishRejected("t", 0x97), conn.Closed("gone")])
+    res = support.run(cloud.send(recs))
+    assert res.ok == ["1-0"] and [m for m, _ in res.dead] == ["1-1"] and res.failed
+    assert all(p[2][mqtt.USER_PROPERTY] == [("device_id", DEV), ("access_key", KEY)]
+               for p in cloud.client.published)
+    cloud.client = FakeClient([conn.Closed("gone")])
+    assert isinstance(support.raises(conn.Closed, lambda: support.run(cloud.send(recs[:1]))),
+                      conn.Closed)
+    support.rmtree(root)
+
+
+def test_ring_keeps_the_last_lines_in_order():
+    ring = xyte.Ring(3)
+    ring.prev = [].append
+    for i in range(5):
+        ring.add("line %d" % i)
+    assert ring.text() == "line 2\nline 3\nline 4\n"
+
+
+def test_command_target_forms():
+    assert xyte.command_target({"name": "set_4", "parameters": {"value": 1}}) == (4, 1)
+    assert xyte.command_target({"name": "7"}) == (7, None)
+    assert xyte.command_target({"name": "x", "parameters": {"command": 3}}) == (3, None)
+    assert xyte.command_target({"name": "send_dump"}) == (None, None)
+    assert xyte.command_target({"parameters": "bad"}) == (None, None)
