@@ -10,7 +10,11 @@ import asyncio
 
 from micropython import const
 
+from firmware import log
+
+_TAG = "board"
 _DEFAULT_INTERVAL_S = const(60)
+_DEFAULT_TIMEOUT_S = const(10)
 
 
 class BoardError(Exception):
@@ -64,6 +68,8 @@ class Sensor:
     def __init__(self, cfg):
         self.id = _id(cfg, "sensor")
         self.interval_s = cfg.get("interval_s", _DEFAULT_INTERVAL_S)
+        # a read taking longer is a failure (the sampler gives up on it and backs off)
+        self.timeout_s = cfg.get("timeout_s", _DEFAULT_TIMEOUT_S)
         self.cfg = cfg
 
     # A number, bool or str; raises SensorError when the hardware does not answer.
@@ -90,6 +96,12 @@ class Actuator:
         self.cfg = cfg
         self.safe_value = self.config_value("safe_value",
                                             self.min if self.min is not None else 0)
+        # consecutive cloud failures after which this actuator goes safe (None: never)
+        n = cfg.get("fallback_after_failures")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise BoardConfigError("command %s: fallback_after_failures must be a whole "
+                                   "number >= 1, got %r" % (self.id, n))
+        self.fallback_after = n
 
     # A value from config that must pass check(): a bad one is a config error, said so.
     def config_value(self, key, default):
@@ -213,6 +225,7 @@ class Board:
         self.actuators: dict = {}
         self.switches: list = []
         self.local = LocalChanges()
+        self._failures = 0
 
     def safe_all(self):
         """Put every actuator in its safe state; returns the ids that failed to go safe."""
@@ -224,6 +237,39 @@ class Board:
                 failed.append(act.id)
         return failed
 
+    def fallback(self, reason):
+        """Every actuator to its safe value because `reason` (lost cloud, lost authorization,
+        a watchdog decision); logged once here. Returns the ids that failed to go safe."""
+        failed = self.safe_all()
+        log.warn(_TAG, "fallback: all commands to safe values (%s)%s", reason,
+                 "; failed: %s" % (failed,) if failed else "")
+        return failed
+
+    def link_failed(self, reason):
+        """One more consecutive cloud failure: actuators whose `fallback_after_failures` is
+        reached go safe, each once per outage. Returns the ids that went safe now."""
+        self._failures += 1
+        now = []
+        for act in self.actuators.values():
+            n = act.fallback_after
+            if n is None or self._failures != n:
+                continue
+            try:
+                act.safe()
+                now.append(act.id)
+            except BoardError as e:
+                log.error(_TAG, "fallback: command %s did not go safe: %s", act.id,
+                          log.describe(e))
+        if now:
+            log.warn(_TAG, "fallback: commands %s to safe values after %d cloud failures (%s)",
+                     now, self._failures, reason)
+        return now
+
+    def link_ok(self):
+        """The cloud answered: the failure count starts again (actuators stay where they are
+        until the cloud or a switch moves them)."""
+        self._failures = 0
+
     # (name, coroutine factory) pairs the supervisor should run, e.g. switch schedules.
     def background(self):
         out = []
@@ -234,8 +280,13 @@ class Board:
         return out
 
 
-# driver name -> driver object, or a module name imported on first use
+# driver name -> driver object, or a module name imported on first use; the esp32 module
+# dispatches on the entry's `driver` and imports only the driver modules the config uses
+_ESP32 = "firmware.board.esp32"
 DRIVERS: dict = {"sim": "firmware.board.sim"}
+for _name in ("dht22", "dht11", "ds18b20", "adc", "digital", "bme280", "relay", "pwm", "gpio",
+              "button"):
+    DRIVERS[_name] = _ESP32
 
 
 def register(name, driver):
