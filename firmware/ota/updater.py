@@ -12,12 +12,13 @@ polled every `ota.interval_s`), `confirm()` (the health task, once the cloud has
 on the new app), `failure()` (an update that rolled back, for the adapter to report).
 """
 import asyncio
+import gc
 import hashlib
 import os
 
 from micropython import const
 
-from firmware import log, ota_bundle
+from firmware import log
 from firmware.ota import slots
 
 _TAG = "ota"
@@ -110,6 +111,7 @@ class Updater:
         self.root = root
         self.key = public_key
         self._client = client
+        self._own_client = client is None
         self.ca_file = ca_file
         self.manifest_url = manifest_url
         self.interval_s = max(_MIN_INTERVAL_S, interval_s)
@@ -198,6 +200,9 @@ class Updater:
         if slots.inactive(self.root) is None:
             raise Busy("an update is on trial; confirm or roll back first")
         bundle = await self.download(url, sha256)
+        if self._own_client and self._client is not None:
+            await self._client.close()  # the TLS session's buffers are not needed to verify
+        gc.collect()  # one large free block for the manifest and the verify
         try:
             self.install(bundle, version)
         except BaseException:
@@ -248,6 +253,8 @@ class Updater:
         """Verify `bundle` (a file), unpack it into the inactive slot and stage it for the next
         boot. Returns the bundle's version. On any error the slot is emptied, the state file
         untouched and the error raised."""
+        from firmware import ota_bundle  # with Ed25519, loaded only when an update comes
+
         slot = slots.inactive(self.root)
         if slot is None:
             raise Busy("an update is on trial; confirm or roll back first")

@@ -70,6 +70,8 @@ def main():
         elif action == "check":
             emit(event="checked", started=asyncio.run(u.check()))
     except (updater.UpdateError, Exception) as e:
+        if spec.get("trace"):
+            sys.print_exception(e)
         emit(event="update_failed", error=type(e).__name__, msg=str(e)[:200])
     emit(event="idle", version=VERSION)
     return 0
