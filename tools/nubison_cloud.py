@@ -2,9 +2,10 @@
 
 Implements nubison-http.txt strictly: POST /devices/login (HTTP Basic client_id:client_secret,
 form `deviceKey`), POST /devices (register), POST /devices/data, POST /devices/logout, with
-the spec's error codes and messages. State is one SQLite file (DATA/cloud.db), so the tests
-and the CLI read and change it while the server runs. Every call is written to a timeline,
-as the spec says the real cloud does.
+the spec's error codes and messages. State is one SQLite file, DATA/nubison.db (its own name:
+`make run` gives every platform's cloud the same DATA), so the tests and the CLI read and
+change it while the server runs. Every call is written to a timeline, as the spec says the
+real cloud does.
 
 Where the spec is silent or contradicts itself (docs/nubison.md lists the same choices):
 - login body: form-encoded as the request says, or JSON, which its 415 text asks for; any
@@ -87,7 +88,7 @@ create table if not exists knob (name text primary key, value text);
 
 
 def db(data):
-    conn = sqlite3.connect(os.path.join(data, "cloud.db"), isolation_level=None, timeout=10)
+    conn = sqlite3.connect(os.path.join(data, "nubison.db"), isolation_level=None, timeout=10)
     conn.executescript(SCHEMA)
     return conn
 

@@ -289,20 +289,21 @@ class Nubison:
         return await self.http.request("POST", self.base + path, json=body, idempotent=True)
 
     # -- data ---------------------------------------------------------------------------
-    async def _ready(self):
-        if self.token_due():
-            wait = await self.authenticate()
-            if self.token_due():
-                raise NubisonError("not logged in (%s)" % (
-                    self.held_reason if self.held_until else "wait %d ms" % wait))
-
     async def send(self, records):
         """Deliver records one request each, oldest first, stopping at the first that
-        must wait. Network errors propagate unless something was already decided."""
+        must wait (not logged in: all wait, at least as long as the cloud asked). Network
+        errors propagate unless something was already decided."""
         result = SendResult()
         for rec in records:
             try:
-                await self._ready()
+                if self.token_due():
+                    wait = await self.authenticate()
+                    if self.token_due():
+                        log.warn(_TAG, "not logged in (%s); data kept",
+                                 self.held_reason if self.held_until else "login failed")
+                        result.failed = True
+                        result.wait_ms = wait
+                        return result
                 what, reason, resp = await self._send_one(rec)
             except Exception:
                 if result.ok or result.dead:  # keep what was decided; the rest waits

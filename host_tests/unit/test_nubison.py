@@ -160,8 +160,9 @@ def test_login_refusals_hold_the_device_without_asking_again():
         assert support.run(cloud.authenticate()) == 300000
         n = len(http.calls)
         assert 0 < support.run(cloud.authenticate()) <= 300000 and len(http.calls) == n
-        e = support.run(support.araises(nb.NubisonError, cloud.send([_rec(1)])))
-        assert "not logged in (login " in str(e) and len(http.calls) == n
+        res = support.run(cloud.send([_rec(1)]))
+        assert res.failed and not res.ok and not res.dead and len(http.calls) == n
+        assert 0 < res.wait_ms <= 300000
         assert cloud.held_reason.startswith("login ")
         support.rmtree(root)
 
@@ -243,6 +244,14 @@ def test_a_rejected_record_is_dead_lettered_and_the_next_ones_still_go():
     res = support.run(cloud.send([_rec(1), _rec(2), _rec(3)]))
     assert res.dead == [("1a-1", "ERROR406 data_missing")]
     assert res.ok == ["1a-2", "1a-3"] and not res.failed
+    support.rmtree(root)
+
+
+def test_a_busy_login_keeps_everything_and_passes_retry_after_on():
+    cloud, http, root = _adapter([FakeResp(503, b"", {"retry-after": "3"})])
+    res = support.run(cloud.send([_rec(1), _rec(2)]))
+    assert res.failed and res.ok == [] and res.dead == [] and res.wait_ms == 3000
+    assert http.paths() == ["devices/login"]
     support.rmtree(root)
 
 
