@@ -252,13 +252,13 @@ class Cloud:
                                                          self.info["mqtt_url"])})
 
     async def delete(self, dev, why):
-        self.conn.execute("update device set deleted=1 where id=?", (dev,))
-        self.event("delete", dev, {"why": why})
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.broker.remove_client,
                                                              dev)
         except Exception as e:  # already gone from the broker
             self.event("delete-failed", dev, {"error": str(e)})
+        self.conn.execute("update device set deleted=1 where id=?", (dev,))
+        self.event("delete", dev, {"why": why})
 
     def _auth(self, request):
         dev = request.match_info["id"]
@@ -352,8 +352,9 @@ class ServerSide:
         if leaf not in DEVICE_PUB:
             return  # our own events (no-local should already keep them away)
         users = dict(getattr(m.properties, "UserProperty", None) or [])
-        row = c.conn.execute("select access_key from device where id=? and deleted=0",
-                             (dev,)).fetchone()
+        # deleted devices too: the broker enforces revocation, and a message it accepted
+        # just before the device was deleted is still that device's
+        row = c.conn.execute("select access_key from device where id=?", (dev,)).fetchone()
         if row is None or users.get("device_id") != dev or users.get("access_key") != row[0]:
             c.event("violation", dev, {"topic": m.topic, "why": "user properties missing or "
                                        "wrong" if row else "unknown device"})

@@ -45,7 +45,7 @@ from firmware.net import conn, mqtt
 _TAG = "xyte"
 _FILE = "xyte.json"
 _RING = const(40)  # recent log lines kept for a dump
-_DAY_MS = const(86400000)
+_RENEW_CHECK_MS = const(60000)  # the app's auth task looks again this often
 _RECHECK_MS = const(1000)
 _MAX_DONE = const(8)
 _DEAD_CODES = (0x90, 0x95, 0x99)  # topic, size, payload format: never accepted
@@ -165,6 +165,7 @@ class Xyte:
         self.generation = 0  # bumped by every (re)registration: the session starts over
         self._out: list = []  # (topic, body, props) answers waiting for the session
         self._out_lock = asyncio.Lock()
+        self._reg_lock = asyncio.Lock()
         self._jobs: list = []  # coroutines run by the session task (dumps)
         self._wake = asyncio.Event()
         if _ring[0] is None:  # one per process: every adapter object shares it
@@ -212,7 +213,7 @@ class Xyte:
     def _use(self, reg):
         log.secret(reg["access_key"])
         self.reg = reg
-        self.renew_at = clock.Deadline(_DAY_MS)
+        self.renew_at = clock.Deadline(_RENEW_CHECK_MS)
         self.generation += 1
 
     # -- what the app uses --------------------------------------------------------------
@@ -230,8 +231,12 @@ class Xyte:
     async def authenticate(self, force=False):
         """Register (only when no registration is kept). Returns the wait before the next
         try: 0 after success, `register_retry_s` after a refusal (the spec: retry slowly)."""
-        if self.reg and not force:
-            return 0
+        async with self._reg_lock:  # the auth and session tasks may both ask
+            if self.reg and not force:
+                return 0
+            return await self._register()
+
+    async def _register(self):
         body = {"hardware_key": self.hardware_key, "sn": self.sn,
                 "firmware_version": self.fw_version, "mac": self.mac or _mac()}
         if self.name:
@@ -323,8 +328,13 @@ class Xyte:
     async def session(self):
         """Background task: one broker session per registration, answers and jobs sent."""
         while True:
-            if not self.reg:
-                await asyncio.sleep_ms(_RECHECK_MS)
+            if not self.reg:  # deleted while running: the auth task may sleep for long
+                try:
+                    wait = await self.authenticate()
+                except Exception as e:  # tried again after a pause
+                    log.warn(_TAG, "registration: %s", log.describe(e))
+                    wait = self.retry_ms
+                await asyncio.sleep_ms(wait or _RECHECK_MS)
                 continue
             gen = self.generation
             self.client = mqtt.Client(mqtt_url(self.reg.get("mqtt_hub_url") or ""),
