@@ -8,17 +8,25 @@ Tasks (DESIGN.md "The loop"), each restarted by the supervisor if it crashes:
 - local     reports physical input changes without desired_id
 - health    one status line with the heap every `intervals.status_s` (what `make run` shows)
 """
-import asyncio
 import gc
 
-from micropython import const
+# Collect every 8K allocated, from before the firmware's modules load: loading .mpy bytecode
+# into RAM (the unix port; a board running .mpy from its filesystem) leaves small temporaries
+# between long-lived code, and without frequent collections the heap ends up in holes too
+# small for the TLS context or a read buffer (bench/memory.md: 168K failed with 32K free).
+if hasattr(gc, "threshold"):  # MicroPython only
+    gc.threshold(8192)
 
-from firmware import clock, config, log
-from firmware.backoff import Backoff
-from firmware.board.base import BoardError, make_board, value_text
-from firmware.desired import DesiredState, apply_desired
-from firmware.outbox import Outbox
-from firmware.tasks import Supervisor, Wake
+import asyncio  # noqa: E402
+
+from micropython import const  # noqa: E402
+
+from firmware import clock, config, log  # noqa: E402
+from firmware.backoff import Backoff  # noqa: E402
+from firmware.board.base import BoardError, make_board, value_text  # noqa: E402
+from firmware.desired import DesiredState, apply_desired  # noqa: E402
+from firmware.outbox import Outbox  # noqa: E402
+from firmware.tasks import Supervisor, Wake  # noqa: E402
 
 _TAG = "app"
 _UPLINK_BASE_MS = const(1000)
@@ -168,40 +176,15 @@ class App:
                 self._append("command", cid, value)
 
     async def health(self):
-        """Feeds the watchdog while every critical task progresses (firmware/watchdog.py),
-        marks the boot healthy for safe mode after a while, logs the status line."""
-        from firmware import safemode
-
         every_ms = int(self.cfg.get("intervals.status_s") * 1000)
-        dog = getattr(self, "watchdog", None)
-        step_ms = dog.feed_every_ms(every_ms) if dog is not None else every_ms
-        if dog is not None:
-            dog.start()
-        status = clock.Deadline(every_ms)
-        healthy = clock.Deadline(safemode.HEALTHY_AFTER_MS)
-        marked = False
         while True:
-            await asyncio.sleep_ms(max(1, min(step_ms, status.remaining_ms())))
-            if dog is not None:
-                dog.feed()
-            if not marked and healthy.expired():
-                marked = True  # crashed boots stop counting once a boot ran this long
-                try:
-                    safemode.healthy(self.cfg.root)
-                except OSError as e:
-                    log.warn(_TAG, "boot counter: %s", log.describe(e))
-            if not status.expired():
-                continue
-            status = clock.Deadline(every_ms)
+            await asyncio.sleep_ms(every_ms)
             gc.collect()
             st = self.outbox.stats()
-            wifi = getattr(self, "wifi", None)
             log.info("status", "readings=%d delivered=%d pending=%d dead=%d applied=%d "
-                     "renewals=%d%s%s free=%d", self.readings, self.delivered,
+                     "renewals=%d%s free=%d", self.readings, self.delivered,
                      self.outbox.pending_count(), st.get("dead", 0), self.applied,
-                     self.cloud.renewals, self._transport_status(),
-                     " wifi=" + wifi.status() if wifi is not None and wifi.station else "",
-                     gc.mem_free())
+                     self.cloud.renewals, self._transport_status(), gc.mem_free())
 
     def _transport_status(self):
         mode = getattr(self.cloud, "mode", None)
@@ -209,40 +192,10 @@ class App:
             return ""
         return " mode=%s credentials=%d" % (mode, self.cloud.credentials)
 
-    def supervisor(self, sampler=True):
-        """All tasks under one Supervisor (lowpower runs them without the sampler). Makes the
-        Wi-Fi station (a task only on the board) and the watchdog with its critical tasks."""
-        from firmware.watchdog import STALL_S, Watchdog
-        from firmware.wifi import Wifi
-
-        if getattr(self, "wifi", None) is None:
-            self.wifi = Wifi(self.cfg.get("wifi"))
-        dog_s = self.cfg.get("watchdog_s")
-        dog = self.watchdog = Watchdog(int(dog_s * 1000) if dog_s else None)
-        stall_ms = int(self.cfg.get("intervals.stall_s", STALL_S) * 1000)
-
-        # readings plus sensor errors, or None while the sampler has nothing to do (clock
-        # unset, or the cloud enables none of the board's sensors)
-        def sampler_progress():
-            if not clock.is_set() or not self.board.sensors:
-                return None
-            enabled = self.cloud.enabled_sensors
-            if enabled is not None and not any(sid in enabled for sid in self.board.sensors):
-                return None
-            return self.readings + self.sensor_errors
-
+    def supervisor(self):
         sup = Supervisor()
-        names = ["uplink", "downlink", "auth", "local", "health"]
-        if sampler:
-            names.insert(0, "sampler")
-            slowest = max([s.interval_s for s in self.board.sensors.values()] or [0])
-            dog.expect("sampler", max(stall_ms, int(slowest * 3000)), sampler_progress)
-        for name in names:
+        for name in ("sampler", "uplink", "downlink", "auth", "local", "health"):
             sup.add(name, getattr(self, name))
-        if self.wifi.station:
-            self.wifi.alive = dog
-            dog.expect("wifi", stall_ms)
-            sup.add("wifi", self.wifi.run)
         for name, factory in self.board.background() + self.cloud.background():
             sup.add(name, factory)
         return sup
@@ -302,15 +255,8 @@ def build(root=None):
 
 
 def main(root=None):
-    from firmware import safemode
-    from firmware.wifi import Wifi
-
-    if safemode.active:  # boot.py found a reason not to start; the REPL stays free
-        log.error(_TAG, "safe mode: %s; not starting", safemode.active)
-        return 2
     try:
         app = build(root)
-        app.wifi = Wifi(app.cfg.get("wifi"))  # on the board a missing ssid is a config error
     except config.ConfigError as e:
         for line in e.problems:
             log.error("config", line)
@@ -319,10 +265,5 @@ def main(root=None):
     log.info(_TAG, "starting: %s over %s, %d sensors, %d commands",
              app.cfg.get("cloud.platform"), app.cfg.get("cloud.transport"),
              len(app.board.sensors), len(app.board.actuators))
-    if app.cfg.get("lowpower.enabled"):
-        from firmware import lowpower
-
-        lowpower.run_once(app)  # on the board this ends in deep sleep and never returns
-        return 0
     asyncio.run(app.supervisor().run_forever())
     return 0
