@@ -10,6 +10,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+import peers
 import pytest
 
 from firmware.clouds import nubison as nb
@@ -250,3 +251,22 @@ def test_the_adapter_through_a_whole_session_against_the_cloud(cloud, tmp_path):
                                     "value": "50", "time": "2026-04-24T10:15:00Z",
                                     "desired_id": "des_1", "report_status": "applied"}
     assert rows["2a-0"]["replays"] == 1 and not any(r["conflicts"] for r in rows.values())
+
+
+def test_the_adapter_under_micropython_logs_in_as_json_after_415_and_logs_out(cloud,
+                                                                             tmp_path):
+    data, info, _ = cloud
+    key = _key("g")
+    nc.set_fault(data, "login-json")  # the next form login gets 415
+    spec = {"root": str(tmp_path), "ca": info["ca_file"],
+            "cloud": dict(info["device_cloud"], device_id="g"),
+            "records": [["3b-%x" % i, "sensor", 7, str(i), 1777025700] for i in range(5)]}
+    out = peers.json_lines(peers.run_mp_spec("nubison_driver.py", spec).stdout)
+    assert [o["step"] for o in out] == ["auth", "send", "close"], out
+    assert out[0] == {"step": "auth", "wait": 0, "registered": True, "due": False}
+    assert out[1]["ok"] == ["3b-%x" % i for i in range(5)] and not out[1]["failed"]
+    assert out[2] == {"step": "close", "due": True, "handshakes": 1}  # one kept-alive TLS
+    events = [(e["event"], e["detail"]) for e in nc.timeline(data) if e["device_key"] == key]
+    assert events[0] == ("login", "application/json") and events[1][0] == "register"
+    assert [e for e, _ in events[2:]] == ["data"] * 5 + ["logout"]
+    assert nc.tokens(data) and not [t for t in nc.tokens(data) if t in json.dumps(out)]
