@@ -4,6 +4,12 @@
     ota_tool.py build --version V --key DIR/ota_signing_key.pem --out bundle.bin
                       [--src firmware ...] [--root .] [--no-compile] [--march xtensawin]
     ota_tool.py verify --pub DIR/ota_public_key.bin --bundle bundle.bin
+    ota_tool.py manifest --bundle bundle.bin --url URL --out manifest.json
+
+manifest writes what a board polls at config `ota.manifest_url`: {"version", "url", "sha256",
+"size"} for a built bundle (url may be relative to the manifest's own URL). An image bundle
+(whole MicroPython firmware, firmware/ota/image.py) is `build --no-compile --src
+micropython.bin` with the .bin at the root: exactly one file.
 
 keygen writes the Ed25519 private key (PKCS#8 PEM, mode 0600: keep it off the device and out
 of git) and the raw 32-byte public key (.bin and .hex) that the firmware embeds. build compiles
@@ -232,6 +238,19 @@ def write_atomic(path, data):
     os.replace(tmp, path)
 
 
+def poll_manifest(data, url):
+    """The JSON a board polls for `data` (a built bundle) served at `url`."""
+    if data[:4] != MAGIC or len(data) < 8:
+        raise ToolError("not an OTA bundle")
+    size = struct.unpack("<I", data[4:8])[0]
+    try:
+        version = json.loads(data[8:8 + size])["version"]
+    except (ValueError, KeyError, TypeError):
+        raise ToolError("bundle manifest unreadable")
+    return {"version": version, "url": url, "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data)}
+
+
 # --- command line -------------------------------------------------------------------------
 
 def main(argv=None):
@@ -252,6 +271,10 @@ def main(argv=None):
     v = sub.add_parser("verify", help="check a bundle's signature and hashes")
     v.add_argument("--pub", required=True, help="public key (.bin or .hex) from keygen")
     v.add_argument("--bundle", required=True)
+    m = sub.add_parser("manifest", help="write the JSON a board polls for a bundle")
+    m.add_argument("--bundle", required=True)
+    m.add_argument("--url", required=True, help="where the bundle is served")
+    m.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     try:
         if args.cmd == "keygen":
@@ -266,6 +289,11 @@ def main(argv=None):
             write_atomic(args.out, data)
             print("%s: version %s, %d files, %d bytes" % (args.out, args.version, len(files),
                                                           len(data)))
+        elif args.cmd == "manifest":
+            with open(args.bundle, "rb") as f:
+                out = poll_manifest(f.read(), args.url)
+            write_atomic(args.out, (json.dumps(out, indent=1) + "\n").encode())
+            print("%s: version %s -> %s" % (args.out, out["version"], args.url))
         else:
             with open(args.bundle, "rb") as f:
                 manifest, files = read_bundle(f.read(), load_public_key(args.pub))

@@ -8,7 +8,8 @@ a boot loop or a missing confirm(). An interrupted download starts over from byt
 
 Entry points: `Updater.start(url, version, sha256=None)` (a cloud adapter got a "new firmware"
 message: runs the update as a background task), `poll()` (the `ota` task: a manifest URL
-polled every `ota.interval_s`), `confirm()` (the health task, once the cloud has accepted data
+polled every `ota.interval_s`), `command(value)` (the command named by `ota.command`),
+`confirm()` (the health task, once the cloud has accepted data
 on the new app), `failure()` (an update that rolled back, for the adapter to report).
 """
 import asyncio
@@ -296,6 +297,33 @@ class Updater:
             return None
         await self.run(url, version, m.get("sha256"))
         return version
+
+    def command(self, value):
+        """A cloud command named by config `ota.command`: "check" (or empty) checks the
+        configured manifest now, an https:// URL checks that manifest instead. Returns False
+        when nothing could start (the reason is logged)."""
+        url = value if isinstance(value, str) and value.startswith("https://") else None
+        if url is None and value not in (None, "", "check", True):
+            log.warn(_TAG, "ota command: %r is neither 'check' nor an https manifest URL", value)
+            return False
+        url = url or self.manifest_url
+        if not url:
+            log.warn(_TAG, "ota command: no manifest URL (config ota.manifest_url)")
+            return False
+        if self.task is not None and not self.task.done():
+            return False
+        self.task = asyncio.create_task(self._checked(url))
+        return True
+
+    async def _checked(self, url):
+        saved, self.manifest_url = self.manifest_url, url
+        try:
+            await self.check()
+        except Exception as e:  # logged; the app keeps running
+            self.last_error = e
+            log.warn(_TAG, "update check: %s", log.describe(e))
+        finally:
+            self.manifest_url = saved
 
     async def poll(self):
         """Background task: check the manifest URL every interval_s (first check soon after

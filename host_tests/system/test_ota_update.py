@@ -95,6 +95,7 @@ def world(tmp_path_factory):
     factory = ota_tool.collect([str(factory_src / "firmware")], root=str(factory_src),
                                compile_py=True, march=None, mpy_cross=mpy_cross)
     good = bundle("2.0", app_source("2.0"))
+    three = bundle("3.0", app_source("3.0"))
     tampered = bytearray(good)
     tampered[-50] ^= 0x01
     img = os.urandom(5 * 4096 + 123)
@@ -109,8 +110,8 @@ def world(tmp_path_factory):
         "/b/other-key.bin": bundle("2.0", app_source("2.0"), Ed25519PrivateKey.generate()),
         "/b/truncated.bin": good,
         "/b/bad.bin": bundle("6.6", BAD_APP),
-        "/b/3.0.bin": bundle("3.0", app_source("3.0")),
-        "/manifest.json": json.dumps({"version": "3.0", "url": "b/3.0.bin"}).encode(),
+        "/b/3.0.bin": three,
+        "/manifest.json": json.dumps(ota_tool.poll_manifest(three, "b/3.0.bin")).encode(),
     }
     Files.routes = routes
     Files.truncate = {"/b/truncated.bin"}
@@ -230,6 +231,15 @@ def test_good_update_is_applied_tried_and_confirmed(world):
     assert event(ev, "checked") == {"event": "checked", "started": None}
 
 
+def test_ota_command_checks_the_manifest_it_names(world):
+    b = Board(world, "command")
+    ev = b.boot(action="command", value="no-such-thing")
+    assert event(ev, "not_started"), b.output
+    ev = b.boot(action="command", value=b.base + "/manifest.json")
+    assert event(ev, "reset"), b.output
+    assert b.running() == ("3.0", "3.0")
+
+
 @pytest.mark.parametrize("path, error", [
     ("/b/tampered.bin", "BadHash"),
     ("/b/other-key.bin", "BadSignature"),
@@ -322,3 +332,29 @@ def test_image_update_streams_into_the_next_partition(world, path, expect, tmp_p
         assert out == {"error": expect, "boot": "ota_0", "reset": 0, "status": None,
                        "confirmed": None, "valid_calls": 0}, done.stdout
     assert not (parts / "ota_0").exists()  # the running firmware is never written
+
+
+def test_ota_tool_cli_keygen_build_manifest(tmp_path):
+    tool = [os.path.join(ROOT, ".venv", "bin", "python"), os.path.join(ROOT, "tools",
+                                                                        "ota_tool.py")]
+    src = tmp_path / "src"
+    firmware_tree(str(src), app_source("4.0"))
+
+    def run(*args):
+        done = subprocess.run(tool + list(args), capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    run("keygen", "--out", str(tmp_path / "keys"))
+    run("build", "--version", "4.0", "--key", str(tmp_path / "keys" / "ota_signing_key.pem"),
+        "--out", str(tmp_path / "b.bin"), "--src", str(src / "firmware"), "--root", str(src),
+        "--march", "")
+    run("manifest", "--bundle", str(tmp_path / "b.bin"), "--url", "b.bin", "--out",
+        str(tmp_path / "m.json"))
+    data = (tmp_path / "b.bin").read_bytes()
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m == {"version": "4.0", "url": "b.bin", "sha256": hashlib.sha256(data).hexdigest(),
+                 "size": len(data)}
+    manifest, files = ota_tool.read_bundle(data, (tmp_path / "keys" /
+                                                  "ota_public_key.bin").read_bytes())
+    assert "firmware/app.mpy" in files and "firmware/app.py" not in files

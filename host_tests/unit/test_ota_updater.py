@@ -121,3 +121,12 @@ def test_manifest_urls_resolve_against_the_manifest():
     assert updater._resolve(base, "b.bin") == "https://h:8443/fw/b.bin"
     assert updater._resolve(base, "/x/b.bin") == "https://h:8443/x/b.bin"
     assert updater._resolve(base, "https://o/b.bin") == "https://o/b.bin"
+
+
+def test_command_refuses_values_it_cannot_use():
+    root, u, path, steps = setup()
+    assert not u.command("rm -rf /")
+    assert not u.command("check")  # no ota.manifest_url configured
+    assert not u.command(42)
+    assert u.task is None
+    support.rmtree(root)

@@ -67,6 +67,16 @@ def main():
                     emit(event="not_started")
 
             asyncio.run(started())
+        elif action == "command":  # the command named by config ota.command
+            async def commanded():
+                if not u.command(spec["value"]):
+                    emit(event="not_started")
+                    return
+                await u.task
+                if u.last_error is not None:
+                    raise u.last_error
+
+            asyncio.run(commanded())
         elif action == "check":
             emit(event="checked", started=asyncio.run(u.check()))
     except (updater.UpdateError, Exception) as e:
