@@ -265,6 +265,7 @@ class Xyte:
     def forget_registration(self, why):
         log.warn(_TAG, "%s: the device registers again", why)
         self.reg = {}
+        self._out = []  # answers addressed to the deleted id
         self.generation += 1
         try:
             self._save()
