@@ -32,6 +32,8 @@ _TAG = "app"
 _UPLINK_BASE_MS = const(1000)
 _UPLINK_CAP_MS = const(120000)
 _IDLE_WAKE_MS = const(30000)
+_SENSOR_RETRY_MS = const(1000)  # first retry of a failing sensor, doubling from there
+_SENSOR_RETRY_MIN_MS = const(100)
 
 
 class App:
@@ -59,23 +61,37 @@ class App:
         while not clock.is_set():  # readings need a true timestamp; NTP comes with Wi-Fi
             await asyncio.sleep_ms(1000)
 
+    # A failing sensor (error, driver bug or timeout) is logged once, then retried on its own
+    # backoff, capped at twice its interval so the watchdog still sees the sampler progress;
+    # its recovery is logged once. Other sensors keep their pace.
     async def sampler(self):
         await self._clock_ready()
         due = {sid: clock.Deadline(0) for sid in self.board.sensors}
+        failing: dict = {}  # sid -> Backoff while that sensor fails
         while True:
             enabled = self.cloud.enabled_sensors
             for sid, sensor in self.board.sensors.items():
                 if not due[sid].expired():
                     continue
-                due[sid] = clock.Deadline(int(sensor.interval_s * 1000))
+                interval_ms = int(sensor.interval_s * 1000)
+                due[sid] = clock.Deadline(interval_ms)
                 if enabled is not None and sid not in enabled:
                     continue  # the cloud's sensor catalog does not list it
                 try:
-                    value = await sensor.read()
-                except BoardError as e:
+                    value = await asyncio.wait_for(sensor.read(), sensor.timeout_s)
+                except Exception as e:  # BoardError, a driver bug, asyncio.TimeoutError
                     self.sensor_errors += 1
-                    log.warn(_TAG, "sensor %s: %s", sid, log.describe(e))
+                    b = failing.get(sid)
+                    if b is None:
+                        b = failing[sid] = Backoff(min(_SENSOR_RETRY_MS, interval_ms),
+                                                   2 * interval_ms)
+                        log.warn(_TAG, "sensor %s: %s; retrying with backoff, quiet until it "
+                                 "recovers", sid, log.describe(e))
+                    due[sid] = clock.Deadline(max(_SENSOR_RETRY_MIN_MS, b.next_ms()))
                     continue
+                b = failing.pop(sid, None)
+                if b is not None:
+                    log.info(_TAG, "sensor %s: recovered after %d failed reads", sid, b.attempts)
                 self._append("sensor", sid, value)
                 self.readings += 1
             nxt = min(d.remaining_ms() for d in due.values()) if due else _IDLE_WAKE_MS

@@ -33,6 +33,7 @@ class DS18B20(Sensor):
         self.bus = bus
         self.rom = parse_rom(cfg["rom"]) if cfg.get("rom") is not None else None
         self.decimals = int(cfg.get("decimals", 2))
+        self.convert_ms = _CONVERT_MS
 
     def _find(self):
         roms = [r for r in self.bus.scan() if r[0] == 0x28]  # family code of the DS18B20
@@ -45,7 +46,7 @@ class DS18B20(Sensor):
         try:
             rom = self.rom if self.rom is not None else self._find()
             self.bus.convert_temp()
-            await asyncio.sleep_ms(_CONVERT_MS)
+            await asyncio.sleep_ms(self.convert_ms)
             t = self.bus.read_temp(rom)  # raises on a CRC error (wire noise, unplugged)
         except SensorError:
             raise
