@@ -130,3 +130,19 @@ def test_command_refuses_values_it_cannot_use():
     assert not u.command(42)
     assert u.task is None
     support.rmtree(root)
+
+
+def test_from_config_reads_the_ota_section():
+    from firmware.config import Config
+
+    root = support.tmpdir("cfg")
+    off = Config({"cloud": {"ca_file": "ca.pem"}}, root, [])
+    assert updater.Updater.from_config(off) is None  # no key: updates are off
+    cfg = Config({"cloud": {"ca_file": "ca.pem"},
+                  "ota": {"public_key": pub().hex(), "manifest_url": "https://h/m.json",
+                          "interval_s": 600, "trial_boots": 3}}, root, [])
+    u = updater.Updater.from_config(cfg)
+    assert (u.key, u.manifest_url, u.interval_s, u.trials) == (pub(), "https://h/m.json",
+                                                               600, 3)
+    assert u.ca_file == root + "/ca.pem"
+    support.rmtree(root)
