@@ -3,6 +3,7 @@ driver over the shim I2C bus with a fake chip (register map), on both runtimes."
 import struct
 
 import machine
+
 import support
 from firmware.board import bme280
 from firmware.board.base import BoardConfigError, SensorError

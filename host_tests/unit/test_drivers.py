@@ -6,6 +6,7 @@ import dht
 import ds18x20
 import machine
 import micropython
+
 import support
 from firmware.board import analog, button, esp32, outputs
 from firmware.board.base import BoardConfigError, Rejected, SensorError, make_board
