@@ -156,7 +156,8 @@ def test_device_session_over_the_broker(cloud):
         # revocation: the broker drops the session, the hub answers 401
         xyte_cloud.set_fault(data, "revoke")
         assert c.wait_disconnected(10)
-        assert https(cloud, "GET", "/v1/devices/%s/config" % reg["id"],
-                     headers={"Authorization": reg["access_key"]})[0] == 401
+        wait_for("hub 401", lambda: https(cloud, "GET", "/v1/devices/%s/config" % reg["id"],
+                                          headers={"Authorization": reg["access_key"]})[0]
+                 == 401)
     finally:
         c.close()
