@@ -3,6 +3,7 @@ registration, per-device broker ACLs, user properties checked on every publish, 
 de-duplicated by message_id, the snapshot on `get`, the command lifecycle, revocation (broker
 client gone, hub 401) and dumps."""
 import json
+import os
 import signal
 import ssl
 import time
@@ -161,3 +162,75 @@ def test_device_session_over_the_broker(cloud):
                  == 401)
     finally:
         c.close()
+
+
+def test_token_ttl_revokes_old_access_keys(tmp_path):
+    data = str(tmp_path / "cloud")
+    proc, info = run_local.start_cloud(data, token_ttl=1, platform="xyte")
+    try:
+        reg = register(info)
+        wait_for("expiry", lambda: xyte_cloud.devices(data)[-1]["deleted"])
+        assert https(info, "GET", "/v1/devices/%s/config" % reg["id"],
+                     headers={"Authorization": reg["access_key"]})[0] == 401
+        assert xyte_cloud.events(data, "delete")[0]["body"] == {"why": "access key expired"}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+
+
+def test_adapter_survives_any_server_message(tmp_path):
+    """Fuzz: whatever arrives on the device's topics, the adapter logs and goes on; what it
+    queues as answers is JSON for its own topics with its user properties."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from firmware import log
+    from firmware.clouds import xyte
+    from firmware.net import mqtt
+
+    root = str(tmp_path)
+    reg = {"id": "dev-1", "access_key": "xak_fuzz_key", "hub_url": "https://h",
+           "mqtt_hub_url": "h:8883"}
+    with open(os.path.join(root, "xyte.json"), "w") as f:
+        json.dump({"reg": reg}, f)
+
+    class Cfg:
+        ca_path = None
+
+        def get(self, key, default=None):
+            return {"cloud": {"hardware_key": "hw-fuzz-key"}}.get(key, default)
+
+    Cfg.root = root
+    cloud = xyte.Xyte(Cfg())
+    cloud.on_desired = lambda cmd: None
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+        lambda kids: st.lists(kids, max_size=4) | st.dictionaries(
+            st.sampled_from(["id", "name", "status", "parameters", "version", "data", "add",
+                             "remove", "update", "enabled_sensors", "log_level", "command",
+                             "value", "latest_fw_version", "x"]), kids, max_size=6),
+        max_leaves=12)
+    payloads = json_values.map(lambda v: json.dumps(v).encode()) | st.binary(max_size=64)
+    leaves = st.sampled_from(["config", "commands", "license", "space_info", "firmware",
+                              "other"])
+
+    @settings(max_examples=300, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(leaves, payloads, st.sampled_from([{}, {mqtt.RESPONSE_TOPIC: "v1/device/dev-1/r"},
+                                              {mqtt.RESPONSE_TOPIC: "elsewhere/x"}]))
+    def one(leaf, payload, props):
+        cloud._out = []
+        cloud._on_message(mqtt.Message("v1/device/dev-1/" + leaf, payload, 1, False, False, 1,
+                                       props))
+        for topic, body, p in cloud._out:
+            assert topic.startswith("v1/device/dev-1/")
+            json.loads(body)
+            assert dict(p[mqtt.USER_PROPERTY]) == {"device_id": "dev-1",
+                                                   "access_key": "xak_fuzz_key"}
+
+    log.set_sink(lambda line: None)
+    try:
+        one()
+    finally:
+        log.set_sink(None)
+        log.set_level(log.INFO)
