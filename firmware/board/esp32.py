@@ -116,8 +116,9 @@ def actuator(cfg):
     if drv == "pwm":
         cfg = outputs.pwm_cfg(cfg)
         duty = outputs.safe_duty(cfg)
-        pwm = machine.PWM(machine.Pin(_pin_no(cfg), machine.Pin.OUT),
-                          freq=int(cfg.get("freq", outputs.PWM_FREQ)), duty_u16=duty)
+        # until the timer takes over, the pin holds the level nearest the safe duty
+        pin = machine.Pin(_pin_no(cfg), machine.Pin.OUT, value=1 if duty >= 32768 else 0)
+        pwm = machine.PWM(pin, freq=int(cfg.get("freq", outputs.PWM_FREQ)), duty_u16=duty)
         return outputs.PwmOutput(cfg, pwm)
     raise BoardConfigError("command %s: driver %r is not a command driver" % (cfg.get("id"), drv))
 
