@@ -139,6 +139,24 @@ def test_adc_two_point_calibration_and_raw_source():
     assert _read(r) == 50.0
 
 
+class _NoisyADC:
+    """An ADC input whose successive conversions differ (the ESP32's are noisy)."""
+
+    def __init__(self, uv):
+        self.uv = list(uv)
+        self.reads = 0
+
+    def read_uv(self):
+        self.reads += 1
+        return self.uv.pop(0)
+
+
+def test_adc_averages_its_samples_per_reading():
+    adc = _NoisyADC([1000000, 1200000, 1100000, 1300000])
+    s = analog.AnalogSensor({"id": 1, "samples": 4, "scale": 100, "decimals": 1}, adc)
+    assert _read(s) == 115.0 and adc.reads == 4
+
+
 def test_adc_calibration_maths_and_config_errors():
     assert analog.calibration({"cal": [[1, 10], [3, 30]]}) == (10.0, 0.0)
     assert analog.calibration({"scale": 0.5, "offset": 3}) == (0.5, 3.0)
