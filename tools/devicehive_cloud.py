@@ -353,7 +353,9 @@ class Cloud:
             return self.error(s, base, code, body)
         detail = ""
         if action == "command/update":
-            detail = req.get("commandId")
+            result = (req.get("command") or {}).get("result")
+            detail = "%s %s" % (req.get("commandId"), result.get("message_id")
+                                if isinstance(result, dict) else "-")
         elif action == "notification/insert":
             detail = body.pop("_detail", "")
         self.log(s, action, 200, detail)

@@ -152,12 +152,15 @@ def test_devicehive_end_to_end(rig):
     rig.kill()
 
     log = rig.log()
-    # each command handled exactly once over both boots and every reconnect
+    # each command handled exactly once over both boots and every reconnect; its report
+    # may reach the cloud twice (SIGKILL after the cloud took it, before the outbox knew),
+    # but then as a replay of the same record, never a second application
     for cid, status in ((ok, "applied"), (bad, "rejected"), (old, "stale"),
                         (offline, "applied")):
         assert log.count("desired %d: %s" % (cid, status)) == 1, cid
-        assert len([r for r in rig.requests("command/update") if r["detail"] == str(cid)]) \
-            == 1, cid
+        updates = {r["detail"] for r in rig.requests("command/update")
+                   if r["detail"].split()[0] == str(cid)}
+        assert len(updates) == 1, (cid, updates)
     # after a reconnect / reboot the device subscribed from its last handled command
     froms = [r["detail"] for r in rig.requests("command/subscribe-from")]
     assert froms[0] == "now" and rig.command(offline)["timestamp"] in froms[-1]
