@@ -4,7 +4,9 @@ messages, de-duplication on data.message_id, the fault knobs; then the firmware'
 import asyncio
 import base64
 import json
+import os
 import ssl
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -12,6 +14,8 @@ import urllib.request
 
 import peers
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from firmware.clouds import nubison as nb
 from firmware.outbox import Record
@@ -270,3 +274,79 @@ def test_the_adapter_under_micropython_logs_in_as_json_after_415_and_logs_out(cl
     assert events[0] == ("login", "application/json") and events[1][0] == "register"
     assert [e for e, _ in events[2:]] == ["data"] * 5 + ["logout"]
     assert nc.tokens(data) and not [t for t in nc.tokens(data) if t in json.dumps(out)]
+
+
+# -- fuzz: whatever a cloud answers, the adapter decides something and never crashes ------------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) |
+    st.sampled_from(["ERROR401", "ERROR402", "ERROR403", "ERROR404", "ERROR405", "ERROR406",
+                     "tok-fuzz-1", ""]) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["code", "message", "AccessToken", "accessToken", "x"]), inner,
+        max_size=3), max_leaves=8)
+_answers = st.tuples(st.sampled_from([200, 201, 204, 400, 401, 403, 404, 405, 415, 429, 500,
+                                      503]),
+                     st.one_of(_json_values.map(lambda v: json.dumps(v).encode()),
+                               st.binary(max_size=24)),
+                     st.sampled_from([None, "1", "x", "-5", "Wed, 21 Oct 2015 07:28:00 GMT"]))
+
+
+class _Resp:
+    def __init__(self, status, body, retry_after):
+        self.status, self.body = status, body
+        self.headers = {} if retry_after is None else {"retry-after": retry_after}
+
+    def json(self):
+        return json.loads(self.body)
+
+    def retry_after_ms(self):
+        from firmware.backoff import retry_after_ms
+
+        return retry_after_ms(self.headers.get("retry-after"))
+
+
+class _Script:
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.calls = 0
+
+    async def request(self, method, url, **kw):
+        self.calls += 1
+        if not self.answers:
+            raise ConnectionResetError("script ended")
+        return _Resp(*self.answers.pop(0))
+
+    async def close(self):
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_answers, max_size=8), st.booleans())
+def test_fuzzed_answers_never_crash_the_adapter(answers, registered):
+    with tempfile.TemporaryDirectory() as root:
+        if registered:
+            with open(os.path.join(root, "nubison.json"), "w") as f:
+                json.dump({"registered": "P_d"}, f)
+        cfg = type("C", (), {"root": root, "ca_path": None, "get": lambda self, k, d=None: {
+            "cloud": {"api_url": "https://x", "client_id": "c", "client_secret": "fuzz-s3cret",
+                      "product_code": "P", "device_id": "d", "model_name": "M"}}.get(k, d)})()
+        http = _Script(answers)
+        a = nb.Nubison(cfg, http)
+        recs = [Record("5-%d" % i, "sensor", 7, str(i), 1777025700) for i in range(3)]
+
+        async def go():
+            try:
+                res = await a.send(recs)
+            except ConnectionResetError:
+                return None  # the network "failed": the app keeps everything
+            await a.close()
+            return res
+
+        res = asyncio.run(go())
+        if res is not None:
+            ok, dead = res.ok, [m for m, _ in res.dead]
+            assert not set(ok) & set(dead)
+            assert set(ok) | set(dead) <= {r.message_id for r in recs}
+            assert res.failed or len(ok) + len(dead) == 3
+            assert isinstance(res.wait_ms, int) and res.wait_ms >= 0
