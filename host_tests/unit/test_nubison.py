@@ -321,3 +321,18 @@ def test_secrets_are_redacted_from_log_lines():
     line = log.redact("t=tok-very-secret-42 basic=%s" % cloud._basic)
     assert "tok-very-secret-42" not in line and cloud._basic[6:] not in line
     support.rmtree(root)
+
+
+def test_app_builds_the_adapter_from_a_validated_config():
+    from firmware import app, config
+
+    root = support.tmpdir("nb")
+    cfg = config.validate({"cloud": {"platform": "nubison", "api_url": "http://127.0.0.1:9",
+                                     "client_id": "cli-abc", "client_secret": "nb-secret-xyz",
+                                     "product_code": "PRD7", "device_id": 42,
+                                     "model_name": "ESP32-SIM", "device_name": "gh"}}, root)
+    cloud = app.make_cloud(cfg)
+    assert isinstance(cloud, nb.Nubison) and cloud.device_key == "PRD7_42"
+    assert cloud.token_due() and cloud.enabled_sensors is None and cloud.renew_at is None
+    assert cloud._state_path == root + "/nubison.json"
+    support.rmtree(root)
