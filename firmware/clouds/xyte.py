@@ -4,7 +4,9 @@ Owns the device's Xyte identity and every Xyte message:
 
 - Registration, once: `POST {registration_url}/v1/devices` with hardware_key, sn,
   firmware_version, mac (and name). `id`, `access_key` and the hub URLs are kept in
-  `xyte.json` in the data root (write-temp-then-rename); access_key is a log secret. A 401 from
+  `xyte.json` in the data root (write-temp-then-rename), with a digest of registration_url,
+hardware_key and serial number (a config naming another cloud or device registers again);
+access_key is a log secret. A 401 from
   the hub over HTTPS means the device was deleted: the registration is dropped and made again.
   When the broker refuses the credentials, an HTTPS probe (`GET .../config`) tells a deleted
   device (401: register again) from a broker hiccup (keep reconnecting).
@@ -194,13 +196,24 @@ class Xyte:
         reg = data.get("reg")
         if isinstance(reg, dict) and isinstance(reg.get("id"), str) and \
                 isinstance(reg.get("access_key"), str):
-            self._use(reg)
+            if reg.get("for") == self._identity():
+                self._use(reg)
+            else:  # the config now names another cloud or device: a new identity
+                log.info(_TAG, "registration_url, hardware key or serial number changed: "
+                               "registering again")
         for name in ("config", "licenses", "space"):
             if isinstance(data.get(name), dict):
                 setattr(self, name, data[name])
         if isinstance(data.get("done"), list):
             self.done = data["done"]
         self._apply_config(self.config)
+
+    def _identity(self):
+        # what the registration was made for; kept as a digest, the hardware key is secret
+        import hashlib
+
+        raw = "%s|%s|%s" % (self.reg_url, self.hardware_key, self.sn)
+        return "".join("%02x" % b for b in hashlib.sha256(raw.encode()).digest()[:8])
 
     def _save(self):
         path = self._path()
@@ -251,6 +264,7 @@ class Xyte:
             return self.retry_ms
         reg = {k: data.get(k) for k in ("id", "access_key", "hub_url", "hub_url_static_cert",
                                         "mqtt_hub_url")}
+        reg["for"] = self._identity()
         log.secret(reg["access_key"])
         old, self.reg = self.reg, {}
         self._use(reg)

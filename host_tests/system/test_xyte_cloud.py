@@ -191,8 +191,6 @@ def test_adapter_survives_any_server_message(tmp_path):
     root = str(tmp_path)
     reg = {"id": "dev-1", "access_key": "xak_fuzz_key", "hub_url": "https://h",
            "mqtt_hub_url": "h:8883"}
-    with open(os.path.join(root, "xyte.json"), "w") as f:
-        json.dump({"reg": reg}, f)
 
     class Cfg:
         ca_path = None
@@ -201,7 +199,11 @@ def test_adapter_survives_any_server_message(tmp_path):
             return {"cloud": {"hardware_key": "hw-fuzz-key"}}.get(key, default)
 
     Cfg.root = root
+    reg["for"] = xyte.Xyte(Cfg())._identity()
+    with open(os.path.join(root, "xyte.json"), "w") as f:
+        json.dump({"reg": reg}, f)
     cloud = xyte.Xyte(Cfg())
+    assert not cloud.token_due()
     cloud.on_desired = lambda cmd: None
     json_values = st.recursive(
         st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

@@ -32,7 +32,8 @@ class Cfg:
 
 def registered(**extra):
     root = support.tmpdir("xyte")
-    support.write(root + "/xyte.json", json.dumps({"reg": REG}))
+    made_for = xyte.Xyte(Cfg(root, **extra))._identity()
+    support.write(root + "/xyte.json", json.dumps({"reg": dict(REG, **{"for": made_for})}))
     return xyte.Xyte(Cfg(root, **extra)), root
 
 
@@ -67,8 +68,13 @@ def test_registration_is_kept_and_its_key_is_secret():
     assert not cloud.token_due() and cloud.renewals == 1
     assert not [line for line in lines if KEY in line or "hw-key-123456" in line]
     again = xyte.Xyte(Cfg(root), FakeHttp([]))  # a reboot: no second registration
-    assert again.reg == REG and not again.token_due()
+    assert again.reg["id"] == DEV and again.reg["access_key"] == KEY
+    assert not again.token_due()
     assert support.run(again.authenticate()) == 0
+    assert "hw-key-123456" not in open(root + "/xyte.json").read()
+    # the config names another cloud: a new identity
+    moved = xyte.Xyte(Cfg(root, registration_url="https://other.example"), FakeHttp([]))
+    assert moved.token_due()
     support.rmtree(root)
 
 
