@@ -216,3 +216,25 @@ class ImageUpdater:
         self._save({})
         log.info(_TAG, "image %s confirmed", st["pending"])
         return st["pending"]
+
+
+def pending(root):
+    """The image version set to boot and not yet confirmed, or None (reads ota/image.json
+    only: no esp32 module needed, so the app can ask on any port)."""
+    try:
+        with open(slots.path(root, "ota", _STATE)) as f:
+            st = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(st, dict) or st.get("failed"):
+        return None
+    return st.get("pending")
+
+
+def confirm_trial(root, partition_class=None):
+    """For the health task: confirm the running image if it is on trial (returns its
+    version), or record a bootloader rollback (returns None)."""
+    u = ImageUpdater(root, b"\0" * 32, partition_class=partition_class)
+    if u.status() == "trial":
+        return u.confirm()
+    return None

@@ -96,12 +96,13 @@ def test_update_sets_boot_then_trial_is_confirmed():
     u, resets = updater(root, make_bundle([("micropython.bin", IMAGE)], version="1.30"))
     support.run(u.run("https://x/fw.bin", "1.30"))
     assert esp32.Partition._boot[0] == "ota_1" and resets == [1]
-    assert u.confirm() is None  # still running the old partition: nothing to confirm yet
+    assert image.pending(root) == "1.30"
     esp32.Partition._running[0] = "ota_1"  # the bootloader started the new image
     assert u.status() == "trial"
-    assert u.confirm() == "1.30"
+    assert image.confirm_trial(root, esp32.Partition) == "1.30"
     assert esp32.Partition._valid_calls == [1]
-    assert u.status() is None
+    assert u.status() is None and image.pending(root) is None
+    assert u.confirm() is None
     support.rmtree(root)
     support.rmtree(d)
 
@@ -112,8 +113,11 @@ def test_bootloader_rollback_is_reported_by_version():
     u, resets = updater(root, make_bundle([("micropython.bin", IMAGE)], version="1.31"))
     support.run(u.run("https://x/fw.bin"))
     # the new image never confirmed: the bootloader went back to ota_0
+    assert image.pending(root) == "1.31"
+    assert image.confirm_trial(root, esp32.Partition) is None
     assert u.status() == "rolled back"
     assert u.failure() == {"version": "1.31", "reason": "bootloader rolled back"}
+    assert image.pending(root) is None
     assert u.confirm() is None and esp32.Partition._valid_calls == []
     support.rmtree(root)
     support.rmtree(d)
