@@ -1,7 +1,8 @@
 """The whole firmware (main.py, sim board, platform xyte) on the MicroPython unix port against
 the local Xyte cloud: real TLS, real mosquitto with per-device ACLs, the server side checking
 user properties, and tools/faultproxy.py in front of the broker. One session goes through
-registration, telemetry, a command's lifecycle (applied once), config, a dump, malformed
+registration, telemetry, a command's lifecycle (applied once), config, licenses, space info,
+the firmware event, a dump, malformed
 server messages, a dropped session, a network cut, a revoked device (registers again) and a
 SIGKILL with restart; at the end nothing is lost (per boot the message ids the server saw are
 gap-free, each reading stored once after de-duplication) and nothing was applied twice."""
@@ -112,6 +113,13 @@ def _session(rig):
     version = xyte_cloud.set_config(data, {"log_level": "info", "colour": "teal"})
     wait_for("config acked", lambda: (xyte_cloud.kv_get(data, "reported_config") or {}).get(
         "version") == version)
+    # licenses, space info and the firmware event reach the device and are answered/kept
+    xyte_cloud.put_license(data, "L-1", "seats=3")
+    xyte_cloud.set_space(data, {"name": "Hall B", "temperature_units": "fahrenheit"})
+    xyte_cloud.set_firmware(data, "2.0.0", "file-77")
+    wait_for("license in use", lambda: xyte_cloud.licenses(data)[0]["state"] == "inuse")
+    wait_for("space kept", lambda: "space Hall B, temperature in fahrenheit" in rig.log())
+    wait_for("firmware noted", lambda: "firmware 2.0.0 available (file file-77)" in rig.log())
     c_dump = xyte_cloud.send_command(data, "send_dump")
     wait_for("dump", lambda: rig.command(c_dump)["status"] == "done")
     assert "config version %s applied" % version in xyte_cloud.dumps(data)[0]["body"]
