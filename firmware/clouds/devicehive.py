@@ -222,7 +222,13 @@ class DeviceHive:
             if e.code != 401:
                 raise
             log.info(_TAG, "%s: 401 %s; refreshing the token", action, e.error)
-        await self._refresh(gen)
+        try:
+            await self._refresh(gen)
+        except DeviceHiveError:
+            sock = self._ws  # refresh refused: the session opens a new socket and decides
+            if sock is not None:
+                await self._drop(sock)
+            raise
         return await self.request(action, body)
 
     async def _refresh(self, gen):
@@ -421,7 +427,12 @@ class DeviceHive:
             raise NotConnected("no DeviceHive session yet")
         result = SendResult()
         for rec in records:
-            action, body = self.message(rec)
+            try:
+                action, body = self.message(rec)
+            except (clock.ClockUnset, ValueError, TypeError) as e:
+                # a record that cannot be written (time before 2025) would block the queue
+                result.dead.append((rec.message_id, "unsendable: %s" % log.describe(e)))
+                continue
             try:
                 await self.call(action, body)
             except DeviceHiveError as e:

@@ -262,6 +262,19 @@ def test_refused_refresh_token_stops_the_session_with_a_named_error():
     assert REFRESH not in "\n".join(lines)
 
 
+def test_refresh_refused_mid_send_keeps_the_record_and_drops_the_socket():
+    cloud, peer, connector = adapter()
+
+    async def body(c):
+        peer.expire_next = 1
+        peer.fail["token/refresh"] = (401, "Refresh token expired")
+        return await c.send([Record("1-1", "sensor", 7, "1", NOW)])
+
+    res = run_session(cloud, body)
+    assert res.ok == [] and res.dead == [] and res.failed
+    assert connector.sockets[0].closed and cloud.renewals == 0
+
+
 def test_notification_and_report_shapes():
     cloud, _, _ = adapter()
     action, body = cloud.message(Record("a-1", "sensor", 7, "21.5", NOW))
@@ -284,6 +297,7 @@ def test_notification_and_report_shapes():
 def test_error_codes_decide_dead_or_kept():
     cloud, peer, _ = adapter()
     recs = [Record("1-1", "command", 4, "5", NOW, desired_id=1, report_status="applied"),
+            Record("1-0", "sensor", 7, "1", 5),
             Record("1-2", "sensor", 7, "1", NOW), Record("1-3", "sensor", 7, "2", NOW)]
 
     async def body(c):
@@ -292,7 +306,8 @@ def test_error_codes_decide_dead_or_kept():
         return await c.send(recs)
 
     res = run_session(cloud, body)
-    assert res.ok == [] and res.dead == [("1-1", "404 Command not found")]
+    assert res.ok == [] and res.dead[0] == ("1-1", "404 Command not found")
+    assert res.dead[1][0] == "1-0" and "unsendable" in res.dead[1][1]  # t before 2025
     assert res.failed and res.wait_ms > 0  # 1-2 kept, 1-3 not even tried this round
     assert peer.notifications == []
 
