@@ -93,9 +93,11 @@ def _number(text):
     """A reading's text as a JSON number when it is one (telemetry fields are typed)."""
     for conv in (int, float):
         try:
-            return conv(text)
+            n = conv(text)
         except (TypeError, ValueError):
-            pass
+            continue
+        if n - n == 0:  # nan and inf are not JSON: they stay text
+            return n
     if text in ("true", "false"):
         return text == "true"
     return text

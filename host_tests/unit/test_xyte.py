@@ -118,6 +118,8 @@ def test_telemetry_and_command_reports_carry_the_message_id():
     leaf, body = cloud.record_message(Record("1-d", "command", 4, "0", 1777025700,
                                              desired_id="cmd-2", report_status="rejected"))
     assert body["status"] == "error" and body["message"].startswith("rejected")
+    assert [xyte._number(t) for t in ("3", "-2.5", "nan", "inf", "on", "true")] == [
+        3, -2.5, "nan", "inf", "on", True]
     assert xyte.mqtt_url("hub.example") == "mqtts://hub.example:8883"
     assert xyte.mqtt_url("mqtts://h:1") == "mqtts://h:1"
     support.rmtree(root)
