@@ -358,3 +358,46 @@ def test_ota_tool_cli_keygen_build_manifest(tmp_path):
     manifest, files = ota_tool.read_bundle(data, (tmp_path / "keys" /
                                                   "ota_public_key.bin").read_bytes())
     assert "firmware/app.mpy" in files and "firmware/app.py" not in files
+
+
+def test_power_cut_at_every_block_write_of_an_update_on_littlefs(tmp_path):
+    """host_tests/system/mp/ota_powercut.py: download, install, trial boot and confirm on
+    vfs.VfsLfs2 over a RAM block device cut after the k-th block write, for every k."""
+    key = Ed25519PrivateKey.generate()
+    old = {"firmware/__init__.py": "", "firmware/app.py": "V = '1.0'\n",
+           "lib/data.txt": "one " * 700}
+    new_files = [("firmware/__init__.py", b""), ("firmware/app.py", b"V = '2.0'\n" * 3),
+                 ("firmware/net/extra.py", bytes(range(256)) * 6),
+                 ("lib/data.txt", b"two " * 900)]
+    (tmp_path / "b.bin").write_bytes(ota_tool.build_bundle(new_files, "2.0", key))
+    spec = {"bundle": str(tmp_path / "b.bin"), "pub": ota_tool.public_key_bytes(key).hex(),
+            "old": old, "new": {p: hashlib.sha256(d).hexdigest() for p, d in new_files}}
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    script = os.path.join(MP_DIR, "ota_powercut.py")
+
+    def start(*args):
+        if not os.access(peers.MICROPYTHON, os.X_OK):
+            pytest.fail("MicroPython unix port missing at %s" % peers.MICROPYTHON)
+        return subprocess.Popen([peers.MICROPYTHON, script, str(spec_path)] + list(args),
+                                cwd=ROOT, env=peers.mp_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    out, _ = start("count").communicate(timeout=60)
+    full = peers.json_lines(out)[-1]
+    assert full["done"] and full["bad"] == [] and full["writes"] > 20, out
+    total = full["writes"]
+    step = (total + 1) // 2
+    ranges = [(a, min(a + step - 1, total)) for a in range(1, total + 1, step)]
+    procs = [start(str(a), str(b)) for a, b in ranges]
+    tried, failures = 0, []
+    for (a, b), p in zip(ranges, procs):
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 0, out[-3000:]
+        lines = peers.json_lines(out)
+        assert (lines[-1]["first"], lines[-1]["last"]) == (a, b), out[-3000:]
+        tried += lines[-1]["tried"]
+        failures += [ln for ln in lines if "k" in ln]
+    print("OTA power-cut points tried: %d of %d block writes" % (tried, total))
+    assert tried == total
+    assert failures == [], failures[:10]
