@@ -7,9 +7,9 @@ The `ws` background task owns the socket: connect (firmware/net/ws.py, verified 
 every message, matches responses to requests by `requestId` and hands pushes to the app.
 send() and the handshake write requests on the same socket and wait for their responses
 (at most `ack_timeout_s`; a request left unanswered closes the socket, which the task opens
-again with backoff). An error response is read by its `code`; 401 (e.g. "Token expired")
-means `token/refresh {refreshToken}`, `authenticate` again on the same socket, and the
-request once more.
+again with backoff). send() pipelines a batch: every request out, then the answers. An
+error response is read by its `code`; 401 (e.g. "Token expired") means `token/refresh
+{refreshToken}`, `authenticate` again on the same socket, and the request once more.
 
 Choices where the spec is silent or contradicts itself (docs/devicehive.md has the table):
 - Order: the text lists device/save before authentication but its table says device/save
@@ -175,6 +175,10 @@ class DeviceHive:
         """Send one request and return its success response (a dict). Raises
         DeviceHiveError on an error answer, NetError when the socket is gone or the answer
         did not come within timeout_ms (the socket is then closed: it is not trusted)."""
+        sock, rid = await self._post(action, body)
+        return await self._answer(action, sock, rid, clock.Deadline(self.timeout_ms))
+
+    async def _post(self, action, body):
         sock = self._ws
         if sock is None:
             raise NotConnected("no DeviceHive socket")
@@ -186,7 +190,13 @@ class DeviceHive:
         self._responses[rid] = None
         try:
             await sock.send_text(json.dumps(msg))
-            deadline = clock.Deadline(self.timeout_ms)
+        except Exception:
+            self._responses.pop(rid, None)
+            raise
+        return sock, rid
+
+    async def _answer(self, action, sock, rid, deadline):
+        try:
             while True:
                 ev = self._event  # taken before the check: a wake after it is not lost
                 if self._responses.get(rid) is not None:
@@ -222,6 +232,10 @@ class DeviceHive:
             if e.code != 401:
                 raise
             log.info(_TAG, "%s: 401 %s; refreshing the token", action, e.error)
+        await self._refresh_or_drop(gen)
+        return await self.request(action, body)
+
+    async def _refresh_or_drop(self, gen):
         try:
             await self._refresh(gen)
         except DeviceHiveError:
@@ -229,7 +243,6 @@ class DeviceHive:
             if sock is not None:
                 await self._drop(sock)
             raise
-        return await self.request(action, body)
 
     async def _refresh(self, gen):
         async with self._refreshing:
@@ -421,32 +434,70 @@ class DeviceHive:
                            "message_id": rec.message_id}}}
 
     async def send(self, records):
-        """Deliver records one request each; returns a SendResult. Raises NetError when
-        there is no session (the uplink keeps the records and backs off)."""
+        """Deliver records, pipelined: every request goes out, then the answers are read
+        (one round trip per batch, not per record). Returns a SendResult. Raises NetError
+        when there is no session, or when the socket fails before any record got through
+        (the uplink keeps the records and backs off)."""
         if not self.ready:
             raise NotConnected("no DeviceHive session yet")
         result = SendResult()
+        todo = []
         for rec in records:
             try:
-                action, body = self.message(rec)
+                todo.append((rec,) + self.message(rec))
             except (clock.ClockUnset, ValueError, TypeError) as e:
                 # a record that cannot be written (time before 2025) would block the queue
                 result.dead.append((rec.message_id, "unsendable: %s" % log.describe(e)))
-                continue
+        gen = self._token_gen
+        answers = await self._pipeline(todo, result)
+        again = [item for item, err in answers
+                 if isinstance(err, DeviceHiveError) and err.code == 401]
+        if again:
+            log.info(_TAG, "%d records got 401; refreshing the token", len(again))
             try:
-                await self.call(action, body)
+                await self._refresh_or_drop(gen)
             except DeviceHiveError as e:
-                if e.code in _DEAD_CODES:
-                    log.warn(_TAG, "record %s refused for good: %s", rec.message_id,
-                             log.describe(e))
-                    result.dead.append((rec.message_id, "%s %s" % (e.code, e.error)))
-                    continue
-                log.info(_TAG, "record %s kept: %s", rec.message_id, log.describe(e))
+                log.warn(_TAG, "token refresh: %s", log.describe(e))
+                again = []
+            answers = [a for a in answers if a[0] not in again]
+            if again:
+                answers += await self._pipeline(again, result)
+        for (rec, _, _), err in answers:
+            if err is None:
+                result.ok.append(rec.message_id)
+            elif isinstance(err, DeviceHiveError) and err.code in _DEAD_CODES:
+                log.warn(_TAG, "record %s refused for good: %s", rec.message_id,
+                         log.describe(err))
+                result.dead.append((rec.message_id, "%s %s" % (err.code, err.error)))
+            else:
+                log.info(_TAG, "record %s kept: %s", rec.message_id, log.describe(err))
                 result.failed = True
                 result.wait_ms = _RETRY_BASE_MS
-                break
-            result.ok.append(rec.message_id)
         return result
+
+    async def _pipeline(self, items, result):
+        """[(item, None | error)] for the items answered; a socket failure ends the round
+        (raised if nothing was answered yet, else the rest stays pending)."""
+        posted = []
+        out: list = []
+        try:
+            for item in items:
+                posted.append((item, await self._post(item[1], item[2])))
+            deadline = clock.Deadline(self.timeout_ms)
+            for item, (sock, rid) in posted:
+                try:
+                    await self._answer(item[1], sock, rid, deadline)
+                    out.append((item, None))
+                except DeviceHiveError as e:
+                    out.append((item, e))
+        except conn.NetError:
+            for _, (_, rid) in posted:
+                self._responses.pop(rid, None)
+            if not out and not result.ok and not result.dead:
+                raise
+            result.failed = True
+            result.wait_ms = _RETRY_BASE_MS
+        return out
 
 
 class SendResult:

@@ -233,8 +233,9 @@ def test_401_mid_send_refreshes_and_sends_once_more():
     res = run_session(cloud, body)
     assert res.ok == ["1-1", "1-2"] and res.dead == [] and not res.failed
     actions = [m["action"] for m in connector.sockets[0].sent][3:]
-    assert actions == ["notification/insert", "token/refresh", "authenticate",
-                       "notification/insert", "notification/insert"]
+    # pipelined: both went out, both got 401, one refresh, both once more
+    assert actions == ["notification/insert", "notification/insert", "token/refresh",
+                       "authenticate", "notification/insert", "notification/insert"]
     assert [n["notification"]["parameters"]["message_id"] for n in peer.notifications] == \
         ["1-1", "1-2"]
     assert cloud.renewals == 1
@@ -306,10 +307,12 @@ def test_error_codes_decide_dead_or_kept():
         return await c.send(recs)
 
     res = run_session(cloud, body)
-    assert res.ok == [] and res.dead[0] == ("1-1", "404 Command not found")
-    assert res.dead[1][0] == "1-0" and "unsendable" in res.dead[1][1]  # t before 2025
-    assert res.failed and res.wait_ms > 0  # 1-2 kept, 1-3 not even tried this round
-    assert peer.notifications == []
+    dead = dict(res.dead)
+    assert dead["1-1"] == "404 Command not found"
+    assert "unsendable" in dead["1-0"] and len(dead) == 2  # t before 2025
+    assert res.failed and res.wait_ms > 0 and res.ok == ["1-3"]  # 1-2 kept (503)
+    assert [n["notification"]["parameters"]["message_id"] for n in peer.notifications] == \
+        ["1-3"]
 
 
 def test_send_without_a_session_raises_a_net_error():
@@ -456,6 +459,26 @@ def test_responses_match_their_requests_out_of_order():
 
     r1, r2 = run_session(cloud, body)
     assert r1["action"] == "notification/insert" and r2["action"] == "command/update"
+
+
+def test_send_pipelines_a_batch_and_a_cut_keeps_what_was_not_answered():
+    cloud, peer, connector = adapter(cfg=make_cfg(ack_timeout_s=0.3))
+    recs = [Record("1-%d" % i, "sensor", 7, str(i), NOW) for i in range(4)]
+
+    async def body(c):
+        held: list = []
+        sock = connector.sockets[0]
+        real = sock.peer
+        sock.peer = lambda m: (held.append(real(m)[0]), [])[1]
+        t = asyncio.create_task(c.send(recs))
+        await until(lambda: len(held) == 4, "the whole batch out before any answer")
+        for a in held[:2]:  # two answers, then the socket goes silent
+            sock.push(a)
+        return await t
+
+    res = run_session(cloud, body)
+    assert res.ok == ["1-0", "1-1"] and res.failed and res.dead == []
+    assert connector.sockets[0].closed  # unanswered: the socket is not trusted
 
 
 def test_time_helpers():
