@@ -9,7 +9,8 @@ no MemoryError. The search tests several sizes at once (one cloud and one firmwa
 narrows down to `--step`.
 
 The firmware's status line (every 2 s) logs gc.mem_free() after gc.collect(); heap in use is
-heapsize - free, read at 1 minute and at the end to check steady state does not grow.
+the GC's total at that heapsize (heapsize less its block tables) - free, read at 1 minute and
+at the end to check steady state does not grow.
 
 `--breakdown` prints, from one run at a large heap: the heap held after importing each module
 (bytecode in RAM on the unix port) and after build() (with micropython.mem_info()); and from
@@ -52,6 +53,14 @@ def compile_tree(out, flags=(), rev=None):
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
                 subprocess.run([MPY_CROSS, *flags, "-o", dst, src], check=True)
     shutil.copy(os.path.join(src_root, "main.py"), out)
+
+
+def gc_total(heap_k):
+    """Bytes the GC can hand out at -X heapsize=heap_k K (the rest holds its block tables)."""
+    out = subprocess.run([run_local.MICROPYTHON, "-X", "heapsize=%dK" % heap_k, "-c",
+                          "import gc; print(gc.mem_alloc() + gc.mem_free())"],
+                         capture_output=True, check=True)
+    return int(out.stdout)
 
 
 def _k(text):
@@ -107,7 +116,7 @@ class Trial:
         rows = re.findall(r"status: readings=(\d+) delivered=(\d+) pending=(\d+) dead=(\d+) "
                           r"applied=(\d+) renewals=(\d+)(?: mode=(\w+) credentials=\d+)? "
                           r"free=(\d+)", out)
-        heap = self.heap_k * 1024
+        heap = gc_total(self.heap_k)
         used = [heap - int(r[7]) for r in rows]
         last = rows[-1] if rows else None
         delivered = int(last[1]) if last else 0
