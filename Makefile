@@ -12,7 +12,8 @@ export MICROPYPATH := $(CURDIR):$(CURDIR)/host_tests/shims:$(CURDIR)/lib:.frozen
 TRANSPORT ?= https
 PLATFORM ?= realer
 
-.PHONY: run deps test lint typecheck unit-mp pytest clean ota-keygen ota-bundle
+.PHONY: run deps test lint typecheck unit-mp pytest clean ota-keygen ota-bundle \
+	build deploy provision console
 
 # The firmware (sim board) against a local cloud, live status until Ctrl-C.
 # PLATFORM=realer|nubison|devicehive|xyte; TRANSPORT=https|mqtt picks Realer's transport.
@@ -56,6 +57,29 @@ ota-keygen: deps
 ota-bundle: deps
 	$(PY) tools/ota_tool.py build --version $(VERSION) --key $(OTA_KEYS)/ota_signing_key.pem \
 		--out build/bundle-$(VERSION).bin --src firmware main.py
+
+# The board: build (mpy-cross; ARCH= for plain bytecode, e.g. the virtual board), deploy the
+# changed files and reset, provision a checked config.json (+ its CA), console = the REPL/log.
+ARCH ?= xtensawin
+BUILD_DIR := build/$(if $(ARCH),$(ARCH),bytecode)
+MPREMOTE := $(VENV)/bin/mpremote
+need-port = @test -n "$(PORT)" || { echo "set PORT, e.g. PORT=/dev/ttyUSB0 (see docs/flashing.md)"; exit 2; }
+
+build: $(DEPS_STAMP)
+	$(PY) -m tools.build --arch "$(ARCH)" --out $(BUILD_DIR)
+
+deploy: build
+	$(need-port)
+	$(PY) -m tools.deploy deploy --port $(PORT) --build $(BUILD_DIR)
+
+provision: $(DEPS_STAMP)
+	$(need-port)
+	@test -n "$(CONFIG)" || { echo "set CONFIG=path/config.json (see examples/)"; exit 2; }
+	$(PY) -m tools.deploy provision --port $(PORT) --config $(CONFIG)
+
+console: $(DEPS_STAMP)
+	$(need-port)
+	$(MPREMOTE) connect $(PORT) repl
 
 clean:
 	rm -rf build .pytest_cache
