@@ -16,13 +16,13 @@ Ctrl-C from mpremote reaches it as SIGINT, like the UART interrupt character on 
   `MPY: soft reboot`, a new process runs boot.py and goes back to the raw REPL.
 - any other exit is reported on the console and the board starts again (like a crash reboot).
 
-Output nobody reads is dropped once the pty buffer is full, as a UART with no listener would.
+While nobody has the port open, only the newest 8 KB of output is kept (the next console
+shows it first); a connected client gets everything, at its own pace.
 
     python -m tools.virtual_board [--root DIR] [--heapsize 512K]
 prints `port: /dev/pts/N` and `root: DIR`, then relays until SIGTERM or Ctrl-C.
 """
 import argparse
-import errno
 import fcntl
 import os
 import pty
@@ -66,6 +66,10 @@ for _f in %(files)r:
 _READY = "[virtual board] up\r\n"
 
 
+_BACKLOG = 8192  # bytes kept for the next client while nobody has the port open
+_LAG = 1 << 20  # bytes a connected client may fall behind before the oldest are dropped
+
+
 def _prompt(seen):
     return seen.endswith(b">>> ") or seen.endswith(b">")
 
@@ -87,9 +91,12 @@ class VirtualBoard:
             f.write(_MACHINE % {"shim": os.path.join(SHIMS, "machine.py"), "code": RESET_EXIT})
         self.client, client_slave = pty.openpty()
         tty.setraw(client_slave)
-        self._client_slave = client_slave  # kept open: the pty lives between mpremote runs
         self.port = os.ttyname(client_slave)
+        # closed: the master then reports POLLHUP exactly while nobody has the port open
+        os.close(client_slave)
         os.set_blocking(self.client, False)
+        self._out = b""  # for the connected client, written as it reads (nothing dropped)
+        self._connected = False
         self.proc = None
         self.board = -1
         self._last_in = b""
@@ -133,13 +140,18 @@ class VirtualBoard:
     def _to_client(self, data):
         if self.trace:
             self.trace.write("board> %r\n" % data)
+        # unread output is capped: the newest _BACKLOG bytes while nobody listens (what
+        # the next console shows first), much more for a connected client that lags
+        self._out = (self._out + data)[-(_LAG if self._connected else _BACKLOG):]
+
+    def _flush_client(self):
         try:
-            os.write(self.client, data)
-        except BlockingIOError:
-            pass  # nobody reading: drop, like a UART
-        except OSError as e:
-            if e.errno not in (errno.EIO, errno.EAGAIN):
-                raise
+            n = os.write(self.client, self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # the client went away between poll and write
+            return
+        self._out = self._out[n:]
 
     def _from_client(self, data):
         if self._wait:
@@ -199,25 +211,47 @@ class VirtualBoard:
                             % code)
             self.power_on()
 
+    def _client_connected(self):
+        probe = select.poll()
+        probe.register(self.client, select.POLLIN)
+        return not any(ev & select.POLLHUP for _, ev in probe.poll(0))
+
     def run(self):
         self.power_on()
         while True:
-            timeout = 0.05 if self._wait else 1.0
-            ready, _, _ = select.select([self.client, self.board], [], [], timeout)
-            if self.client in ready:
-                try:
-                    data = os.read(self.client, 4096)
-                except OSError:
-                    data = b""
-                if data:
-                    self._from_client(data)
-            if self.board in ready:
-                try:
-                    data = os.read(self.board, 4096)
-                except OSError:  # EIO: the process closed its terminal (exiting)
-                    data = b""
-                if data:
-                    self._board_output(data)
+            connected = self._client_connected()
+            if connected != self._connected:
+                self._connected = connected
+                if not connected:
+                    self._out = self._out[-_BACKLOG:]
+            waiting = select.poll()
+            waiting.register(self.board, select.POLLIN)
+            if connected:  # (a hung-up master would wake poll at once, forever)
+                waiting.register(self.client,
+                                 select.POLLIN | (select.POLLOUT if self._out else 0))
+            timeout = 50 if self._wait or not connected else 1000
+            for fd, ev in waiting.poll(timeout):
+                if fd == self.client:
+                    if ev & select.POLLIN:
+                        try:
+                            data = os.read(self.client, 4096)
+                        except OSError:
+                            data = b""
+                        if data:
+                            self._from_client(data)
+                    if ev & select.POLLOUT:
+                        self._flush_client()
+                elif ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                    try:
+                        data = os.read(self.board, 4096)
+                    except OSError:  # EIO: the process closed its terminal (exiting)
+                        data = b""
+                    if data:
+                        self._board_output(data)
+                    else:
+                        time.sleep(0.005)  # the process is exiting: do not spin on EIO
+            if connected and self._out:
+                self._flush_client()
             if self._wait:
                 self._release()
             code = self.proc.poll()
