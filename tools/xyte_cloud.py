@@ -43,6 +43,7 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 import sqlite3
 import ssl
 import sys
@@ -542,11 +543,16 @@ async def serve(data, port, token_ttl, broker):
     os.replace(tmp, os.path.join(data, "cloud.json"))
     print("xyte cloud on %s, broker %s (data %s)" % (info["api_url"], broker.tls_url, data),
           flush=True)
+    # explicit handlers: a cloud started from a background shell inherits SIGINT ignored
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         task.cancel()
         side.stop()
+        await runner.cleanup()
 
 
 def main(argv=None):

@@ -46,7 +46,7 @@ from firmware.net import conn, mqtt
 
 _TAG = "xyte"
 _FILE = "xyte.json"
-_RING = const(40)  # recent log lines kept for a dump
+_RING = const(24)  # recent log lines kept for a dump (~3 KB of strings)
 _RENEW_CHECK_MS = const(60000)  # the app's auth task looks again this often
 _RECHECK_MS = const(1000)
 _MAX_DONE = const(8)
