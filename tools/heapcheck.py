@@ -263,16 +263,22 @@ def main():
     ap.add_argument("--threshold", type=int, help="gc.threshold(BYTES) before main.py runs")
     ap.add_argument("--mpy-flags", default="", help="extra mpy-cross flags, e.g. -O3")
     ap.add_argument("--rev", help="measure the firmware as committed at this git revision")
+    ap.add_argument("--main-rev", help="take main.py from this git revision instead")
     ap.add_argument("--breakdown", action="store_true")
     a = ap.parse_args()
     tree = os.path.join(tempfile.mkdtemp(prefix="heapcheck-"), "build")
     compile_tree(tree, a.mpy_flags.split(), a.rev)
+    if a.main_rev:
+        with open(os.path.join(tree, "main.py"), "wb") as f:
+            f.write(subprocess.run(["git", "-C", ROOT, "show", a.main_rev + ":main.py"],
+                                   check=True, capture_output=True).stdout)
     print("machine: %s, %d cores, %s; MicroPython unix port; transport %s; %.1f min per "
           "trial%s%s%s" % (platform.machine(), os.cpu_count(), time.strftime("%Y-%m-%d %H:%M"),
                          a.transport, a.minutes,
                          "; gc.threshold(%d)" % a.threshold if a.threshold else "",
                          "; mpy-cross " + a.mpy_flags if a.mpy_flags else "",
-                         "; firmware at " + a.rev if a.rev else ""), flush=True)
+                         "; firmware at " + a.rev if a.rev else "") +
+          ("; main.py at " + a.main_rev if a.main_rev else ""), flush=True)
     if a.breakdown:
         breakdown(tree, a.transport)
         return

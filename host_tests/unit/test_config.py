@@ -217,3 +217,25 @@ def test_delivery_tuning_numbers_checked():
         assert cfg.get("cloud.ack_timeout_s") == 2.5 and not cfg.warnings
     finally:
         support.rmtree(root)
+
+
+def test_validator_leaves_memory_after_loading():
+    import sys
+
+    import firmware
+
+    root = _root(_realer())
+    bad = _root(_realer(client_secret=""))
+    try:
+        cfg = config.load(root)
+        # the start-up-only checks are gone from sys.modules and the package; Config works
+        assert "firmware.config_check" not in sys.modules
+        assert not hasattr(firmware, "config_check")
+        assert cfg.get("cloud.device_id") == 12345
+        assert cfg.raw["cloud"]["client_id"].startswith("cdv_")
+        # and it loads again for the next check, with every problem still reported
+        assert any("cloud.client_secret" in p for p in _problems(bad))
+        assert "firmware.config_check" not in sys.modules
+    finally:
+        support.rmtree(root)
+        support.rmtree(bad)

@@ -110,3 +110,16 @@ def test_tls_refuses_while_clock_unset_and_without_ca():
     assert "TLS" in str(e)
     support.raises(tls.TLSConfigError, tls.context, None)
     support.raises(tls.TLSConfigError, tls.context, "/nonexistent/ca.pem")
+
+
+def test_stream_line_limit_names_the_protocol():
+    long_line = b"x" * 2000 + b"\r\n"
+    # HTTP and WebSocket read through http.Stream: an HTTP protocol error
+    c = http.Stream(support.StepReader(long_line, 300), None)
+    support.raises(http.HttpProtocolError, support.run, c.readline(1000))
+    # the shared conn.Stream (MQTT) says the same as a generic protocol error
+    c = conn.Stream(support.StepReader(long_line, 300), None)
+    e = support.raises(conn.ProtocolError, support.run, c.readline(1000))
+    assert isinstance(e, conn.NetError) and not isinstance(e, http.HttpProtocolError)
+    c = conn.Stream(support.StepReader(b"short\r\nrest", 3), None)
+    assert support.run(c.readline(1000)) == b"short"
