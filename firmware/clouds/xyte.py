@@ -340,6 +340,21 @@ class Xyte:
             log.info(_TAG, "firmware %s available (file %s); running %s", version, file_id,
                      self.fw_version)
 
+    async def close(self, status="offline"):
+        """Say `status` (offline before deep sleep or a planned stop) in a telemetry message
+        without readings, then end the broker session. Best effort: never raises."""
+        client = self.client
+        if not self.reg or client is None or not client.connected:
+            return
+        try:
+            body = {"status": status, "timestamp": clock.iso8601(),
+                    "telemetries": {"message_id": "status-%d" % clock.unix_time()}}
+            await client.publish(self.topic("telemetry"), json.dumps(body), 1,
+                                 props=self.props())
+            await client.disconnect()
+        except Exception as e:  # the broker learns it from the closed session anyway
+            log.info(_TAG, "close: %s", log.describe(e))
+
     # -- the session ---------------------------------------------------------------------
 
     async def session(self):

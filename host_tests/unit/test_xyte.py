@@ -225,6 +225,9 @@ class FakeClient:
         self.outcomes = outcomes
         self.published: list = []
 
+    async def disconnect(self):
+        self.connected = False
+
     async def publish(self, topic, payload, qos=0, retain=False, props=None, wait=True):
         self.published.append((topic, json.loads(payload), props))
         out = self.outcomes.pop(0)
@@ -262,3 +265,15 @@ def test_command_target_forms():
     assert xyte.command_target({"name": "x", "parameters": {"command": 3}}) == (3, None)
     assert xyte.command_target({"name": "send_dump"}) == (None, None)
     assert xyte.command_target({"parameters": "bad"}) == (None, None)
+
+
+def test_close_says_offline_then_disconnects():
+    cloud, root = registered()
+    cloud.client = FakeClient([1])
+    support.run(cloud.close())
+    (topic, body, _), = cloud.client.published
+    assert topic == "v1/device/%s/telemetry" % DEV and body["status"] == "offline"
+    assert not cloud.client.connected
+    support.run(cloud.close())  # closed already: nothing more
+    assert len(cloud.client.published) == 1
+    support.rmtree(root)
