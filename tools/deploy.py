@@ -9,7 +9,8 @@ safe-mode boot count (firmware.safemode.healthy): the new code gets a fresh star
 provision: validates the config on the host with `firmware.config.validate` first; a bad
 config prints one line per problem, exits 1 and copies nothing. A good one goes to the board
 as `config.json`, with the CA file its `cloud.ca_file` names (relative to the config's
-directory on the host, to the data root `/` on the board), then the board resets.
+directory on the host, to the data root `/` on the board) and `ota_public_key.bin` when
+one lies next to the config, then the board resets.
 
     python -m tools.deploy deploy --port /dev/ttyUSB0 [--build build/xtensawin] [--no-reset]
     python -m tools.deploy provision --port /dev/ttyUSB0 --config path/config.json
@@ -25,6 +26,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPREMOTE = os.path.join(ROOT, ".venv", "bin", "mpremote")
 BUILD_MANIFEST = ".build.json"
+OTA_KEY = "ota_public_key.bin"  # provisioned with the config when it lies next to it
 OWNED = "firmware"  # the build owns this directory on the board: anything else there is stale
 
 # Runs on the board: prints `H path hex` (or `H path -` when missing) for each wanted path,
@@ -243,9 +245,12 @@ def provision(port, path, reset=True, say=print):
         return False
     with open(path) as f:
         ca = json.load(f).get("cloud", {}).get("ca_file")
+    here = os.path.dirname(os.path.abspath(path))
     files = {"config.json": path}
     if ca:
-        files[ca.lstrip("/")] = os.path.join(os.path.dirname(os.path.abspath(path)), ca)
+        files[ca.lstrip("/")] = os.path.join(here, ca)
+    if os.path.isfile(os.path.join(here, OTA_KEY)):  # the OTA signing key's public half
+        files[OTA_KEY] = os.path.join(here, OTA_KEY)
     push(port, files, reset=reset)
     for board_path in files:
         say("  copied  %s" % board_path)

@@ -12,8 +12,9 @@ Ctrl-C from mpremote reaches it as SIGINT, like the UART interrupt character on 
 
 - power-on / hard reset (`mpremote reset` calls machine.reset(), which here ends the process
   with a reserved exit code): a new process runs boot.py, then main.py, then the REPL.
-- soft reset (Ctrl-D at an empty raw REPL, which ends the unix port): prints
-  `MPY: soft reboot`, a new process runs boot.py and goes back to the raw REPL.
+- soft reset (Ctrl-D at an empty REPL line, which ends the unix port): prints
+  `MPY: soft reboot`; from the raw REPL a new process runs boot.py and goes back to the raw
+  REPL, from the friendly REPL it runs boot.py, main.py, then the REPL.
 - any other exit is reported on the console and the board starts again (like a crash reboot).
 
 While nobody has the port open, only the newest 8 KB of output is kept (the next console
@@ -100,6 +101,7 @@ class VirtualBoard:
         self.proc = None
         self.board = -1
         self._last_in = b""
+        self._raw = False  # the board's REPL is the raw one (mpremote), not the friendly one
         self._unanswered = b""  # written to the board since its last output
         # Client bytes wait while `_wait(output since)` is false (after Ctrl-C: a prompt;
         # after a start: the interpreter running) or until `_wait_until`.
@@ -199,7 +201,9 @@ class VirtualBoard:
         if code == 0 and self._last_in.endswith(b"\x04"):
             self._unanswered = b""
             self._to_client(b"MPY: soft reboot\r\n")
-            self._launch(["boot.py"], raw=True)
+            # from the raw REPL: boot.py only, back to raw; from the friendly one, as a board
+            # does: boot.py, main.py, friendly REPL
+            self._launch(["boot.py"] if self._raw else ["boot.py", "main.py"], raw=self._raw)
             return
         # input the old process never answered goes to the new one (a reset mid-command)
         self._hold, self._unanswered = self._unanswered + self._hold, b""
@@ -260,6 +264,9 @@ class VirtualBoard:
                 self._restart(code)
 
     def _board_output(self, data):
+        raw_at, prompt_at = data.rfind(b"raw REPL; CTRL-B to exit"), data.rfind(b">>> ")
+        if raw_at != prompt_at:  # which REPL a Ctrl-D would soft-reset from
+            self._raw = raw_at > prompt_at
         self._seen = (self._seen + data)[-4096:]
         self._unanswered = b""
         self._to_client(data)

@@ -247,12 +247,16 @@ def test_deploy_provision_console_on_the_virtual_board(board, tmp_path):
 
     # a good config and its CA arrive; the board resets and the firmware starts with them
     good = _config(str(tmp_path / "good"), cloud_port)
+    key = os.path.join(os.path.dirname(good), "ota_public_key.bin")
+    with open(key, "wb") as f:
+        f.write(os.urandom(32))
     rc, out, err = make("provision", "PORT=" + board.port, "CONFIG=" + good)
     assert rc == 0, out + err
     on_board = board.files()
     assert filecmp.cmp(good, on_board["config.json"], shallow=False)
     assert filecmp.cmp(os.path.join(os.path.dirname(good), "ca.pem"), on_board["ca.pem"],
                        shallow=False)
+    assert filecmp.cmp(key, on_board["ota_public_key.bin"], shallow=False)
     board.read_console(r"I app: starting: realer over https, 2 sensors, 2 commands")
     status = board.read_console(r"status: readings=(\d+) delivered=0 pending=(\d+)")
     assert int(status.group(1)) >= 1  # sampling on the board, cloud unreachable: kept
@@ -265,6 +269,8 @@ def test_deploy_provision_console_on_the_virtual_board(board, tmp_path):
         console.expect(r">>> $")
         console.send(b"print(6 * 7)\r")
         console.expect(r"\b42\r?\n")
+        console.send(b"\x04")  # Ctrl-D: soft reset, the firmware starts again
+        console.expect(r"MPY: soft reboot[\s\S]*I app: starting: realer over https")
         console.send(b"\x1d")
         assert console.wait() == 0
     finally:
