@@ -73,7 +73,7 @@ def _load_manifest(out):
 
 def build(out, arch="xtensawin", opt=None, mpy_cross=MPY_CROSS, root=ROOT):
     """Compile what changed into `out`; returns {"compiled": [...], "copied": [...],
-    "unchanged": n, "removed": [...], "files": {rel_out: size}}."""
+    "unchanged": n, "removed": [...], "files": {rel_out: size}, "source_bytes": n}."""
     flags = (["-march=" + arch] if arch else []) + (["-O%d" % opt] if opt is not None else [])
     tool = compiler_id(mpy_cross)
     old = _load_manifest(out)
@@ -121,6 +121,7 @@ def build(out, arch="xtensawin", opt=None, mpy_cross=MPY_CROSS, root=ROOT):
     _save_manifest(out, tool, flags, new_files)
     result["files"] = {e["out"]: os.path.getsize(os.path.join(out, e["out"]))
                        for e in new_files.values()}
+    result["source_bytes"] = sum(os.path.getsize(os.path.join(root, rel)) for rel in new_files)
     return result
 
 
@@ -147,8 +148,8 @@ def report(out, arch, result):
     for d in sorted(per_dir):
         n, total = per_dir[d]
         lines.append("  %-24s %3d files %8d bytes" % (d + "/" if d != "." else "./", n, total))
-    lines.append("  %-24s %3d files %8d bytes" % ("total", len(result["files"]),
-                                                 sum(result["files"].values())))
+    lines.append("  %-24s %3d files %8d bytes (from %d bytes of source)" % (
+        "total", len(result["files"]), sum(result["files"].values()), result["source_bytes"]))
     return lines
 
 

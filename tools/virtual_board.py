@@ -28,6 +28,7 @@ import fcntl
 import os
 import pty
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -285,6 +286,7 @@ class VirtualBoard:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        shutil.rmtree(self.rom, ignore_errors=True)
 
 
 def main():
