@@ -227,10 +227,11 @@ def check_config(path):
     try:
         cfg = config.validate(raw, os.path.dirname(os.path.abspath(path)))
     except config.ConfigError as e:
-        return list(e.problems), []
+        # the validator registered every secret in the file: no problem line may show one
+        return [log.redact(p) for p in e.problems], []
     finally:
         log.set_sink(None)
-    return [], list(cfg.warnings)
+    return [], [log.redact(w) for w in cfg.warnings]
 
 
 def provision(port, path, reset=True, say=print):
@@ -284,7 +285,9 @@ def main(argv=None):
                 print("warning: %s" % w)
             for line in problems:
                 print(line, file=sys.stderr)
-            print("%s: %s" % (a.config, "%d problems" % len(problems) if problems else "ok"))
+            n = len(problems)
+            print("%s: %s" % (a.config, "ok" if not n else
+                              "%d problem%s" % (n, "" if n == 1 else "s")))
             return 1 if problems else 0
     except DeployError as e:
         print("%s: %s" % (a.cmd, e), file=sys.stderr)

@@ -228,7 +228,9 @@ def test_deploy_provision_console_on_the_virtual_board(board, tmp_path):
 
     # a bad config is refused on the host, one line per problem, nothing copied
     cloud_port = _closed_port()
-    bad = _config(str(tmp_path / "bad"), cloud_port, board="esp8266")
+    secret = "hunter2-wifi-password"  # pasted in the wrong place: the problem line shows ***
+    bad = _config(str(tmp_path / "bad"), cloud_port, board=secret,
+                  wifi={"ssid": "net", "password": secret})
     with open(bad) as f:
         raw = json.load(f)
     raw["cloud"]["client_secret"] = ""
@@ -243,6 +245,8 @@ def test_deploy_provision_console_on_the_virtual_board(board, tmp_path):
     assert sorted(problem_lines) == sorted(expected), err
     assert any(line.startswith("cloud.client_secret: missing") for line in problem_lines)
     assert "3 problems in %s; nothing copied" % bad in err
+    assert re.search(r"^board: \S*\*\*\*\S* is not a board", err, re.M), err
+    assert secret not in out + err
     assert "config.json" not in board.files() and "missing.pem" not in board.files()
 
     # a good config and its CA arrive; the board resets and the firmware starts with them
