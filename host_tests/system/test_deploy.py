@@ -318,3 +318,23 @@ class Console:
             self.proc.kill()
             self.proc.wait()
         os.close(self.fd)
+
+
+def test_plan_copies_what_differs_and_removes_only_what_the_build_owns(tmp_path):
+    build = tmp_path / "build"
+    (build / "firmware").mkdir(parents=True)
+    (build / "lib").mkdir()
+    for rel, text in (("firmware/app.mpy", b"new app"), ("firmware/log.mpy", b"log"),
+                      ("lib/pkg.mpy", b"pkg"), ("main.py", b"main"), ("boot.py", b"boot")):
+        (build / rel).write_bytes(text)
+    local = deploytool.local_files(str(build))
+    same = {p: deploytool.sha256_file(h) for p, h in local.items()}
+    board_hashes = dict(same, **{"firmware/app.mpy": "0" * 64, "main.py": None})
+    board_files = ["firmware/app.mpy", "firmware/log.mpy", "firmware/old.mpy",
+                   "firmware/log.py", "lib/pkg.py", "lib/theirs.py", "lib/pkg.mpy"]
+    copy, remove = deploytool.plan(local, board_hashes, board_files)
+    assert copy == ["firmware/app.mpy", "main.py"]  # entry points last
+    # stale modules in firmware/, and .py files that would shadow a deployed .mpy; a
+    # package someone installed in lib/ by hand stays
+    assert remove == ["firmware/log.py", "firmware/old.mpy", "lib/pkg.py"]
+    assert deploytool.plan(local, same, ["firmware/app.mpy"]) == ([], [])
