@@ -30,8 +30,14 @@ def _need(path, what):
         raise AssertionError("%s missing at %s: run `make deps`" % (what, path))
 
 
+def _make_env():
+    # run under `make test`, the parent's MAKEFLAGS would carry its variables into these
+    return {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS",
+                                                             "MAKELEVEL")}
+
+
 def make(*args, timeout=60):
-    proc = subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT,
+    proc = subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, env=_make_env(),
                           capture_output=True, text=True, timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -287,8 +293,8 @@ class Console:
     def __init__(self, port):
         self.fd, slave = pty.openpty()
         self.proc = subprocess.Popen(["make", "--no-print-directory", "console",
-                                      "PORT=" + port], cwd=ROOT, stdin=slave, stdout=slave,
-                                     stderr=slave, start_new_session=True)
+                                      "PORT=" + port], cwd=ROOT, env=_make_env(), stdin=slave,
+                                     stdout=slave, stderr=slave, start_new_session=True)
         os.close(slave)
         self.seen = ""
 
