@@ -116,6 +116,7 @@ class VirtualBoard:
         tty.setraw(slave)
         attrs = termios.tcgetattr(slave)
         attrs[3] |= termios.ISIG | termios.NOFLSH  # 0x03 while code runs: SIGINT, input kept
+        attrs[6][termios.VQUIT] = attrs[6][termios.VSUSP] = 0  # only Ctrl-C is a signal
         termios.tcsetattr(slave, termios.TCSANOW, attrs)
         env = dict(os.environ, MICROPYPATH=":".join(["", self.rom, SHIMS, "lib", ".frozen"]))
         env.pop("FIRMWARE_ROOT", None)  # the data root is the board's filesystem: cwd
@@ -214,6 +215,7 @@ class VirtualBoard:
         else:
             self._to_client(b"\r\n[virtual board] micropython exited with %d; rebooting\r\n"
                             % code)
+            time.sleep(0.5)  # a crash loop (main.py raising SystemExit) must not spin the CPU
             self.power_on()
 
     def _client_connected(self):
