@@ -192,15 +192,40 @@ class App:
                 self._append("command", cid, value)
 
     async def health(self):
+        """Feeds the watchdog while every critical task progresses (firmware/watchdog.py),
+        marks the boot healthy for safe mode after a while, logs the status line."""
+        from firmware import safemode
+
         every_ms = int(self.cfg.get("intervals.status_s") * 1000)
+        dog = getattr(self, "watchdog", None)
+        step_ms = dog.feed_every_ms(every_ms) if dog is not None else every_ms
+        if dog is not None:
+            dog.start()
+        status = clock.Deadline(every_ms)
+        healthy = clock.Deadline(safemode.HEALTHY_AFTER_MS)
+        marked = False
         while True:
-            await asyncio.sleep_ms(every_ms)
+            await asyncio.sleep_ms(max(1, min(step_ms, status.remaining_ms())))
+            if dog is not None:
+                dog.feed()
+            if not marked and healthy.expired():
+                marked = True  # crashed boots stop counting once a boot ran this long
+                try:
+                    safemode.healthy(self.cfg.root)
+                except OSError as e:
+                    log.warn(_TAG, "boot counter: %s", log.describe(e))
+            if not status.expired():
+                continue
+            status = clock.Deadline(every_ms)
             gc.collect()
             st = self.outbox.stats()
+            wifi = getattr(self, "wifi", None)
             log.info("status", "readings=%d delivered=%d pending=%d dead=%d applied=%d "
-                     "renewals=%d%s free=%d", self.readings, self.delivered,
+                     "renewals=%d%s%s free=%d", self.readings, self.delivered,
                      self.outbox.pending_count(), st.get("dead", 0), self.applied,
-                     self.cloud.renewals, self._transport_status(), gc.mem_free())
+                     self.cloud.renewals, self._transport_status(),
+                     " wifi=" + wifi.status() if wifi is not None and wifi.station else "",
+                     gc.mem_free())
 
     def _transport_status(self):
         mode = getattr(self.cloud, "mode", None)
@@ -208,10 +233,40 @@ class App:
             return ""
         return " mode=%s credentials=%d" % (mode, self.cloud.credentials)
 
-    def supervisor(self):
+    def supervisor(self, sampler=True):
+        """All tasks under one Supervisor (lowpower runs them without the sampler). Makes the
+        Wi-Fi station (a task only on the board) and the watchdog with its critical tasks."""
+        from firmware.watchdog import STALL_S, Watchdog
+        from firmware.wifi import Wifi
+
+        if getattr(self, "wifi", None) is None:
+            self.wifi = Wifi(self.cfg.get("wifi"))
+        dog_s = self.cfg.get("watchdog_s")
+        dog = self.watchdog = Watchdog(int(dog_s * 1000) if dog_s else None)
+        stall_ms = int(self.cfg.get("intervals.stall_s", STALL_S) * 1000)
+
+        # readings plus sensor errors, or None while the sampler has nothing to do (clock
+        # unset, or the cloud enables none of the board's sensors)
+        def sampler_progress():
+            if not clock.is_set() or not self.board.sensors:
+                return None
+            enabled = self.cloud.enabled_sensors
+            if enabled is not None and not any(sid in enabled for sid in self.board.sensors):
+                return None
+            return self.readings + self.sensor_errors
+
         sup = Supervisor()
-        for name in ("sampler", "uplink", "downlink", "auth", "local", "health"):
+        names = ["uplink", "downlink", "auth", "local", "health"]
+        if sampler:
+            names.insert(0, "sampler")
+            slowest = max([s.interval_s for s in self.board.sensors.values()] or [0])
+            dog.expect("sampler", max(stall_ms, int(slowest * 3000)), sampler_progress)
+        for name in names:
             sup.add(name, getattr(self, name))
+        if self.wifi.station:
+            self.wifi.alive = dog
+            dog.expect("wifi", stall_ms)
+            sup.add("wifi", self.wifi.run)
         for name, factory in self.board.background() + self.cloud.background():
             sup.add(name, factory)
         return sup
@@ -271,8 +326,15 @@ def build(root=None):
 
 
 def main(root=None):
+    from firmware import safemode
+    from firmware.wifi import Wifi
+
+    if safemode.active:  # boot.py found a reason not to start; the REPL stays free
+        log.error(_TAG, "safe mode: %s; not starting", safemode.active)
+        return 2
     try:
         app = build(root)
+        app.wifi = Wifi(app.cfg.get("wifi"))  # on the board a missing ssid is a config error
     except config.ConfigError as e:
         for line in e.problems:
             log.error("config", line)
@@ -281,5 +343,10 @@ def main(root=None):
     log.info(_TAG, "starting: %s over %s, %d sensors, %d commands",
              app.cfg.get("cloud.platform"), app.cfg.get("cloud.transport"),
              len(app.board.sensors), len(app.board.actuators))
+    if app.cfg.get("lowpower.enabled"):
+        from firmware import lowpower
+
+        lowpower.run_once(app)  # on the board this ends in deep sleep and never returns
+        return 0
     asyncio.run(app.supervisor().run_forever())
     return 0

@@ -62,11 +62,13 @@ class Pin:
     IRQ_RISING = 1
     IRQ_FALLING = 2
 
+    levels = {}  # test side: pin id -> level an external circuit holds it at (a button)
+
     def __init__(self, id, mode=-1, pull=-1, value=None):
         self.id = id
         self.mode = mode
         self.pull = pull
-        self._value = 1 if pull == Pin.PULL_UP else 0
+        self._value = Pin.levels.get(id, 1 if pull == Pin.PULL_UP else 0)
         self._irq = None
         self._trigger = 0
         if value is not None:
