@@ -346,7 +346,7 @@ def main(root=None):
     if app.cfg.get("lowpower.enabled"):
         from firmware import lowpower
 
-        lowpower.run_once(app)  # on the board this ends in deep sleep and never returns
-        return 0
+        while True:  # on the board run_once ends in deep sleep and never returns
+            lowpower.run_once(app)
     asyncio.run(app.supervisor().run_forever())
     return 0

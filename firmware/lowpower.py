@@ -8,14 +8,18 @@ Readings are in the flash outbox already; what deep sleep must carry is small an
 RTC memory: the wake count and how many cycles in a row ended with records still queued.
 After such failures the radio is only tried every 2nd, 4th, ... 16th wake (readings are still
 taken, the RTC keeps time in deep sleep), so a long outage does not drain the battery.
+On a port without machine.RTC/deepsleep (the unix port running main.py) the state goes to
+the file `lowpower.state` in the data root and the "sleep" is a pause, then the next wake.
 """
 import asyncio
 import json
+import os
+import time
 from time import ticks_diff, ticks_ms
 
 from micropython import const
 
-from firmware import clock, log, safemode
+from firmware import clock, config, log, safemode
 from firmware.board.base import BoardError
 
 _TAG = "lowpower"
@@ -24,14 +28,40 @@ _SLEEP_S = const(300)
 _MIN_SLEEP_MS = const(1000)
 _MAX_SKIP_SHIFT = const(4)  # after failures, use the radio at least every 16th wake
 _STEP_MS = const(100)
+_STATE_FILE = "lowpower.state"
 
 
-def _rtc(rtc):
+class FileMemory:
+    """RTC memory's stand-in where the port has no machine.RTC (the unix port running
+    main.py on the host): the same bytes in a file in the data root, replaced atomically."""
+
+    def __init__(self, root):
+        self.path = config.join(root, _STATE_FILE)
+
+    def memory(self, data=None):
+        if data is None:
+            try:
+                with open(self.path, "rb") as f:
+                    return f.read()
+            except OSError:
+                return b""
+        with open(self.path + ".tmp", "wb") as f:
+            f.write(data)
+        os.rename(self.path + ".tmp", self.path)
+        return None
+
+
+def _rtc(rtc, root="."):
     if rtc is None:
         import machine
 
-        rtc = machine.RTC()
+        rtc = machine.RTC() if hasattr(machine, "RTC") else FileMemory(root)
     return rtc
+
+
+def _host_sleep(ms):
+    # no deep sleep on this port: pause, then return so the caller runs the next wake
+    time.sleep_ms(ms)
 
 
 def load_state(rtc=None):
@@ -119,6 +149,7 @@ def run_once(app, budget_s=None, sleep_s=None, rtc=None, deepsleep=None):
     lp = app.cfg.get("lowpower") or {}
     budget_s = budget_s if budget_s is not None else lp.get("budget_s", _BUDGET_S)
     sleep_s = sleep_s if sleep_s is not None else lp.get("sleep_s", _SLEEP_S)
+    rtc = _rtc(rtc, app.cfg.root)
     state = load_state(rtc)
     state["n"] += 1
     use_net = network_due(state)
@@ -138,6 +169,6 @@ def run_once(app, budget_s=None, sleep_s=None, rtc=None, deepsleep=None):
     if deepsleep is None:
         import machine
 
-        deepsleep = machine.deepsleep
+        deepsleep = getattr(machine, "deepsleep", _host_sleep)
     deepsleep(sleep_ms)
     return sleep_ms

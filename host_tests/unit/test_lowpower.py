@@ -128,26 +128,32 @@ def test_outage_keeps_readings_skips_the_radio_then_delivers_everything_once():
     try:
         rtc = _fresh_rtc()
         cloud = _Cloud(offline=True)
-        app = _app(root, cloud)
         sleeps = []
+        crashes = []
+        last = [None]
 
         def wake():
-            _quiet(lambda: lowpower.run_once(app, budget_s=0.2, rtc=rtc,
-                                             deepsleep=sleeps.append))
+            # every wake boots afresh: a new App over the same flash outbox and RTC memory
+            app = _app(root, cloud)
+            _, lines = _quiet(lambda: lowpower.run_once(app, budget_s=0.2, rtc=rtc,
+                                                        deepsleep=sleeps.append))
+            crashes.extend(x for x in lines if "crashed" in x)
+            last[0] = app
             return lowpower.load_state(rtc)
 
-        assert wake() == {"n": 1, "fail": 1} and app.outbox.pending_count() == 2
-        assert wake() == {"n": 2, "fail": 2} and app.outbox.pending_count() == 4
+        assert wake() == {"n": 1, "fail": 1} and last[0].outbox.pending_count() == 2
+        assert wake() == {"n": 2, "fail": 2} and last[0].outbox.pending_count() == 4
         sends = cloud.sends
         assert sends >= 2
         assert wake() == {"n": 3, "fail": 2}  # 3 % 4: radio skipped, still sampled
-        assert cloud.sends == sends and app.outbox.pending_count() == 6
+        assert cloud.sends == sends and last[0].outbox.pending_count() == 6
         cloud.offline = False
         assert wake() == {"n": 4, "fail": 0}  # 4 % 4: radio on, outage over
-        assert app.outbox.pending_count() == 0
+        assert last[0].outbox.pending_count() == 0
         ids = [mid for mid, _ in cloud.received]
         assert len(ids) == 8 and len(set(ids)) == 8
         assert len(sleeps) == 4
+        assert crashes == []
     finally:
         support.rmtree(root)
 
@@ -164,6 +170,20 @@ def test_disabled_and_failing_sensors_in_a_wake():
         assert any("sensor 2" in x for x in lines)
         (kept, _) = _quiet(lambda: support.run(lowpower.sample_once(app)))
         assert kept == 1 and [r.source for r in app.outbox.pending(10)] == [2]
+    finally:
+        support.rmtree(root)
+
+
+def test_file_memory_stands_in_for_rtc_memory():
+    root = support.tmpdir("lp")
+    try:
+        mem = lowpower.FileMemory(root)
+        assert lowpower.load_state(mem) == {"n": 0, "fail": 0}
+        lowpower.save_state({"n": 3, "fail": 1}, mem)
+        assert lowpower.load_state(lowpower.FileMemory(root)) == {"n": 3, "fail": 1}
+        import os
+
+        assert sorted(os.listdir(root)) == ["lowpower.state"]
     finally:
         support.rmtree(root)
 
