@@ -112,3 +112,24 @@ def test_a_bad_config_does_not_stop_the_boot_here():
         finally:
             machine.Pin.levels.pop(0, None)
             support.rmtree(root)
+
+
+def test_app_main_does_not_start_in_safe_mode():
+    from firmware import app, log
+
+    lines = []
+    log.set_sink(lines.append)
+    safemode.active = "3 boots in a row crashed before running healthy"
+    try:
+        assert app.main("/nonexistent-root") == 2  # returns before reading any config
+    finally:
+        safemode.active = None
+        log.set_sink(None)
+    assert any("safe mode: 3 boots" in x for x in lines)
+
+
+def test_safemode_imports_nothing_from_the_firmware():
+    # boot.py imports it before anything else: it must not pull in the app or its deps
+    with open(safemode.__file__) as f:
+        imports = [x.strip() for x in f if x.startswith(("import ", "from "))]
+    assert imports and not any("firmware" in x for x in imports), imports
