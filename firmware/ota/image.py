@@ -16,7 +16,7 @@ import struct
 
 from micropython import const
 
-from firmware import log, ota_bundle
+from firmware import log
 from firmware.ota import slots
 from firmware.ota.updater import DownloadFailed, UpdateError, _reset
 
@@ -47,6 +47,9 @@ class ImageWriter:
     bytes to `partition` block by block; raises a BundleError on anything wrong."""
 
     def __init__(self, partition, public_key, block=_BLOCK):
+        from firmware import ota_bundle  # with Ed25519: loaded only for an update
+
+        self.ob = ota_bundle
         self.part = partition
         self.key = public_key
         self.head = bytearray()
@@ -69,8 +72,8 @@ class ImageWriter:
                 mv = mv[take:]
                 if len(self.head) == _HEADER == self.need:
                     n = struct.unpack("<I", self.head[4:8])[0]
-                    if self.head[:4] != ota_bundle.MAGIC or not 2 <= n <= _MAX_MANIFEST:
-                        raise ota_bundle.BadManifest("not an OTA bundle header")
+                    if self.head[:4] != self.ob.MAGIC or not 2 <= n <= _MAX_MANIFEST:
+                        raise self.ob.BadManifest("not an OTA bundle header")
                     self.need = _HEADER + n + _SIG
                 elif len(self.head) == self.need:
                     self._start()
@@ -79,17 +82,17 @@ class ImageWriter:
             return
 
     def _start(self):
-        manifest, _ = ota_bundle.read_manifest(_Head(bytes(self.head)), self.key,
+        manifest, _ = self.ob.read_manifest(_Head(bytes(self.head)), self.key,
                                                max_total=self.capacity)
         if len(manifest["files"]) != 1:
-            raise ota_bundle.BadManifest("an image bundle holds exactly one file")
+            raise self.ob.BadManifest("an image bundle holds exactly one file")
         self.size = manifest["files"][0]["size"]
         self.manifest = manifest
         self.head = bytearray()  # the manifest bytes are no longer needed
 
     def _payload(self, mv):
         if self.got + len(mv) > self.size:
-            raise ota_bundle.BadSize("bytes after the image")
+            raise self.ob.BadSize("bytes after the image")
         self.h.update(mv)
         self.got += len(mv)
         buf = self.buf
@@ -111,11 +114,11 @@ class ImageWriter:
     def finish(self):
         """The image is complete and intact: returns the manifest, else raises."""
         if self.manifest is None or self.got < self.size:
-            raise ota_bundle.Truncated("download ended inside the image")
+            raise self.ob.Truncated("download ended inside the image")
         if self.fill:
             self._write()
         if self.h.digest() != bytes.fromhex(self.manifest["files"][0]["sha256"]):
-            raise ota_bundle.BadHash("image sha256 mismatch")
+            raise self.ob.BadHash("image sha256 mismatch")
         return self.manifest
 
 
@@ -219,16 +222,8 @@ class ImageUpdater:
 
 
 def pending(root):
-    """The image version set to boot and not yet confirmed, or None (reads ota/image.json
-    only: no esp32 module needed, so the app can ask on any port)."""
-    try:
-        with open(slots.path(root, "ota", _STATE)) as f:
-            st = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(st, dict) or st.get("failed"):
-        return None
-    return st.get("pending")
+    """The image version set to boot and not yet confirmed, or None."""
+    return slots.image_pending(root)
 
 
 def confirm_trial(root, partition_class=None):

@@ -176,3 +176,16 @@ def clear_failure(root):
     if st["failed"] is not None:
         st["failed"] = None
         save(root, st)
+
+
+def image_pending(root):
+    """The firmware image version set to boot and not yet confirmed, or None: read from
+    ota/image.json (firmware/ota/image.py writes it) without loading the image code."""
+    try:
+        with open(path(root, _DIR, "image.json")) as f:
+            st = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(st, dict) or st.get("failed"):
+        return None
+    return st.get("pending")

@@ -14,8 +14,6 @@ on the new app), `failure()` (an update that rolled back, for the adapter to rep
 """
 import asyncio
 import gc
-import hashlib
-import os
 
 from micropython import const
 
@@ -23,9 +21,7 @@ from firmware import log
 from firmware.ota import slots
 
 _TAG = "ota"
-_DOWNLOAD = "download.bin"
 _CHUNK = const(1024)
-_MAX_DOWNLOAD = const(4 * 1024 * 1024 + 16384)  # bundle payload limit + header room
 _MIN_INTERVAL_S = const(60)
 
 
@@ -39,31 +35,6 @@ class Busy(UpdateError):
 
 class DownloadFailed(UpdateError):
     """The server's answer was not the bundle (status, size or whole-file SHA-256)."""
-
-
-def _rmtree(p):
-    try:
-        names = os.listdir(p)
-    except OSError:
-        try:
-            os.remove(p)  # a file where the directory should be
-        except OSError:
-            pass
-        return
-    for name in names:
-        full = p + "/" + name
-        if os.stat(full)[0] & 0x4000:
-            _rmtree(full)
-        else:
-            os.remove(full)
-    os.rmdir(p)
-
-
-def _remove(p):
-    try:
-        os.remove(p)
-    except OSError:
-        pass
 
 
 def public_key_from(cfg_value, root):
@@ -207,7 +178,9 @@ class Updater:
         try:
             self.install(bundle, version)
         except BaseException:
-            _remove(bundle)  # a refused bundle is not kept in flash
+            from firmware.ota import fetch
+
+            fetch._remove(bundle)  # a refused bundle is not kept in flash
             raise
         self._step("reset", version)
         log.info(_TAG, "resetting into the update")
@@ -215,71 +188,17 @@ class Updater:
 
     async def download(self, url, sha256=None):
         """Stream the bundle to ota/download.bin in chunk-sized writes; returns its path."""
-        try:
-            os.mkdir(slots.path(self.root, "ota"))
-        except OSError:  # exists
-            pass
-        dest = slots.path(self.root, "ota", _DOWNLOAD)
-        _remove(dest)  # a cut download starts over
-        h = hashlib.sha256() if sha256 else None
-        size = [0]
-        f = open(dest, "wb")
-        try:
-            def sink(chunk):
-                size[0] += len(chunk)
-                if size[0] > _MAX_DOWNLOAD:
-                    raise DownloadFailed("bundle larger than %d bytes" % _MAX_DOWNLOAD)
-                f.write(chunk)
-                if h is not None:
-                    h.update(chunk)
-                self._step("download", size[0])
+        from firmware.ota import fetch
 
-            log.info(_TAG, "downloading %s", url)
-            resp = await self.client().request("GET", url, sink=sink)
-        except BaseException:
-            f.close()
-            _remove(dest)
-            raise
-        f.close()
-        if resp.status != 200:
-            _remove(dest)
-            raise DownloadFailed("bundle download answered %d" % resp.status)
-        if h is not None and h.digest().hex() != sha256.lower():
-            _remove(dest)
-            raise DownloadFailed("bundle SHA-256 differs from the one announced")
-        log.info(_TAG, "downloaded %d bytes", size[0])
-        return dest
+        return await fetch.download(self, url, sha256)
 
     def install(self, bundle, version=None):
         """Verify `bundle` (a file), unpack it into the inactive slot and stage it for the next
         boot. Returns the bundle's version. On any error the slot is emptied, the state file
         untouched and the error raised."""
-        from firmware import ota_bundle  # with Ed25519, loaded only when an update comes
+        from firmware.ota import fetch
 
-        slot = slots.inactive(self.root)
-        if slot is None:
-            raise Busy("an update is on trial; confirm or roll back first")
-        dest = slots.slot_dir(self.root, slot)
-        with open(bundle, "rb") as f:
-            manifest, _ = ota_bundle.read_manifest(f, self.key)
-            got = manifest["version"]
-            if version is not None and got != version:
-                raise UpdateError("bundle is version %s, expected %s" % (got, version))
-            self._step("verified", got)
-            _rmtree(dest)
-            os.mkdir(dest)
-            try:
-                ota_bundle.extract(f, manifest, dest, chunk=self.chunk,
-                                   progress=lambda p: self._step("unpack", p))
-            except BaseException:
-                _rmtree(dest)
-                raise
-        self._step("unpacked", got)
-        slots.stage(self.root, slot, got, self.trials)
-        _remove(bundle)
-        log.info(_TAG, "update %s in slot %s, on trial at the next boot", got, slot)
-        self._step("switched", got)
-        return got
+        return fetch.install(self, bundle, version)
 
     async def check(self):
         """Fetch the manifest (JSON {"version", "url", "sha256"?}); update when it names a

@@ -1,0 +1,110 @@
+"""The heavy half of an app update, loaded only while one runs (firmware/ota/updater.py
+keeps the triggers resident): stream the bundle to flash, verify it, unpack it into the
+inactive slot, stage the trial. Functions of the Updater `u` (its root, key, client, hooks).
+"""
+import hashlib
+import os
+
+from micropython import const
+
+from firmware import log
+from firmware.ota import slots
+from firmware.ota.updater import _TAG, Busy, DownloadFailed, UpdateError
+
+_MAX_DOWNLOAD = const(4 * 1024 * 1024 + 16384)  # bundle payload limit + header room
+
+
+def _rmtree(p):
+    try:
+        names = os.listdir(p)
+    except OSError:
+        try:
+            os.remove(p)  # a file where the directory should be
+        except OSError:
+            pass
+        return
+    for name in names:
+        full = p + "/" + name
+        if os.stat(full)[0] & 0x4000:
+            _rmtree(full)
+        else:
+            os.remove(full)
+    os.rmdir(p)
+
+
+def _remove(p):
+    try:
+        os.remove(p)
+    except OSError:
+        pass
+
+
+async def download(u, url, sha256=None):
+    """Stream the bundle to ota/download.bin in chunk-sized writes; returns its path."""
+    try:
+        os.mkdir(slots.path(u.root, "ota"))
+    except OSError:  # exists
+        pass
+    dest = slots.path(u.root, "ota", "download.bin")
+    _remove(dest)  # a cut download starts over
+    h = hashlib.sha256() if sha256 else None
+    size = [0]
+    f = open(dest, "wb")
+    try:
+        def sink(chunk):
+            size[0] += len(chunk)
+            if size[0] > _MAX_DOWNLOAD:
+                raise DownloadFailed("bundle larger than %d bytes" % _MAX_DOWNLOAD)
+            f.write(chunk)
+            if h is not None:
+                h.update(chunk)
+            u._step("download", size[0])
+
+        log.info(_TAG, "downloading %s", url)
+        resp = await u.client().request("GET", url, sink=sink)
+    except BaseException:
+        f.close()
+        _remove(dest)
+        raise
+    f.close()
+    if resp.status != 200:
+        _remove(dest)
+        raise DownloadFailed("bundle download answered %d" % resp.status)
+    if h is not None and h.digest().hex() != sha256.lower():
+        _remove(dest)
+        raise DownloadFailed("bundle SHA-256 differs from the one announced")
+    log.info(_TAG, "downloaded %d bytes", size[0])
+    return dest
+
+
+def install(u, bundle, version=None):
+    """Verify `bundle` (a file), unpack it into the inactive slot and stage it for the next
+    boot. Returns the bundle's version. On any error the slot is emptied, the state file
+    untouched and the error raised."""
+    # with Ed25519: loaded after the download, once its TLS session is closed
+    from firmware import ota_bundle
+
+    slot = slots.inactive(u.root)
+    if slot is None:
+        raise Busy("an update is on trial; confirm or roll back first")
+    dest = slots.slot_dir(u.root, slot)
+    with open(bundle, "rb") as f:
+        manifest, _ = ota_bundle.read_manifest(f, u.key)
+        got = manifest["version"]
+        if version is not None and got != version:
+            raise UpdateError("bundle is version %s, expected %s" % (got, version))
+        u._step("verified", got)
+        _rmtree(dest)
+        os.mkdir(dest)
+        try:
+            ota_bundle.extract(f, manifest, dest, chunk=u.chunk,
+                               progress=lambda p: u._step("unpack", p))
+        except BaseException:
+            _rmtree(dest)
+            raise
+    u._step("unpacked", got)
+    slots.stage(u.root, slot, got, u.trials)
+    _remove(bundle)
+    log.info(_TAG, "update %s in slot %s, on trial at the next boot", got, slot)
+    u._step("switched", got)
+    return got
