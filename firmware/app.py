@@ -51,6 +51,9 @@ class App:
         self.delivered = 0
         self.applied = 0
         self.sensor_errors = 0
+        self.wifi = None  # firmware.wifi.Wifi, made by main() or supervisor()
+        self.ota = None  # firmware.ota.updater.Updater when config `ota` has a public key
+        self.trial = None  # the update on trial this boot, confirmed after a delivery
 
     def _append(self, kind, source, value, desired_id=None, report_status=None):
         self.outbox.append(kind, source, value_text(value), clock.unix_time(),
@@ -104,15 +107,19 @@ class App:
             if not records:
                 await self.wake.wait(_IDLE_WAKE_MS)
                 continue
+            if self.wifi is not None and not self.wifi.up.is_set():
+                await self.wifi.up.wait()  # senders wait for the station (practice 7)
             try:
                 result = await self.cloud.send(records)
             except Exception as e:  # network faults: keep everything, back off
                 log.warn(_TAG, "uplink: %s; %d pending", log.describe(e),
                          self.outbox.pending_count())
+                self.board.link_failed(log.describe(e))  # actuators with a limit go safe
                 # a session coming back ends the wait early: no idle link after an outage
                 if await self.link.wait(backoff.next_ms()):
                     backoff.reset()
                 continue
+            self.board.link_ok()
             for mid in result.ok:
                 self.outbox.delivered(mid)
             for mid, reason in result.dead:
@@ -208,6 +215,8 @@ class App:
             await asyncio.sleep_ms(max(1, min(step_ms, status.remaining_ms())))
             if dog is not None:
                 dog.feed()
+            if self.trial is not None and self.delivered:
+                self.confirm_update()
             if not marked and healthy.expired():
                 marked = True  # crashed boots stop counting once a boot ran this long
                 try:
@@ -227,6 +236,33 @@ class App:
                      " wifi=" + wifi.status() if wifi is not None and wifi.station else "",
                      gc.mem_free())
 
+    def confirm_update(self):
+        """The cloud accepted data on this boot: keep the app (or image) on OTA trial."""
+        from firmware.ota import slots
+
+        try:
+            slots.confirm(self.cfg.root)
+            if slots.image_pending(self.cfg.root):
+                from firmware.ota import image
+
+                image.confirm_trial(self.cfg.root)
+            log.info("ota", "update %s confirmed", self.trial)
+        except Exception as e:  # a flash or partition error: the trial rules decide
+            log.warn("ota", "confirm %s: %s", self.trial, log.describe(e))
+        self.trial = None
+
+    async def shutdown(self, sup):
+        """An orderly stop (Ctrl-C on the host, a planned reset): end the tasks, then let
+        the adapter say goodbye (NUBISON logout, Xyte offline). Bounded by the adapter."""
+        sup.stop()
+        await asyncio.sleep_ms(0)
+        close = getattr(self.cloud, "close", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception as e:
+                log.warn(_TAG, "close: %s", log.describe(e))
+
     def _transport_status(self):
         mode = getattr(self.cloud, "mode", None)
         if mode is None:
@@ -239,7 +275,7 @@ class App:
         from firmware.watchdog import STALL_S, Watchdog
         from firmware.wifi import Wifi
 
-        if getattr(self, "wifi", None) is None:
+        if self.wifi is None:
             self.wifi = Wifi(self.cfg.get("wifi"))
         dog_s = self.cfg.get("watchdog_s")
         dog = self.watchdog = Watchdog(int(dog_s * 1000) if dog_s else None)
@@ -269,6 +305,8 @@ class App:
             sup.add("wifi", self.wifi.run)
         for name, factory in self.board.background() + self.cloud.background():
             sup.add(name, factory)
+        if self.ota is not None and self.ota.manifest_url:
+            sup.add("ota", self.ota.poll)
         return sup
 
 
@@ -307,6 +345,22 @@ def make_cloud(cfg):
     return getattr(module, entry[1])(cfg)
 
 
+def _setup_ota(app, cfg):
+    """The updater (None without an OTA key), the trial to confirm, a rollback to report."""
+    from firmware.ota import slots
+    from firmware.ota.updater import UpdateError, Updater
+
+    app.trial = slots.on_trial(cfg.root) or slots.image_pending(cfg.root)
+    try:
+        app.ota = Updater.from_config(cfg)
+    except UpdateError as e:
+        log.error("ota", "%s: updates are off", e)
+    app.cloud.ota = app.ota  # adapters start updates with ota.start(url, version, sha256)
+    failed = slots.failure(cfg.root)
+    if failed:
+        log.warn("ota", "update %s rolled back: %s", failed.get("version"), failed.get("reason"))
+
+
 def build(root=None):
     """Config -> App, or ConfigError listing every problem. Actuators go safe first."""
     cfg = config.load(root)
@@ -319,6 +373,7 @@ def build(root=None):
     outbox = Outbox(config.join(cfg.root, "outbox"), max_records=cfg.get("outbox.max_records"),
                     ttl_s=cfg.get("outbox.ttl_s"))
     app = App(cfg, board, outbox, make_cloud(cfg))
+    _setup_ota(app, cfg)
     if app.desired.claims():
         app.desired.recover(board, outbox)
     gc.collect()  # start-up garbage and the dropped modules go before the tasks start
@@ -340,13 +395,19 @@ def main(root=None):
             log.error("config", line)
         log.error(_TAG, "not starting: fix config.json and reset")
         return 1
-    log.info(_TAG, "starting: %s over %s, %d sensors, %d commands",
-             app.cfg.get("cloud.platform"), app.cfg.get("cloud.transport"),
+    platform = app.cfg.get("cloud.platform")
+    log.info(_TAG, "starting: %s%s, %d sensors, %d commands", platform,
+             " over " + app.cfg.get("cloud.transport") if platform == "realer" else "",
              len(app.board.sensors), len(app.board.actuators))
     if app.cfg.get("lowpower.enabled"):
         from firmware import lowpower
 
         while True:  # on the board run_once ends in deep sleep and never returns
             lowpower.run_once(app)
-    asyncio.run(app.supervisor().run_forever())
+    sup = app.supervisor()
+    try:
+        asyncio.run(sup.run_forever())
+    except KeyboardInterrupt:  # raised from the loop's wait, outside any task: stop cleanly
+        asyncio.run(app.shutdown(sup))
+        log.info(_TAG, "stopped")
     return 0
