@@ -164,6 +164,7 @@ class Xyte:
         self.space: dict = {}
         self.done: list = []  # handled non-actuator command ids (send_dump, ...)
         self.latest_fw = None
+        self.ota = None  # firmware.ota.updater.Updater, set by the app when updates are on
         self.enabled_sensors = None
         self.client = None
         self.generation = 0  # bumped by every (re)registration: the session starts over
@@ -331,14 +332,38 @@ class Xyte:
             self.answer("cloud_settings/update", {"property": prop, "value": value})
 
     def firmware_available(self, version, file_id):
-        """Hand-off point for OTA: Xyte says `version` (file `file_id`, fetched with
-        GET {hub_url}/v1/devices/:id/files/:file_id) is the latest. Logs it for now."""
+        """Hand-off point for OTA: Xyte says `version` (file `file_id`) is the latest. With an
+        updater (`self.ota`, set by the app when config `ota` has a public key) the file's
+        record is read from the hub and its bundle URL and SHA-256 go to the updater, which
+        verifies the Ed25519-signed bundle itself; without one it is only logged."""
         self.latest_fw = (version, file_id)
         if version == self.fw_version:
             log.info(_TAG, "firmware %s is the latest", version)
-        else:
-            log.info(_TAG, "firmware %s available (file %s); running %s", version, file_id,
-                     self.fw_version)
+            return
+        log.info(_TAG, "firmware %s available (file %s); running %s", version, file_id,
+                 self.fw_version)
+        if self.ota is not None and file_id:
+            asyncio.create_task(self._fetch_firmware(version, file_id))
+
+    async def _fetch_firmware(self, version, file_id):
+        updater = self.ota
+        if updater is None:
+            return
+        try:
+            resp = await self._hub("GET", "files/%s" % file_id)
+            info = resp.json() if resp.status == 200 else None
+            if not isinstance(info, dict):
+                info = {}
+            url = info.get("url")
+            if not isinstance(url, str) or not url.startswith("https://"):
+                log.warn(_TAG, "firmware %s: file %s answered %d without an https url",
+                         version, file_id, resp.status)
+                return
+            checksum = info.get("checksum")
+            updater.start(url, version, checksum if isinstance(checksum, str) and
+                          len(checksum) == 64 else None)
+        except Exception as e:  # the next firmware message tries again
+            log.warn(_TAG, "firmware %s: %s", version, log.describe(e))
 
     async def close(self, status="offline"):
         """Say `status` (offline before deep sleep or a planned stop) in a telemetry message
