@@ -39,9 +39,9 @@ _CLOUD_KEYS = ("platform", "transport", "api_url", "device_id", "client_id", "cl
                "ca_file", "scope", "batch_max", "product_code", "model_name", "device_name",
                "access_token", "refresh_token", "registration_url", "hardware_key",
                "serial_number", "firmware_version", "command_topic", "ws_path", "name", "mac",
-               "ack_timeout_s")
+               "ack_timeout_s", "register_retry_s")
 _TOP_KEYS = ("cloud", "board", "sensors", "commands", "switches", "intervals", "outbox", "log",
-             "wifi", "ota", "safe_mode_pin", "watchdog_s")
+             "wifi", "ota", "safe_mode_pin", "watchdog_s", "lowpower")
 _SENSOR_DRIVERS = ("sim", "dht22", "dht11", "ds18b20", "adc", "digital", "bme280")
 _COMMAND_DRIVERS = ("sim", "relay", "pwm", "gpio")
 _DEFAULTS: dict = {
@@ -149,7 +149,7 @@ def _check_cloud(cloud, root, problems, warnings):
 
 
 def _check_sections(raw, problems):
-    for section in ("intervals", "outbox", "log", "wifi", "ota"):
+    for section in ("intervals", "outbox", "log", "wifi", "ota", "lowpower"):
         if section in raw and not isinstance(raw[section], dict):
             problems.append("%s: must be an object {...}" % section)
             raw[section] = dict(_DEFAULTS.get(section, {}))
@@ -167,6 +167,43 @@ def _check_sections(raw, problems):
     wifi = raw.get("wifi")
     if isinstance(wifi, dict) and not isinstance(wifi.get("ssid"), str):
         problems.append("wifi.ssid: missing; set the network name (and wifi.password)")
+    elif wifi is None and raw["board"] == "esp32":
+        problems.append("wifi: missing; the esp32 board needs {\"ssid\": ..., \"password\": ...}")
+    dog = raw.get("watchdog_s")
+    if dog is not None and (not _is_num(dog) or not 1 <= dog <= 3600):
+        problems.append("watchdog_s: must be seconds from 1 to 3600 (more than a TLS "
+                        "handshake takes), or null for no watchdog")
+    _check_lowpower(raw.get("lowpower"), problems)
+    _check_ota(raw.get("ota"), problems)
+
+
+def _check_lowpower(lp, problems):
+    if not isinstance(lp, dict):
+        return
+    if not isinstance(lp.get("enabled", False), bool):
+        problems.append("lowpower.enabled: must be true or false")
+    for key in ("budget_s", "sleep_s"):
+        if key in lp and (not _is_num(lp[key]) or lp[key] <= 0):
+            problems.append("lowpower.%s: must be seconds > 0" % key)
+
+
+def _check_ota(ota, problems):
+    if not isinstance(ota, dict):
+        return
+    url = ota.get("manifest_url")
+    if url is not None and (not isinstance(url, str) or not url.startswith("https://")):
+        problems.append("ota.manifest_url: must be an https:// URL (bundles come over TLS)")
+    iv = ota.get("interval_s")
+    if iv is not None and (not _is_num(iv) or iv < 60):
+        problems.append("ota.interval_s: must be seconds >= 60")
+    key = ota.get("public_key")
+    if key is not None and not (isinstance(key, str) and len(key) == 64 and
+                                all(c in "0123456789abcdefABCDEF" for c in key)):
+        problems.append("ota.public_key: must be the Ed25519 public key as 64 hex digits "
+                        "(or leave it out and provision ota_public_key.bin)")
+    tb = ota.get("trial_boots")
+    if tb is not None and tb not in (1, 2) or isinstance(tb, bool):
+        problems.append("ota.trial_boots: must be 1 or 2 (below safe mode's 3 crashed boots)")
 
 
 def _is_num(v):
@@ -213,12 +250,21 @@ def _check_io(raw, problems):
             if esp32 and drv != "sim" and not pins and section != "switches" or \
                     section == "switches" and esp32 and not pins:
                 problems.append("%s.pin: missing; set the GPIO number it is wired to" % where)
+            # DHT temperature + humidity share one chip; DS18B20s share one 1-Wire bus
+            share = drv if drv in ("dht22", "dht11", "ds18b20") else None
             for name, pin in pins:
                 _check_pin("%s.%s" % (where, name), pin, output and name == "pin", esp32,
-                           used, problems)
+                           used, problems, share)
+    pin = raw.get("safe_mode_pin")
+    if pin is not None:
+        if esp32 and isinstance(pin, int) and pin in _INPUT_ONLY:
+            problems.append("safe_mode_pin: GPIO %d has no internal pull-up; use e.g. 0 "
+                            "(the BOOT button)" % pin)
+        else:
+            _check_pin("safe_mode_pin", pin, False, esp32, used, problems)
 
 
-def _check_pin(where, pin, output, esp32, used, problems):
+def _check_pin(where, pin, output, esp32, used, problems, share=None):
     if not isinstance(pin, int) or isinstance(pin, bool):
         problems.append("%s: must be a GPIO number, got %r" % (where, pin))
         return
@@ -230,8 +276,9 @@ def _check_pin(where, pin, output, esp32, used, problems):
         elif output and pin in _INPUT_ONLY:
             problems.append("%s: GPIO %d is input-only; outputs need a pin below 34" %
                             (where, pin))
-    shared_bus = ".i2c." in where
-    if pin in used and not (shared_bus and ".i2c." in used[pin]):  # sensors may share a bus
-        problems.append("%s: GPIO %d is already used by %s" % (where, pin, used[pin]))
+    # sensors may share an I2C bus, a DHT chip or a 1-Wire bus
+    shared = ".i2c." if ".i2c." in where else share
+    if pin in used and (shared is None or used[pin][1] != shared):
+        problems.append("%s: GPIO %d is already used by %s" % (where, pin, used[pin][0]))
     else:
-        used.setdefault(pin, where)
+        used.setdefault(pin, (where, shared))

@@ -127,6 +127,7 @@ def test_i2c_sensors_may_share_a_bus():
     cfg["sensors"] = [{"id": 7, "driver": "bme280", "i2c": {"scl": 22, "sda": 21}},
                       {"id": 8, "driver": "bme280", "i2c": {"scl": 22, "sda": 21, "addr": 119}}]
     cfg["commands"] = []
+    cfg["wifi"] = {"ssid": "greenhouse", "password": "wifi-pass-123"}
     root = _root(cfg)
     try:
         assert config.load(root).get("board") == "esp32"
@@ -239,3 +240,52 @@ def test_validator_leaves_memory_after_loading():
     finally:
         support.rmtree(root)
         support.rmtree(bad)
+
+
+def test_shared_sensor_pins_and_board_keys():
+    cfg = _realer()
+    cfg["board"] = "esp32"
+    # temperature + humidity from one DHT22, two DS18B20 on one bus: allowed
+    cfg["sensors"] = [{"id": 7, "driver": "dht22", "pin": 4, "quantity": "temperature"},
+                      {"id": 8, "driver": "dht22", "pin": 4, "quantity": "humidity"},
+                      {"id": 9, "driver": "ds18b20", "pin": 5},
+                      {"id": 10, "driver": "ds18b20", "pin": 5},
+                      {"id": 11, "driver": "digital", "pin": 5}]
+    cfg["commands"] = [{"id": 3, "driver": "relay", "pin": 4}]
+    cfg["watchdog_s"] = 0.5
+    cfg["safe_mode_pin"] = 36
+    cfg["lowpower"] = {"enabled": "yes", "budget_s": -1, "sleep_s": 30}
+    cfg["ota"] = {"manifest_url": "http://x/m.json", "interval_s": 5, "public_key": "abc",
+                  "trial_boots": 3}
+    root = _root(cfg)
+    try:
+        problems = _problems(root)
+        text = "\n".join(problems)
+        assert "sensors[1]" not in text and "sensors[3]" not in text, text
+        assert "sensors[4].pin: GPIO 5 is already used by sensors[2].pin" in text
+        assert "commands[0].pin: GPIO 4 is already used by sensors[0].pin" in text
+        for key in ("wifi: missing", "watchdog_s:", "safe_mode_pin: GPIO 36",
+                    "lowpower.enabled:", "lowpower.budget_s: must be seconds",
+                    "ota.manifest_url:", "ota.interval_s:", "ota.public_key:",
+                    "ota.trial_boots:"):
+            assert key in text, (key, text)
+        assert "lowpower: unknown key" not in text
+    finally:
+        support.rmtree(root)
+
+
+def test_board_keys_accepted_when_right():
+    cfg = _realer()
+    cfg["wifi"] = {"ssid": "greenhouse", "password": "wifi-pass-123"}
+    cfg["watchdog_s"] = 60
+    cfg["safe_mode_pin"] = 0
+    cfg["lowpower"] = {"enabled": True, "budget_s": 20, "sleep_s": 300}
+    cfg["ota"] = {"manifest_url": "https://ota.example/m.json", "interval_s": 3600,
+                  "public_key": "ab" * 32, "trial_boots": 2}
+    root = _root(cfg)
+    try:
+        c = config.load(root)
+        assert c.get("lowpower.sleep_s") == 300 and c.get("ota.trial_boots") == 2
+        assert not [w for w in c.warnings if "unknown" in w], c.warnings
+    finally:
+        support.rmtree(root)

@@ -152,13 +152,13 @@ class _Offline:
         return []
 
 
-def _app(root, hang_after):
+def _app(root, hang_after, stall_s=0.3):
     support.write(root + "/ca.pem", _PEM)
     raw = {"cloud": {"platform": "realer", "api_url": "https://127.0.0.1:1", "device_id": 1,
                      "client_id": "cdv_watchdog", "client_secret": "wd-secret-0001",
                      "ca_file": "ca.pem"},
            "board": "sim", "watchdog_s": 5,
-           "intervals": {"status_s": 0.01, "stall_s": 0.3, "catalog_poll_s": 60},
+           "intervals": {"status_s": 0.01, "stall_s": stall_s, "catalog_poll_s": 60},
            "sensors": [{"id": 1, "driver": "sim", "interval_s": 0.01}]}
     (cfg, _) = _quiet(lambda: config.validate(raw, root))
     board = make_board("sim", raw["sensors"], [], [])
@@ -202,7 +202,8 @@ def _run_until(app, cond):
 def test_health_feeds_the_wdt_while_the_sampler_progresses():
     root = support.tmpdir("wd")
     try:
-        app = _app(root, hang_after=10 ** 9)
+        # a stall window far above any scheduling delay of a loaded CI machine
+        app = _app(root, hang_after=10 ** 9, stall_s=30)
         sup = _run_until(app, lambda: app.watchdog.wdt is not None and
                          app.watchdog.wdt.feeds >= 20 and app.readings >= 20)
         assert app.watchdog.wdt.timeout == 5000
