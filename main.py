@@ -28,10 +28,15 @@ def _crashed(e):
     if slots is not None and slots.on_trial(_root()):
         version = slots.fail(_root(), "crashed: %s" % type(e).__name__)
         print("main: update %s failed on trial; back to the previous app at reset" % version)
-        if sys.platform == "esp32":  # on the host the next run is the next boot
-            import machine
+    if sys.platform == "esp32":  # on the host the next run is the next boot
+        import time
 
-            machine.reset()
+        import machine
+
+        # a board in the field starts again; the boot counter turns repeated crashes into
+        # safe mode, and the pause lets the line leave the UART and paces a crash loop
+        time.sleep(2)
+        machine.reset()
 
 
 def _safe_mode():
