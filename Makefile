@@ -12,7 +12,7 @@ export MICROPYPATH := $(CURDIR):$(CURDIR)/host_tests/shims:$(CURDIR)/lib:.frozen
 TRANSPORT ?= https
 PLATFORM ?= realer
 
-.PHONY: run deps test lint typecheck unit-mp pytest clean ota-keygen ota-bundle \
+.PHONY: run deps test lint typecheck unit-mp pytest clean ota-keygen ota-bundle ota-manifest \
 	build deploy provision console
 
 # The firmware (sim board) against a local cloud, live status until Ctrl-C.
@@ -54,9 +54,15 @@ VERSION ?= 0.0.0-dev
 ota-keygen: deps
 	$(PY) tools/ota_tool.py keygen --out $(OTA_KEYS)
 
+# The app only: boot.py and main.py stay the factory's (an app bundle cannot replace them).
 ota-bundle: deps
 	$(PY) tools/ota_tool.py build --version $(VERSION) --key $(OTA_KEYS)/ota_signing_key.pem \
-		--out build/bundle-$(VERSION).bin --src firmware main.py
+		--out build/bundle-$(VERSION).bin --src firmware
+
+# The JSON a board polls (config ota.manifest_url): version, url, sha256, size of the bundle.
+ota-manifest: deps
+	$(PY) tools/ota_tool.py manifest --bundle build/bundle-$(VERSION).bin \
+		--url bundle-$(VERSION).bin --out build/manifest.json
 
 # The board: build (mpy-cross; ARCH= for plain bytecode, e.g. the virtual board), deploy the
 # changed files and reset, provision a checked config.json (+ its CA), console = the REPL/log.
