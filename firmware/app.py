@@ -18,6 +18,7 @@ if hasattr(gc, "threshold"):  # MicroPython only
     gc.threshold(8192)
 
 import asyncio  # noqa: E402
+import os  # noqa: E402
 
 from micropython import const  # noqa: E402
 
@@ -348,17 +349,27 @@ def make_cloud(cfg):
 def _setup_ota(app, cfg):
     """The updater (None without an OTA key), the trial to confirm, a rollback to report."""
     from firmware.ota import slots
-    from firmware.ota.updater import UpdateError, Updater
 
     app.trial = slots.on_trial(cfg.root) or slots.image_pending(cfg.root)
-    try:
-        app.ota = Updater.from_config(cfg)
-    except UpdateError as e:
-        log.error("ota", "%s: updates are off", e)
+    if cfg.get("ota.public_key") or _exists(slots.path(cfg.root, "ota_public_key.bin")):
+        from firmware.ota.updater import UpdateError, Updater  # 7K of RAM: only when on
+
+        try:
+            app.ota = Updater.from_config(cfg)
+        except UpdateError as e:
+            log.error("ota", "%s: updates are off", e)
     app.cloud.ota = app.ota  # adapters start updates with ota.start(url, version, sha256)
     failed = slots.failure(cfg.root)
     if failed:
         log.warn("ota", "update %s rolled back: %s", failed.get("version"), failed.get("reason"))
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
 
 
 def build(root=None):
