@@ -41,6 +41,7 @@ from micropython import const
 
 from firmware import clock, log
 from firmware.backoff import Backoff
+from firmware.clouds import SendResult
 from firmware.net import conn, ws
 
 _TAG = "devicehive"
@@ -498,17 +499,6 @@ class DeviceHive:
             result.failed = True
             result.wait_ms = _RETRY_BASE_MS
         return out
-
-
-class SendResult:
-    """Like firmware.clouds.realer_https.SendResult (not imported: it would pull in the
-    HTTP client this adapter does not use)."""
-
-    def __init__(self):
-        self.ok: list = []
-        self.dead: list = []
-        self.wait_ms = 0
-        self.failed = False
 
 
 def _join(root, name):

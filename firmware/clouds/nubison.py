@@ -33,6 +33,7 @@ import os
 from micropython import const
 
 from firmware import clock, log
+from firmware.clouds import SendResult
 from firmware.net import http
 
 _TAG = "nubison"
@@ -69,17 +70,6 @@ class NubisonError(Exception):
 class NubisonRefused(NubisonError):
     """The cloud refuses the device itself (bad client, unknown service or device key):
     nothing can be delivered until the configuration or the cloud changes."""
-
-
-class SendResult:
-    """What one send() decided: ids delivered, (id, reason) dead-lettered, and whether to
-    wait (wait_ms: the server's Retry-After or a hold) before the next attempt."""
-
-    def __init__(self):
-        self.ok: list = []
-        self.dead: list = []
-        self.wait_ms = 0
-        self.failed = False
 
 
 def error_code(body):

@@ -21,6 +21,7 @@ import asyncio
 from micropython import const
 
 from firmware import clock, log
+from firmware.clouds import SendResult
 from firmware.net import http
 
 _TAG = "realer"
@@ -84,17 +85,6 @@ def verdict(status, body):
     if status in _PERMANENT:
         return _DEAD, error_type(body) or "http %d" % status
     return _KEEP, error_type(body) or "http %d" % status
-
-
-class SendResult:
-    """What one delivery attempt decided: records to drop, to dead-letter, and how long the
-    uplink must wait before the next attempt (0: go on)."""
-
-    def __init__(self):
-        self.ok: list = []
-        self.dead: list = []
-        self.wait_ms = 0
-        self.failed = False
 
 
 class RealerHttps:

@@ -42,6 +42,7 @@ import os
 from micropython import const
 
 from firmware import clock, log
+from firmware.clouds import SendResult
 from firmware.net import conn, mqtt
 
 _TAG = "xyte"
@@ -125,14 +126,6 @@ def command_target(cmd):
     if not isinstance(target, int) or isinstance(target, bool):
         return None, None
     return target, params.get("value")
-
-
-class SendResult:
-    def __init__(self):
-        self.ok: list = []
-        self.dead: list = []
-        self.wait_ms = 0
-        self.failed = False
 
 
 class Xyte:
