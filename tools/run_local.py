@@ -25,6 +25,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MICROPYTHON = os.path.join(ROOT, ".venv", "bin", "micropython")
 
 
+def _default_sigint():
+    # a process started from a background shell inherits SIGINT ignored; the cloud and the
+    # firmware must stop on Ctrl-C / send_signal(SIGINT) (logout, clean broker shutdown)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def device_config(cloud, ca_name="ca.pem", api_url=None, transport="https"):
     """The sim-board config.json for the local cloud's demo device. Realer: transport "https"
     or "mqtt" (with mqtt the device still reads the broker from the cloud's MQTT catalog);
@@ -63,7 +69,7 @@ def start_cloud(data, token_ttl=300, port=0, mqtt=False, mqtt_cred_ttl=None, pla
     proc = subprocess.Popen([sys.executable, "-m", "tools.%s_cloud" % platform, "serve",
                              "--data", data, "--token-ttl", str(token_ttl), "--port", str(port)]
                             + extra,
-                            cwd=ROOT,
+                            cwd=ROOT, preexec_fn=_default_sigint,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     for _ in range(200):
         if os.path.exists(info_path):
@@ -91,7 +97,7 @@ def firmware_env(device_dir):
 def start_firmware(device_dir, log_file):
     return subprocess.Popen([MICROPYTHON, os.path.join(ROOT, "main.py")], cwd=ROOT,
                             env=firmware_env(device_dir), stdout=log_file,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
 
 
 def main():
