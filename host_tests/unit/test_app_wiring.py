@@ -1,0 +1,433 @@
+"""The app's wiring between the pieces (both runtimes): uplink failures count toward each
+command's fallback_after_failures and a delivery resets the count; the uplink waits for the
+Wi-Fi station; shutdown stops the tasks and awaits the adapter's close(); Xyte's firmware
+message fetches the file record and hands it to the updater; make_cloud's config errors.
+Scripted clouds step the tasks one send at a time: bounded step counts, no timed checks."""
+import asyncio
+
+from test_realer_https import FakeHttp, FakeResp
+from test_xyte import DEV, message, registered
+
+import support
+from firmware import app as app_mod
+from firmware import clock, config, log
+from firmware.app import App
+from firmware.board.base import make_board
+from firmware.clouds import SendResult
+from firmware.outbox import Outbox
+from firmware.tasks import Supervisor
+
+_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+_STEPS = 3000  # a hang guard only: counts loop steps, never time
+
+
+def _quiet(fn):
+    lines: list = []
+    log.set_sink(lines.append)
+    try:
+        return fn(), lines
+    finally:
+        log.set_sink(None)
+
+
+class _Scripted:
+    """An adapter whose send() runs only when the test grants it, and then fails ("fail":
+    OSError, as a lost network does) or delivers the batch ("ok") as the script says."""
+
+    batch_max = 1
+    enabled_sensors = None
+    renewals = 0
+    renew_at = None
+    on_desired = None
+    on_link_up = None
+
+    def __init__(self, script, gated=True):
+        self.script = list(script)
+        self.calls = 0
+        self.gated = gated
+        self.gate = asyncio.Event()
+        self.app = None
+        self.closed = 0
+
+    async def send(self, records):
+        if self.gated:
+            await self.gate.wait()
+            self.gate.clear()
+        self.calls += 1
+        outcome = self.script.pop(0) if self.script else "ok"
+        if outcome == "fail":
+            # a session coming back: the uplink retries at once instead of backing off
+            self.app.link.set()
+            raise OSError(113)
+        res = SendResult()
+        res.ok = [r.message_id for r in records]
+        return res
+
+    async def poll_catalog(self, on_desired):
+        return 3600000
+
+    def token_due(self):
+        return False
+
+    async def authenticate(self):
+        return 0
+
+    def background(self):
+        return []
+
+
+_COMMANDS = [{"id": 3, "kind": "switch", "safe_value": 0, "initial": 1,
+              "fallback_after_failures": 3},
+             {"id": 4, "kind": "switch", "safe_value": 0, "initial": 1}]
+
+
+def _app(cloud, records=12, commands=_COMMANDS):
+    root = support.tmpdir("wiring")
+    support.write(root + "/ca.pem", _PEM)
+    raw = {"cloud": {"platform": "realer", "api_url": "https://127.0.0.1:1", "device_id": 1,
+                     "client_id": "cdv_wiring", "client_secret": "wiring-secret-01",
+                     "ca_file": "ca.pem"},
+           "board": "sim", "intervals": {"status_s": 60, "catalog_poll_s": 60}}
+    (cfg, _) = _quiet(lambda: config.validate(raw, root))
+    board = make_board("sim", [], commands, [])
+    outbox = Outbox(config.join(root, "outbox"), max_records=1000)
+    for i in range(records):
+        outbox.append("sensor", 7, str(i), clock.unix_time())
+    a = App(cfg, board, outbox, cloud)
+    cloud.app = a
+    return a, root
+
+
+def _run(tasks, judge):
+    """Run `tasks` (name -> factory) and `judge` under one Supervisor until judge returns;
+    returns the log lines. A judge that raises fails the test with its message."""
+    sup = Supervisor()
+    failed: list = []
+
+    async def judging():
+        try:
+            await judge()
+        except Exception as e:  # reported below, not restarted
+            failed.append(repr(e))
+        finally:
+            sup.stop()
+
+    for name, factory in tasks:
+        sup.add(name, factory)
+    sup.add("judge", judging)
+    (_, lines) = _quiet(lambda: support.run(sup.run_forever()))
+    assert not failed, (failed, lines[-20:])
+    return lines
+
+
+async def _until(cond, what):
+    n = _STEPS
+    while not cond():
+        n -= 1
+        if n < 0:
+            raise AssertionError("never happened: " + what)
+        await asyncio.sleep_ms(1)
+
+
+async def _one_send(cloud):
+    """Let exactly one send() run to its end (the uplink handles its outcome in the same
+    step as the raise/return, so the board has been told when calls moves)."""
+    before = cloud.calls
+    cloud.gate.set()
+    await _until(lambda: cloud.calls == before + 1, "send %d" % (before + 1))
+    await asyncio.sleep_ms(1)
+
+
+# --- 1. uplink failures -> fallback_after_failures; a delivery resets the count -------------
+
+def test_consecutive_send_failures_take_a_limited_command_safe_after_n_and_not_before():
+    cloud = _Scripted(["fail", "fail", "fail", "fail", "fail"])
+    a, root = _app(cloud)
+    limited, unlimited = a.board.actuators[3], a.board.actuators[4]
+    seen = []
+
+    async def judge():
+        for _ in range(5):
+            await _one_send(cloud)
+            seen.append((limited.value(), unlimited.value()))
+
+    lines = _run([("uplink", a.uplink)], judge)
+    # safe at exactly the third failure, stays safe; the command without a limit never moves
+    assert seen == [(1, 1), (1, 1), (0, 1), (0, 1), (0, 1)], seen
+    assert sum(1 for x in lines if "fallback: commands [3]" in x) == 1, lines
+    assert a.outbox.pending_count() == 12  # nothing left the outbox on a failure
+    support.rmtree(root)
+
+
+def test_a_delivery_between_failures_starts_the_count_again():
+    cloud = _Scripted(["fail", "fail", "ok", "fail", "fail", "fail"])
+    a, root = _app(cloud)
+    limited = a.board.actuators[3]
+    seen = []
+
+    async def judge():
+        for _ in range(6):
+            await _one_send(cloud)
+            seen.append(limited.value())
+
+    _run([("uplink", a.uplink)], judge)
+    # without link_ok the 4th and 5th failures would be the 3rd and 4th in a row
+    assert seen == [1, 1, 1, 1, 1, 0], seen
+    assert a.delivered == 1 and a.outbox.pending_count() == 11
+    support.rmtree(root)
+
+
+def test_a_command_taken_safe_goes_safe_again_in_the_next_outage():
+    cloud = _Scripted(["fail", "fail", "fail", "ok", "fail", "fail", "fail"])
+    a, root = _app(cloud)
+    limited = a.board.actuators[3]
+    seen = []
+
+    async def judge():
+        for i in range(7):
+            await _one_send(cloud)
+            seen.append(limited.value())
+            if i == 3:
+                limited.apply(1)  # the cloud moved it back on after the link returned
+
+    _run([("uplink", a.uplink)], judge)
+    assert seen == [1, 1, 0, 0, 1, 1, 0], seen
+    support.rmtree(root)
+
+
+# --- 2. the uplink waits for the Wi-Fi station ------------------------------------------------
+
+class _Station:
+    """What the uplink reads of firmware.wifi.Wifi: `up`, an asyncio.Event."""
+
+    station = None
+
+    def __init__(self):
+        self.up = asyncio.Event()
+
+
+def test_uplink_waits_for_wifi_up_then_sends():
+    cloud = _Scripted([], gated=False)
+    a, root = _app(cloud, records=3)
+    a.wifi = _Station()
+    calls_while_down = []
+
+    async def judge():
+        for _ in range(50):  # records pending, Wi-Fi down: 50 scheduler rounds, no send
+            await asyncio.sleep_ms(1)
+        calls_while_down.append(cloud.calls)
+        a.wifi.up.set()
+        await _until(lambda: a.outbox.pending_count() == 0, "delivery after Wi-Fi up")
+
+    _run([("uplink", a.uplink)], judge)
+    assert calls_while_down == [0] and cloud.calls == 3 and a.delivered == 3
+    support.rmtree(root)
+
+
+def test_uplink_sends_at_once_when_wifi_is_already_up_or_absent():
+    for station in (True, False):
+        cloud = _Scripted([], gated=False)
+        a, root = _app(cloud, records=2)
+        if station:
+            a.wifi = _Station()
+            a.wifi.up.set()
+
+        async def judge(a=a):
+            await _until(lambda: a.delivered == 2, "delivery")
+
+        _run([("uplink", a.uplink)], judge)
+        assert cloud.calls == 2
+        support.rmtree(root)
+
+
+# --- 3. shutdown: tasks end, the adapter's close() is awaited ----------------------------------
+
+class _Closing(_Scripted):
+    def __init__(self, fail=False):
+        super().__init__([])
+        self.fail = fail
+        self.close_steps: list = []
+
+    async def close(self):
+        self.close_steps.append("begin")
+        await asyncio.sleep_ms(1)  # a real logout awaits the network
+        if self.fail:
+            raise OSError(104)
+        self.close_steps.append("end")
+
+
+def _shutdown_run(cloud):
+    a, root = _app(cloud)
+    ended: list = []
+
+    async def forever():
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.append("worker")
+
+    sup = Supervisor()
+    sup.add("uplink", a.uplink)
+    sup.add("worker", forever)
+
+    async def go():
+        runner = asyncio.create_task(sup.run_forever())
+        await _until(lambda: sup.info("uplink").runs and sup.info("worker").runs, "start")
+        # like main(): the orderly stop runs outside the supervised tasks
+        await a.shutdown(sup)
+        await _until(runner.done, "the supervisor stopped")
+        await runner
+
+    (_, lines) = _quiet(lambda: support.run(go()))
+    support.rmtree(root)
+    return sup, ended, lines
+
+
+def test_shutdown_stops_the_tasks_and_awaits_close():
+    cloud = _Closing()
+    sup, ended, lines = _shutdown_run(cloud)
+    assert cloud.close_steps == ["begin", "end"], lines
+    assert ended == ["worker"]
+    assert sup.info("uplink").task is None and sup.info("worker").task is None
+    assert cloud.calls == 0  # the gated send never ran: cancelled while waiting
+
+
+def test_a_failing_close_is_logged_not_raised():
+    cloud = _Closing(fail=True)
+    sup, ended, lines = _shutdown_run(cloud)
+    assert cloud.close_steps == ["begin"] and ended == ["worker"]
+    assert any("close:" in x and "104" in x for x in lines), lines
+
+
+def test_shutdown_without_close_on_the_adapter():
+    cloud = _Scripted([])
+    sup, ended, lines = _shutdown_run(cloud)
+    assert ended == ["worker"]
+
+
+# --- 4. Xyte: a firmware message -> files/<id> -> updater.start ------------------------------
+
+class _Updater:
+    def __init__(self):
+        self.started: list = []
+
+    def start(self, url, version, sha256=None):
+        self.started.append((url, version, sha256))
+        return True
+
+
+_SUM = "ab" * 32
+
+
+def _firmware_message(cloud, answers, version="1.2.0", file_id="f-1", ota=True):
+    http = cloud.http = FakeHttp(answers)
+    updater = _Updater()
+    if ota:
+        cloud.ota = updater
+
+    async def go():
+        cloud._on_message(message("firmware", {"latest_fw_version": version,
+                                               "latest_fw_file_id": file_id}))
+        for _ in range(20):  # let the fetch task run to its end
+            await asyncio.sleep_ms(1)
+
+    (_, lines) = _quiet(lambda: support.run(go()))
+    return http, updater, lines
+
+
+def test_xyte_firmware_message_fetches_the_file_and_starts_the_updater():
+    cloud, root = registered()
+    http, updater, lines = _firmware_message(
+        cloud, [FakeResp(200, {"url": "https://files.example/fw-1.2.0.bin", "checksum": _SUM,
+                               "version": "1.2.0"})])
+    assert [(m, u) for m, u, _ in http.calls] == [
+        ("GET", "https://hub.example/v1/devices/%s/files/f-1" % DEV)]
+    assert updater.started == [("https://files.example/fw-1.2.0.bin", "1.2.0", _SUM)], lines
+    assert cloud.latest_fw == ("1.2.0", "f-1")
+    support.rmtree(root)
+
+
+def test_xyte_firmware_checksum_that_is_not_sha256_is_not_passed_on():
+    cloud, root = registered()
+    http, updater, lines = _firmware_message(
+        cloud, [FakeResp(200, {"url": "https://files.example/fw.bin", "checksum": "0" * 12})])
+    assert updater.started == [("https://files.example/fw.bin", "1.2.0", None)], lines
+    support.rmtree(root)
+
+
+def test_xyte_firmware_without_an_https_url_is_logged_not_started():
+    for resp in (FakeResp(200, {"url": "http://files.example/fw.bin", "checksum": _SUM}),
+                 FakeResp(200, {"checksum": _SUM}),
+                 FakeResp(200, ["not", "an", "object"]),
+                 FakeResp(200, ValueError("broken json")),
+                 FakeResp(404, {"url": "https://files.example/fw.bin"})):
+        cloud, root = registered()
+        http, updater, lines = _firmware_message(cloud, [resp])
+        assert len(http.calls) == 1 and updater.started == [], lines
+        assert any("firmware 1.2.0" in x and " W " in x for x in lines), lines
+        support.rmtree(root)
+
+
+def test_xyte_firmware_fetch_that_fails_is_logged_not_crashed():
+    cloud, root = registered()
+
+    class _Down:
+        calls: list = []
+
+        async def request(self, method, url, **kw):
+            self.calls.append(url)
+            raise OSError(113)
+
+    cloud.http = _Down()
+    updater = _Updater()
+    cloud.ota = updater
+
+    async def go():
+        cloud.firmware_available("1.2.0", "f-1")
+        for _ in range(20):
+            await asyncio.sleep_ms(1)
+
+    (_, lines) = _quiet(lambda: support.run(go()))
+    assert len(_Down.calls) == 1 and updater.started == []
+    assert any("firmware 1.2.0" in x and "113" in x for x in lines), lines
+    support.rmtree(root)
+
+
+def test_xyte_firmware_without_updater_or_when_current_fetches_nothing():
+    for version, ota, file_id in (("1.2.0", False, "f-1"), ("1.0.0", True, "f-1"),
+                                  ("1.2.0", True, None)):
+        cloud, root = registered()
+        http, updater, lines = _firmware_message(cloud, [], version=version, file_id=file_id,
+                                                 ota=ota)
+        assert http.calls == [] and updater.started == [], (version, ota, lines)
+        assert cloud.latest_fw == (version, file_id)
+        support.rmtree(root)
+
+
+# --- 5. make_cloud: what is not in the build is a ConfigError naming it -----------------------
+
+class _Cfg:
+    def __init__(self, platform, transport=None):
+        self.cloud = {"platform": platform, "transport": transport}
+
+    def get(self, key, default=None):
+        if key.startswith("cloud."):
+            return self.cloud.get(key[6:], default)
+        return default
+
+
+def test_make_cloud_unknown_platform_or_transport_is_a_config_error():
+    e = support.raises(config.ConfigError, app_mod.make_cloud, _Cfg("thingsboard"))
+    assert len(e.problems) == 1 and "thingsboard" in e.problems[0], e.problems
+    e = support.raises(config.ConfigError, app_mod.make_cloud, _Cfg("realer", "coap"))
+    assert "realer" in e.problems[0] and "coap" in e.problems[0], e.problems
+
+
+def test_make_cloud_missing_adapter_module_is_a_config_error():
+    app_mod._ADAPTERS["ghost"] = ("firmware.clouds.ghost_not_built", "Ghost")
+    try:
+        e = support.raises(config.ConfigError, app_mod.make_cloud, _Cfg("ghost"))
+    finally:
+        del app_mod._ADAPTERS["ghost"]
+    assert len(e.problems) == 1, e.problems
+    assert "ghost" in e.problems[0] and "not in this build" in e.problems[0], e.problems
