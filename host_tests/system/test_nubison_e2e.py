@@ -162,3 +162,22 @@ def test_nubison_end_to_end(rig):
                                          rig.cloud["client_secret"])).encode()).decode()
     assert len(secrets) >= 4
     assert not [s for s in secrets + [basic] if s in log]
+
+
+def test_sigint_logs_out_and_stops(rig):
+    """Ctrl-C on the host: main() stops the tasks, the adapter logs out (the cloud records
+    it and drops the token), the log says "stopped" and the process exits 0."""
+    rig.start()
+    wait_for("first delivery", lambda: len(rig.rows()) >= 1)
+    assert rig.count("logout") == 0 and len(nc.tokens(rig.cloud_dir)) >= 1
+    rig.fw.send_signal(signal.SIGINT)
+    try:
+        code = rig.fw.wait(15)
+    except Exception:
+        raise AssertionError("firmware did not stop on SIGINT:\n" + rig.log()[-2000:])
+    log = rig.log()
+    assert code == 0, log[-2000:]
+    assert rig.count("logout") == 1, (nc.timeline(rig.cloud_dir)[-5:], log[-2000:])
+    assert nc.timeline(rig.cloud_dir)[-1]["event"] == "logout"
+    assert "logout: http 200" in log and re.search(r" app: stopped", log), log[-2000:]
+    assert "crashed" not in log and "Traceback" not in log
