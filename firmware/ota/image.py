@@ -18,7 +18,7 @@ from micropython import const
 
 from firmware import log
 from firmware.ota import slots
-from firmware.ota.updater import DownloadFailed, UpdateError, _reset
+from firmware.ota.updater import DownloadFailed, UpdateError, _reset, healthy_before_reset
 
 _TAG = "ota"
 _STATE = "image.json"
@@ -191,6 +191,7 @@ class ImageUpdater:
         target.set_boot()
         log.info(_TAG, "image %s in %s, on trial at the next boot", got, label)
         self._step("switched", got)
+        healthy_before_reset(self.root)
         self.reset()
 
     def status(self):

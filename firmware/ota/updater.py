@@ -71,6 +71,22 @@ def _reset():
     machine.reset()
 
 
+def healthy_before_reset(root):
+    """A reset into an update is not a crash: an app that downloaded, verified and staged an
+    update runs fine, so its boot must not count toward safe mode (firmware/safemode.py, 3
+    crashed boots). Otherwise short boots that each reset into an update (boot -> update ->
+    trial -> next update within safemode.HEALTHY_AFTER_MS) put a failing trial into safe mode
+    instead of rolling it back."""
+    try:
+        from firmware import safemode
+    except ImportError:  # a build without safe mode
+        return
+    try:
+        safemode.healthy(root)
+    except OSError as e:
+        log.warn(_TAG, "boot counter: %s", log.describe(e))
+
+
 class Updater:
     """Owns `ota/` in the data root. `client` is a firmware.net.http.Client (made on demand
     from `ca_file`); `reset` restarts the board (machine.reset); `hook(stage, detail)` is
@@ -183,6 +199,7 @@ class Updater:
             fetch._remove(bundle)  # a refused bundle is not kept in flash
             raise
         self._step("reset", version)
+        healthy_before_reset(self.root)
         log.info(_TAG, "resetting into the update")
         self.reset()
 
