@@ -12,7 +12,9 @@ HTTPS (aiohttp, TLS from tools/pki.py; one server plays both entry.xyte.io and t
   id, password = access_key, allowed to publish its own request topics and subscribe its own
   event topics (v1/device/ID/...).
 - Hub calls need `Authorization: <access_key>` (no Bearer); a deleted device or a wrong key
-  gets 401. GET .../config, POST .../dumps/:mime/:filename (stored), GET .../files/:file_id.
+  gets 401. GET .../config, POST .../dumps/:mime/:filename (stored), GET .../files/:file_id
+  (the record set_file() stored, else a placeholder; each read is a `file` event). GET
+  /bundles/NAME is recorded as a `bundle` event and answers 404 (OTA hand-off tests).
 Chosen where the spec is silent: the `:mime` segment arrives URL-encoded (text%2Fplain).
 
 Server side on the broker (paho, admin user, persistent session, no-local subscriptions):
@@ -130,6 +132,11 @@ def set_space(data, info):
 def set_firmware(data, version, file_id):
     kv_set(data, "firmware", {"latest_fw_version": version, "latest_fw_file_id": file_id})
     kv_set(data, "firmware_published", False)
+
+
+def set_file(data, file_id, url, checksum):
+    """The record GET .../files/FILE_ID answers (the firmware bundle's URL and SHA-256)."""
+    kv_set(data, "file:" + file_id, {"url": url, "checksum": checksum})
 
 
 def set_fault(data, kind, count=1):
@@ -275,10 +282,19 @@ class Cloud:
         return web.json_response(kv_get(self.conn, "config", {}))
 
     async def get_file(self, request):
-        self._auth(request)
+        dev = self._auth(request)
+        file_id = request.match_info["file_id"]
+        self.event("file", dev, file_id)
         fw = kv_get(self.conn, "firmware", {})
-        return web.json_response({"url": "https://127.0.0.1/none", "checksum": "0" * 64,
-                                  "signature": "none", "version": fw.get("latest_fw_version")})
+        rec = kv_get(self.conn, "file:" + file_id) or {"url": "https://127.0.0.1/none",
+                                                       "checksum": "0" * 64}
+        return web.json_response(dict(rec, signature="none",
+                                      version=fw.get("latest_fw_version")))
+
+    async def get_bundle(self, request):
+        # a bundle URL a test put in a file record: the download is recorded, nothing served
+        self.event("bundle", None, request.match_info["name"])
+        return web.Response(status=404)
 
     async def post_dump(self, request):
         dev = self._auth(request)
@@ -294,6 +310,7 @@ class Cloud:
         app.router.add_get("/v1/devices/{id}/config", self.get_config)
         app.router.add_get("/v1/devices/{id}/files/{file_id}", self.get_file)
         app.router.add_post("/v1/devices/{id}/dumps/{tail:.+}", self.post_dump)
+        app.router.add_get("/bundles/{name}", self.get_bundle)
         return app
 
 

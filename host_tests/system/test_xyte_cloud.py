@@ -236,3 +236,19 @@ def test_adapter_survives_any_server_message(tmp_path):
     finally:
         log.set_sink(None)
         log.set_level(log.INFO)
+
+
+def test_file_records_answer_what_was_set_and_reads_are_recorded(cloud):
+    reg = register(cloud)
+    auth = {"Authorization": reg["access_key"]}
+    path = "/v1/devices/%s/files/fw-1" % reg["id"]
+    status, body = https(cloud, "GET", path, headers=auth)
+    assert status == 200 and body["url"] == "https://127.0.0.1/none"  # nothing set: placeholder
+    xyte_cloud.set_file(cloud["data"], "fw-1", "https://files.test/fw-1.bin", "ef" * 32)
+    status, body = https(cloud, "GET", path, headers=auth)
+    assert status == 200
+    assert (body["url"], body["checksum"]) == ("https://files.test/fw-1.bin", "ef" * 32)
+    assert https(cloud, "GET", path, headers={"Authorization": "wrong"})[0] == 401
+    assert [e["body"] for e in xyte_cloud.events(cloud["data"], "file")] == ["fw-1", "fw-1"]
+    assert https(cloud, "GET", "/bundles/fw-1.bin")[0] == 404
+    assert [e["body"] for e in xyte_cloud.events(cloud["data"], "bundle")] == ["fw-1.bin"]

@@ -182,3 +182,38 @@ def _session(rig):
     # the access keys never reached the log
     keys = [k for (k,) in xyte_cloud.db(data).execute("select access_key from device")]
     assert not [k for k in keys + [rig.cloud["hardware_key"]] if k in log]
+
+
+def test_xyte_firmware_message_hands_the_file_record_to_the_updater(tmp_path):
+    """With an OTA key configured the app gives the adapter an updater: a firmware message
+    makes the device read files/<id> from the hub and start the updater on the record's URL
+    (the local cloud records the download; it serves no bundle, so the update fails and the
+    app runs on). A record without an https URL is only logged."""
+    rig = Rig(str(tmp_path))
+    try:
+        data = rig.data
+        path = os.path.join(rig.device, "config.json")
+        cfg = json.load(open(path))
+        cfg["ota"] = {"public_key": "11" * 32}
+        json.dump(cfg, open(path, "w"))
+        hub = rig.cloud["device_cloud"]["registration_url"].rstrip("/")
+        xyte_cloud.set_file(data, "fw-8", "http://127.0.0.1/plain.bin", "ab" * 32)
+        xyte_cloud.set_file(data, "fw-9", hub + "/bundles/fw-9.bin", "cd" * 32)
+        rig.start()
+        wait_for("session up", lambda: xyte_cloud.events(data, "get"))
+        xyte_cloud.set_firmware(data, "1.9.0", "fw-8")
+        wait_for("plain http refused", lambda: "without an https url" in rig.log())
+        assert xyte_cloud.events(data, "bundle") == []
+        xyte_cloud.set_firmware(data, "2.0.0", "fw-9")
+        wait_for("the bundle download", lambda: xyte_cloud.events(data, "bundle"))
+        wait_for("the update given up", lambda: "update 2.0.0 failed" in rig.log())
+        n = len(rig.rows())
+        wait_for("telemetry after the failed update", lambda: len(rig.rows()) > n)
+        assert rig.fw.poll() is None
+        log = rig.log()
+    finally:
+        rig.stop()
+    assert [e["body"] for e in xyte_cloud.events(data, "file")] == ["fw-8", "fw-9"]
+    assert [e["body"] for e in xyte_cloud.events(data, "bundle")] == ["fw-9.bin"]
+    assert "firmware 2.0.0 available (file fw-9)" in log
+    assert "crashed" not in log and "Traceback" not in log
