@@ -28,7 +28,8 @@ Commands: a pending command is answered `in_progress` at once; a command for an 
 (`parameters.command` = command id, or name `set_<id>` / `<id>`, value in `parameters.value`)
 goes to the app's desired-state path (applied once, persisted), whose report record becomes
 `done` (applied) or `error` (rejected / stale) with a message. `send_dump` uploads the recent
-log over HTTPS; `update_firmware` is handed to `firmware_available()`. Other names: `error`.
+log over HTTPS; `update_firmware` {url, version} starts the OTA updater (`error` without one
+or without an https url). Other names: `error`.
 
 Config: known keys are applied (`enabled_sensors`: list of sensor ids the sampler reads,
 `log_level`: debug|info|warn|error), every field is kept, and the config is echoed on
@@ -548,13 +549,29 @@ class Xyte:
             self._jobs.append(self._dump(cid, update))
         elif name == "update_firmware":
             params = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
-            self.firmware_available(params.get("version"), params.get("file_id"))
-            self.answer(update, {"id": cid, "status": "error",
-                                 "message": "OTA is not in this build; version noted"}, msg)
+            status, text = self._update_command(params)
+            self.answer(update, {"id": cid, "status": status, "message": text}, msg)
         else:
             log.warn(_TAG, "command %s: unknown name %r", cid, name)
             self.answer(update, {"id": cid, "status": "error",
                                  "message": "unknown command %s" % name}, msg)
+
+    # update_firmware carries {url, version} (xyte-mqtt.txt); the bundle's own signature
+    # decides, so no checksum is needed. -> (final status, message) for commands/update.
+    def _update_command(self, params):
+        version = params.get("version") if isinstance(params.get("version"), str) else None
+        url, file_id = params.get("url"), params.get("file_id")
+        if self.ota is None:
+            self.firmware_available(version, file_id)
+            return "error", "OTA is off on this device (no ota.public_key); version noted"
+        if isinstance(url, str) and url.startswith("https://"):
+            if self.ota.start(url, version):
+                return "done", "update to %s started" % version
+            return "error", "update to %s not started; see the device log" % version
+        if version and file_id:
+            self.firmware_available(version, file_id)
+            return "done", "file %s goes to the updater" % file_id
+        return "error", "update_firmware needs an https url"
 
     def _remember(self, cid):
         self.done.append(cid)

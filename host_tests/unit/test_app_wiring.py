@@ -6,7 +6,7 @@ Scripted clouds step the tasks one send at a time: bounded step counts, no timed
 import asyncio
 
 from test_realer_https import FakeHttp, FakeResp
-from test_xyte import DEV, message, registered
+from test_xyte import DEV, message, registered, sent
 
 import support
 from firmware import app as app_mod
@@ -402,6 +402,44 @@ def test_xyte_firmware_without_updater_or_when_current_fetches_nothing():
         assert http.calls == [] and updater.started == [], (version, ota, lines)
         assert cloud.latest_fw == (version, file_id)
         support.rmtree(root)
+
+
+def _update_command(params, ota=True, start_ok=True):
+    cloud, root = registered()
+    cloud.http = FakeHttp([])
+    updater = _Updater()
+    if not start_ok:
+        updater.start = lambda url, version, sha256=None: updater.started.append(
+            (url, version, sha256)) and False
+    if ota:
+        cloud.ota = updater
+    (_, lines) = _quiet(lambda: cloud._on_message(message("commands", {
+        "id": "c-fw", "status": "pending", "name": "update_firmware", "parameters": params})))
+    answers = [(b["status"], b.get("message")) for _, b, _ in sent(cloud)]
+    support.rmtree(root)
+    return updater.started, answers, lines
+
+
+def test_xyte_update_firmware_command_starts_the_updater_with_its_url():
+    # the spec's command: parameters {url, version}
+    started, answers, lines = _update_command({"url": "https://s3.example/fw-1.3.4.zip",
+                                               "version": "1.3.4"})
+    assert started == [("https://s3.example/fw-1.3.4.zip", "1.3.4", None)], lines
+    assert [a[0] for a in answers] == ["in_progress", "done"], answers
+    assert "1.3.4" in answers[1][1]
+
+
+def test_xyte_update_firmware_command_that_cannot_start_is_an_error():
+    for params, ota, start_ok in (({"url": "https://s3.example/fw.zip", "version": "1.3.4"},
+                                   False, True),
+                                  ({"url": "http://s3.example/fw.zip", "version": "1.3.4"},
+                                   True, True),
+                                  ({"version": "1.3.4"}, True, True),
+                                  ({"url": "https://s3.example/fw.zip", "version": "1.3.4"},
+                                   True, False)):
+        started, answers, lines = _update_command(params, ota, start_ok)
+        assert [a[0] for a in answers] == ["in_progress", "error"], (params, ota, answers)
+        assert len(started) == (1 if not start_ok else 0), (params, started)
 
 
 # --- 5. make_cloud: what is not in the build is a ConfigError naming it -----------------------
