@@ -253,9 +253,15 @@ class App:
         self.trial = None
 
     async def shutdown(self, sup):
-        """An orderly stop (Ctrl-C on the host, a planned reset): end the tasks, then let
-        the adapter say goodbye (NUBISON logout, Xyte offline). Bounded by the adapter."""
-        sup.stop()
+        """An orderly stop (Ctrl-C on the host, a planned reset): end the app's tasks, let
+        the adapter say goodbye (NUBISON logout, Xyte offline), then end the rest. The
+        adapter's own tasks (a broker session) and Wi-Fi run on until close() returns: the
+        goodbye needs the live session. Bounded by the adapter."""
+        keep = [name for name, _ in self.cloud.background()] + ["wifi"]
+        for name in sup.names():
+            task = sup.info(name).task
+            if task is not None and name not in keep:
+                task.cancel()
         await asyncio.sleep_ms(0)
         close = getattr(self.cloud, "close", None)
         if close is not None:
@@ -263,6 +269,8 @@ class App:
                 await close()
             except Exception as e:
                 log.warn(_TAG, "close: %s", log.describe(e))
+        sup.stop()
+        await asyncio.sleep_ms(0)
 
     def _transport_status(self):
         mode = getattr(self.cloud, "mode", None)

@@ -217,3 +217,26 @@ def test_xyte_firmware_message_hands_the_file_record_to_the_updater(tmp_path):
     assert [e["body"] for e in xyte_cloud.events(data, "bundle")] == ["fw-9.bin"]
     assert "firmware 2.0.0 available (file fw-9)" in log
     assert "crashed" not in log and "Traceback" not in log
+
+
+def test_sigint_says_offline_and_stops(tmp_path):
+    """Ctrl-C on the host: main() stops the tasks and the adapter's close() publishes an
+    `offline` telemetry message before the session ends; the log says "stopped", exit 0."""
+    rig = Rig(str(tmp_path))
+    try:
+        rig.start()
+        wait_for("first telemetry", lambda: len(rig.rows()) >= 2)
+        rig.fw.send_signal(signal.SIGINT)
+        try:
+            code = rig.fw.wait(15)
+        except Exception:
+            raise AssertionError("firmware did not stop on SIGINT:\n" + rig.log()[-2000:])
+        # the broker hands the last publish to the server side asynchronously
+        wait_for("offline telemetry", lambda: [r for r in rig.rows()
+                                               if r["status"] == "offline"], 5)
+        log = rig.log()
+    finally:
+        rig.stop()
+    assert code == 0, log[-2000:]
+    assert re.search(r" app: stopped", log) and "Traceback" not in log, log[-2000:]
+    assert xyte_cloud.events(rig.data, "violation") == []

@@ -243,13 +243,28 @@ def test_uplink_sends_at_once_when_wifi_is_already_up_or_absent():
 # --- 3. shutdown: tasks end, the adapter's close() is awaited ----------------------------------
 
 class _Closing(_Scripted):
+    """An adapter with a session task (a broker connection) and a close() that needs it."""
+
     def __init__(self, fail=False):
         super().__init__([])
         self.fail = fail
         self.close_steps: list = []
+        self.session_alive = False
+        self.ended: list = []
+
+    def background(self):
+        return [("session", self.session)]
+
+    async def session(self):
+        self.session_alive = True
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.session_alive = False
 
     async def close(self):
-        self.close_steps.append("begin")
+        # the goodbye goes out on the live session, after the app's tasks have ended
+        self.close_steps.append(("begin", self.session_alive, list(self.ended)))
         await asyncio.sleep_ms(1)  # a real logout awaits the network
         if self.fail:
             raise OSError(104)
@@ -266,13 +281,18 @@ def _shutdown_run(cloud):
         finally:
             ended.append("worker")
 
+    if isinstance(cloud, _Closing):
+        cloud.ended = ended
     sup = Supervisor()
     sup.add("uplink", a.uplink)
     sup.add("worker", forever)
+    for name, factory in cloud.background():
+        sup.add(name, factory)
 
     async def go():
         runner = asyncio.create_task(sup.run_forever())
-        await _until(lambda: sup.info("uplink").runs and sup.info("worker").runs, "start")
+        await _until(lambda: sup.info("uplink").runs and sup.info("worker").runs and
+                     (not isinstance(cloud, _Closing) or cloud.session_alive), "start")
         # like main(): the orderly stop runs outside the supervised tasks
         await a.shutdown(sup)
         await _until(runner.done, "the supervisor stopped")
@@ -286,8 +306,9 @@ def _shutdown_run(cloud):
 def test_shutdown_stops_the_tasks_and_awaits_close():
     cloud = _Closing()
     sup, ended, lines = _shutdown_run(cloud)
-    assert cloud.close_steps == ["begin", "end"], lines
-    assert ended == ["worker"]
+    assert cloud.close_steps == [("begin", True, ["worker"]), "end"], lines
+    assert ended == ["worker"] and not cloud.session_alive  # and the session ended after
+    assert sup.info("session").task is None
     assert sup.info("uplink").task is None and sup.info("worker").task is None
     assert cloud.calls == 0  # the gated send never ran: cancelled while waiting
 
@@ -295,7 +316,8 @@ def test_shutdown_stops_the_tasks_and_awaits_close():
 def test_a_failing_close_is_logged_not_raised():
     cloud = _Closing(fail=True)
     sup, ended, lines = _shutdown_run(cloud)
-    assert cloud.close_steps == ["begin"] and ended == ["worker"]
+    assert cloud.close_steps == [("begin", True, ["worker"])] and ended == ["worker"]
+    assert not cloud.session_alive
     assert any("close:" in x and "104" in x for x in lines), lines
 
 
