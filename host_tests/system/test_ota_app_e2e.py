@@ -31,6 +31,11 @@ ROOT = run_local.ROOT
 SHIMS = os.path.join(ROOT, "host_tests", "shims")
 DRIVER = os.path.join(ROOT, "host_tests", "system", "mp", "app_power_on.py")
 RESET_EXIT = 77  # app_power_on.py: machine.reset()
+# A bounded heap, so the update's peak (a second TLS session for the download beside the
+# app's, then Ed25519 and the unpack) must fit beside the running app: passes at 224K, fails
+# at 192K (MemoryError, the update never completes) on the unix port. OTA_APP_HEAP=... tries
+# another size ("" = the port's default).
+HEAP = os.environ.get("OTA_APP_HEAP", "256K")
 BROKEN = 'raise RuntimeError("3.0 is broken at import")\n'
 
 
@@ -50,22 +55,27 @@ def firmware_copy(dest):
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
-def build_bundle(tmp, version, key, mpy_cross, app_prefix=""):
-    """The real firmware/ as .mpy, with a line in the package's __init__ that says which
-    version runs (printed when the slot's package is imported)."""
-    src = os.path.join(tmp, "src-" + version)
+def compiled_firmware(tmp, version, mpy_cross, app_prefix=""):
+    """[(path, bytes)]: the real firmware/ as .mpy; a bundle's package prints its version
+    when imported (from the slot), the factory's (version None) stays as it is."""
+    src = os.path.join(tmp, "src-%s" % version)
     firmware_copy(os.path.join(src, "firmware"))
-    with open(os.path.join(src, "firmware", "__init__.py"), "a") as f:
-        f.write("\nprint('firmware package %s')\n" % version)
+    if version is not None:
+        with open(os.path.join(src, "firmware", "__init__.py"), "a") as f:
+            f.write("\nprint('firmware package %s')\n" % version)
     if app_prefix:
         app = os.path.join(src, "firmware", "app.py")
         with open(app) as f:
             body = f.read()
         with open(app, "w") as f:
             f.write(app_prefix + body)
-    files = ota_tool.collect([os.path.join(src, "firmware")], root=src, compile_py=True,
-                             march=None, mpy_cross=mpy_cross)
-    return ota_tool.build_bundle(files, version, key)
+    return ota_tool.collect([os.path.join(src, "firmware")], root=src, compile_py=True,
+                            march=None, mpy_cross=mpy_cross)
+
+
+def build_bundle(tmp, version, key, mpy_cross, app_prefix=""):
+    return ota_tool.build_bundle(compiled_firmware(tmp, version, mpy_cross, app_prefix),
+                                 version, key)
 
 
 class Files(BaseHTTPRequestHandler):
@@ -97,11 +107,14 @@ class Board:
     """A data root flashed with the real firmware (factory app), boot.py and main.py, the
     Realer demo device's config plus `ota`."""
 
-    def __init__(self, tmp, cloud, api_url, ota):
+    def __init__(self, tmp, cloud, api_url, ota, factory):
         self.tmp = tmp
         self.root = os.path.join(tmp, "board")
         run_local.write_device(self.root, cloud, api_url=api_url)
-        firmware_copy(os.path.join(self.root, "firmware"))
+        for rel, data in factory:  # the factory app as a deploy writes it (.mpy)
+            os.makedirs(os.path.dirname(os.path.join(self.root, rel)), exist_ok=True)
+            with open(os.path.join(self.root, rel), "wb") as f:
+                f.write(data)
         for name in ("boot.py", "main.py"):
             shutil.copy(os.path.join(ROOT, name), self.root)
         path = os.path.join(self.root, "config.json")
@@ -127,7 +140,9 @@ class Board:
         self.log_file = open(self.log_path, "wb")
         env = dict(os.environ, FIRMWARE_ROOT=self.root, MICROPYPATH=":".join(
             [self.root, SHIMS, os.path.join(ROOT, "lib"), ".frozen"]))
-        self.proc = subprocess.Popen([run_local.MICROPYTHON, DRIVER], cwd=self.root, env=env,
+        heap = ["-X", "heapsize=" + HEAP] if HEAP else []
+        self.proc = subprocess.Popen([run_local.MICROPYTHON] + heap + [DRIVER], cwd=self.root,
+                                     env=env,
                                      stdout=self.log_file, stderr=subprocess.STDOUT,
                                      preexec_fn=run_local._default_sigint)
         return time.time()
@@ -195,7 +210,8 @@ def world(tmp_path_factory):
     base = "https://127.0.0.1:%d" % server.server_address[1]
     ota = {"manifest_url": base + "/manifest.json", "interval_s": 60,
            "public_key": ota_tool.public_key_bytes(key).hex()}
-    board = Board(tmp, cloud, "https://127.0.0.1:%d" % pport, ota)
+    board = Board(tmp, cloud, "https://127.0.0.1:%d" % pport, ota,
+                  compiled_firmware(tmp, None, mpy_cross))
     w = {"cloud_dir": cloud_dir, "proxy": proxy, "files": files, "bundles": bundles,
          "board": board, "rows": lambda: realer_cloud.feed_rows(cloud_dir)}
 
