@@ -33,6 +33,7 @@ _TAG = "app"
 _UPLINK_BASE_MS = const(1000)
 _UPLINK_CAP_MS = const(120000)
 _IDLE_WAKE_MS = const(30000)
+_CLOSE_TIMEOUT_S = const(10)
 _SENSOR_RETRY_MS = const(1000)  # first retry of a failing sensor, doubling from there
 _SENSOR_RETRY_MIN_MS = const(100)
 
@@ -256,7 +257,7 @@ class App:
         """An orderly stop (Ctrl-C on the host, a planned reset): end the app's tasks, let
         the adapter say goodbye (NUBISON logout, Xyte offline), then end the rest. The
         adapter's own tasks (a broker session) and Wi-Fi run on until close() returns: the
-        goodbye needs the live session. Bounded by the adapter."""
+        goodbye needs the live session. close() gets at most 10 s."""
         keep = [name for name, _ in self.cloud.background()] + ["wifi"]
         for name in sup.names():
             task = sup.info(name).task
@@ -265,9 +266,9 @@ class App:
         await asyncio.sleep_ms(0)
         close = getattr(self.cloud, "close", None)
         if close is not None:
-            try:
-                await close()
-            except Exception as e:
+            try:  # a goodbye is not worth a hung Ctrl-C (a QoS 1 PUBACK may never come)
+                await asyncio.wait_for(close(), _CLOSE_TIMEOUT_S)
+            except Exception as e:  # asyncio.TimeoutError included
                 log.warn(_TAG, "close: %s", log.describe(e))
         sup.stop()
         await asyncio.sleep_ms(0)
