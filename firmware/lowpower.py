@@ -158,6 +158,8 @@ def run_once(app, budget_s=None, sleep_s=None, rtc=None, deepsleep=None):
     except Exception as e:  # a failed cycle still sleeps: the next wake tries again
         log.exc(_TAG, "cycle failed", e)
         drained = False
+    if getattr(app, "trial", None) is not None and app.delivered:
+        app.confirm_update()  # the health task may not tick within a short wake
     if use_net or drained:
         state["fail"] = 0 if drained else state["fail"] + 1
     save_state(state, rtc)

@@ -201,3 +201,22 @@ def test_default_deepsleep_is_machine_deepsleep():
         assert 1000 <= machine.deepsleep_calls[-1] <= 30000
     finally:
         support.rmtree(root)
+
+
+def _wake_with_trial(root, cloud):
+    app = _app(root, cloud)
+    calls = []
+    app.trial = "2.0"  # what build() finds when boot.py started a slot on trial
+    app.confirm_update = lambda: calls.append(app.trial)
+    _quiet(lambda: lowpower.run_once(app, budget_s=0.2, rtc=_fresh_rtc(),
+                                     deepsleep=lambda ms: None))
+    return calls
+
+
+def test_a_wake_that_delivered_confirms_an_ota_trial():
+    root = support.tmpdir("lp")
+    try:
+        assert _wake_with_trial(root, _Cloud(offline=True)) == []  # nothing accepted yet
+        assert _wake_with_trial(root, _Cloud()) == ["2.0"]
+    finally:
+        support.rmtree(root)
