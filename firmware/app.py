@@ -6,7 +6,11 @@ Tasks (DESIGN.md "The loop"), each restarted by the supervisor if it crashes:
 - downlink  polls the command catalog and applies new desired values (firmware/desired.py)
 - auth      renews the token before `renew_after`
 - local     reports physical input changes without desired_id
-- health    one status line with the heap every `intervals.status_s` (what `make run` shows)
+- health    feeds the watchdog while the loop progresses, confirms an OTA update on trial
+            after the first accepted delivery, one status line every `intervals.status_s`
+- wifi      (on the board) keeps the station up; senders wait for it
+- ota       (with `ota.manifest_url`) polls the update manifest
+plus the adapter's own tasks (a broker or WebSocket session) and the board's (switches).
 """
 import gc
 
@@ -54,6 +58,7 @@ class App:
         self.applied = 0
         self.sensor_errors = 0
         self.wifi = None  # firmware.wifi.Wifi, made by main() or supervisor()
+        self.watchdog = None  # firmware.watchdog.Watchdog, made by supervisor()
         self.ota = None  # firmware.ota.updater.Updater when config `ota` has a public key
         self.trial = None  # the update on trial this boot, confirmed after a delivery
 
@@ -206,7 +211,7 @@ class App:
         from firmware import safemode
 
         every_ms = int(self.cfg.get("intervals.status_s") * 1000)
-        dog = getattr(self, "watchdog", None)
+        dog = self.watchdog
         step_ms = dog.feed_every_ms(every_ms) if dog is not None else every_ms
         if dog is not None:
             dog.start()
@@ -230,7 +235,7 @@ class App:
             status = clock.Deadline(every_ms)
             gc.collect()
             st = self.outbox.stats()
-            wifi = getattr(self, "wifi", None)
+            wifi = self.wifi
             log.info("status", "readings=%d delivered=%d pending=%d dead=%d applied=%d "
                      "renewals=%d%s%s free=%d", self.readings, self.delivered,
                      self.outbox.pending_count(), st.get("dead", 0), self.applied,
