@@ -12,3 +12,23 @@ class SendResult:
         self.dead: list = []
         self.wait_ms = 0
         self.failed = False
+
+
+def shape(raw, parsed):
+    """A short, secret-free description of an answer that is not the documented one, for
+    the warning that keeps its record: JSON by shape only (key names, never values), anything
+    else by size and a printable 40-character excerpt (a captive portal's HTML says who
+    answered). The log's redaction still applies on top."""
+    if isinstance(parsed, dict):
+        keys = sorted(k for k in parsed if isinstance(k, str))
+        return "JSON object {%s%s}" % (", ".join(keys[:5]), ", ..." if len(keys) > 5 else "")
+    if isinstance(parsed, list):
+        return "JSON list of %d" % len(parsed)
+    if parsed is not None:
+        return "JSON %s" % type(parsed).__name__
+    if isinstance(raw, str):
+        raw = raw.encode()
+    if not isinstance(raw, (bytes, bytearray)) or not raw:
+        return "empty body"
+    head = "".join(chr(b) if 32 <= b < 127 else "." for b in bytes(raw[:40]))
+    return "not JSON, %d bytes: %r" % (len(raw), head)

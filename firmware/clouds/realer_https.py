@@ -3,7 +3,10 @@
 What each answer means for an outbox record (realer-https.txt runtime table, read tolerantly
 as specs/README.md says: `code` may be absent, `error` may be an object or a string):
 
-- 2xx with `code` 2000, or `status` created / idempotent  -> delivered
+- 2xx whose JSON object says `status` created / idempotent (with `code` 2000 or no code,
+  no `error`) -> delivered. Nothing else is Realer's acceptance: a 2xx with an HTML page (a
+  captive portal, a proxy), a JSON list, an empty body, `code` 2000 without a status, a
+  batch item carrying only its `message_id` -> kept, with one warning naming what came back
 - 409 message_conflict, 422 validation_failed, 413 (one record), 415, 400 -> dead letter:
   the record itself can never be accepted, retrying it would block the queue forever
 - 401 -> new token, then the same request once more with the same message_id
@@ -11,8 +14,9 @@ as specs/README.md says: `code` may be absent, `error` may be an object or a str
 - 429 -> keep, wait at least Retry-After; 5xx, timeout, network -> keep, back off with jitter
 
 Batches (`feed-data/batches`) carry up to `batch_max` records; the per-item result shape is
-not documented, so each item is read like a single answer (`status`, `code`, `error`) and an
-item without a readable result stays pending. Command catalog entries with a `desired_id`
+not documented, so each item is read like a single answer (`status`, `code`, `error`,
+`http_status`) and an item without a created / idempotent status stays pending
+(docs/realer.md "Acceptance"). Command catalog entries with a `desired_id`
 are desired state; the downlink hands them to `on_desired` and firmware/desired.py decides
 whether they are new.
 """
@@ -21,7 +25,7 @@ import asyncio
 from micropython import const
 
 from firmware import clock, log
-from firmware.clouds import SendResult
+from firmware.clouds import SendResult, shape
 from firmware.net import http
 
 _TAG = "realer"
@@ -32,6 +36,7 @@ _BLOCKED_WAIT_MS = const(300000)
 _OK = "ok"
 _DEAD = "dead"
 _KEEP = "keep"
+_NO_ANSWER = "no created/idempotent status"  # a 2xx that is not Realer's acceptance
 
 
 class RealerError(Exception):
@@ -67,23 +72,23 @@ def record_body(rec):
 
 
 def verdict(status, body):
-    """(`ok` | `dead` | `keep`, reason) for one feed-data answer or batch item."""
+    """(`ok` | `dead` | `keep`, reason) for one feed-data answer or batch item. Only a 2xx
+    JSON object with `status` created / idempotent is acceptance (`code` may be absent)."""
     if isinstance(body, dict):
         item_status = body.get("status")
-        if item_status in ("created", "idempotent"):
-            return _OK, item_status
         if item_status == "error" or body.get("error") is not None:
             etype = error_type(body) or "error"
             if etype in ("message_conflict", "validation_failed", "payload_too_large",
                          "unsupported_media_type"):
                 return _DEAD, etype
             return _KEEP, etype
-        if 200 <= status < 300 and body.get("code", 2000) == 2000:
-            return _OK, "code 2000"
-    elif 200 <= status < 300:
-        return _OK, "http %d" % status
+        if 200 <= status < 300 and item_status in ("created", "idempotent") and \
+                body.get("code", 2000) in (2000, "2000"):
+            return _OK, item_status
     if status in _PERMANENT:
         return _DEAD, error_type(body) or "http %d" % status
+    if 200 <= status < 300:
+        return _KEEP, _NO_ANSWER
     return _KEEP, error_type(body) or "http %d" % status
 
 
@@ -167,7 +172,10 @@ class RealerHttps:
         if len(records) == 1:
             rec = records[0]
             resp = await self._call("POST", self._url("feed-data"), json=record_body(rec))
-            self._judge(result, rec, resp.status, _json(resp), resp)
+            body = _json(resp)
+            if self._judge(result, rec, resp.status, body, resp):
+                log.warn(_TAG, "feed-data answered %d with %s: not an acceptance, %s kept",
+                         resp.status, shape(resp.body, body), rec.message_id)
             return result
         items = [record_body(r) for r in records]
         resp = await self._call("POST", self._url("feed-data/batches"), json={"items": items})
@@ -176,20 +184,36 @@ class RealerHttps:
         if not (200 <= resp.status < 300) or not isinstance(results, list):
             if resp.status == 413:  # too big as a batch: the next attempt goes one by one
                 self.batch_max = max(1, len(records) // 2)
+            if 200 <= resp.status < 300:
+                log.warn(_TAG, "batch answered %d with %s: not an acceptance, %d records "
+                         "kept", resp.status, shape(resp.body, body), len(records))
             self._blocked_or_retry(result, resp.status, body, resp)
             return result
         by_id = {}
         for item in results:
             if isinstance(item, dict) and isinstance(item.get("message_id"), str):
                 by_id[item["message_id"]] = item
+        unanswered = []
         for rec in records:
             item = by_id.get(rec.message_id)
             if item is None:
                 result.failed = True  # no answer for this one: it stays pending
+                unanswered.append((rec.message_id, None))
                 continue
-            self._judge(result, rec, item.get("http_status", 200), item, None)
+            status = item.get("http_status", 200)
+            if isinstance(status, bool) or not isinstance(status, int):
+                status = 200  # unreadable: the item's own status and error decide
+            if self._judge(result, rec, status, item, None):
+                unanswered.append((rec.message_id, item))
+        if unanswered:  # one line for the whole batch, naming the first odd item
+            mid, item = unanswered[0]
+            log.warn(_TAG, "batch answered %d: %d of %d items without created/idempotent "
+                     "(%s: %s); kept", resp.status, len(unanswered), len(records), mid,
+                     "no result" if item is None else shape(None, item))
         return result
 
+    # Sorts one answer into the result; True when it was a 2xx without acceptance (the
+    # caller warns once, naming what came back).
     def _judge(self, result, rec, status, body, resp):
         what, reason = verdict(status, body)
         if what == _OK:
@@ -199,6 +223,7 @@ class RealerHttps:
             result.dead.append((rec.message_id, reason))
         else:
             self._blocked_or_retry(result, status, body, resp)
+        return reason == _NO_ANSWER
 
     def _blocked_or_retry(self, result, status, body, resp):
         result.failed = True

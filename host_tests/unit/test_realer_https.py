@@ -1,4 +1,7 @@
+import json
+
 import support
+from firmware import log
 from firmware.clouds import realer_https as rh
 from firmware.outbox import Record
 
@@ -27,8 +30,13 @@ def test_verdicts_follow_the_runtime_table():
     cases = [
         (201, {"code": 2000, "status": "created"}, ok),
         (200, {"code": 2000, "status": "idempotent"}, ok),
-        (200, {"code": 2000}, ok),
-        (204, None, ok),
+        (201, {"status": "created"}, ok),  # code may be absent
+        (200, {"code": "2000", "status": "idempotent"}, ok),
+        (200, {"code": 2000}, keep),  # no status: not the documented success
+        (204, None, keep),
+        (200, [{"status": "created"}], keep),
+        (201, {"status": "created", "code": 4000}, keep),
+        (503, {"status": "created"}, keep),
         (409, {"code": 4009, "error": {"type": "message_conflict"}}, dead),
         (422, {"error": "validation_failed"}, dead),  # error as a plain string
         (413, {"code": 4013, "error": {"type": "payload_too_large"}}, dead),
@@ -59,6 +67,8 @@ class FakeResp:
     def json(self):
         if isinstance(self.body, Exception):
             raise self.body
+        if isinstance(self.body, (bytes, str)):
+            return json.loads(self.body)  # ValueError on HTML or empty, like http.Response
         return self.body
 
     def retry_after_ms(self):
@@ -130,3 +140,58 @@ def test_refused_client_is_a_named_error():
     http = FakeHttp([FakeResp(401, {"error": {"type": "unauthorized"}})])
     e = support.raises(rh.RealerError, support.run, rh.RealerHttps(Cfg(), http).authenticate())
     assert "401" in str(e)
+
+
+HTML = b"<!DOCTYPE html><html><head><title>Hotel Wi-Fi login</title></head></html>"
+
+
+def _logged(coro):
+    """(what the coroutine returned, the log lines it wrote)."""
+    lines: list = []
+    log.set_sink(lines.append)
+    try:
+        return support.run(coro), lines
+    finally:
+        log.set_sink(None)
+
+
+def test_a_2xx_that_is_not_the_documented_success_keeps_the_record_with_one_warning():
+    # a captive portal's page, a JSON list, an empty body, code 2000 without a status
+    for answer, seen in ((FakeResp(200, HTML), "<!DOCTYPE html><html>"),
+                         (FakeResp(200, b"[]"), "JSON list"),
+                         (FakeResp(201, b""), "empty body"),
+                         (FakeResp(200, {"code": 2000, "message_id": "1-1"}), "message_id")):
+        rec = Record("1-1", "sensor", 7, "5", 1777025700)
+        cloud = rh.RealerHttps(Cfg(), FakeHttp([_token(), answer]))
+        res, lines = _logged(cloud.send([rec]))
+        assert res.ok == [] and res.dead == [] and res.failed, seen
+        warns = [line for line in lines if " W realer: " in line]
+        assert len(warns) == 1 and seen in warns[0] and str(answer.status) in warns[0], lines
+        assert "s3cret" not in warns[0] and "tok-1" not in warns[0]
+
+
+def test_a_batch_item_without_a_status_keeps_its_record():
+    recs = [Record("1-%d" % i, "sensor", 7, str(i), 1777025700) for i in range(4)]
+    answers = [_token(), FakeResp(200, {"code": 2000, "results": [
+        {"message_id": "1-0", "status": "created"},
+        {"message_id": "1-1"},  # only the id: not an answer
+        {"message_id": "1-2", "http_status": 201, "code": 2000},  # no status either
+        {"message_id": "1-3", "status": "idempotent"}]})]
+    cloud = rh.RealerHttps(Cfg(), FakeHttp(answers))
+    res, lines = _logged(cloud.send(recs))
+    assert res.ok == ["1-0", "1-3"] and res.dead == [] and res.failed
+    warns = [line for line in lines if " W realer: " in line]
+    assert len(warns) == 1 and "2 of 4" in warns[0] and "1-1" in warns[0], lines
+
+
+def test_a_batch_answer_that_is_not_a_results_object_keeps_every_record():
+    recs = [Record("1-%d" % i, "sensor", 7, str(i), 1777025700) for i in range(3)]
+    for answer, seen in ((FakeResp(200, HTML), "not JSON"),
+                         (FakeResp(200, b'[{"message_id": "1-0", "status": "created"}]'),
+                          "JSON list"),
+                         (FakeResp(200, b""), "empty body")):
+        cloud = rh.RealerHttps(Cfg(), FakeHttp([_token(), answer]))
+        res, lines = _logged(cloud.send(recs))
+        assert res.ok == [] and res.dead == [] and res.failed, seen
+        warns = [line for line in lines if " W realer: " in line]
+        assert len(warns) == 1 and seen in warns[0], lines
