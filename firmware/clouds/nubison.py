@@ -15,7 +15,10 @@ Choices (specs/README.md rules; docs/nubison.md has the longer story):
 - data: POST /devices/data {accessToken, deviceKey, data}; `data` is one record
   {"message_id", "kind", "id", "value", "time"} (+ "desired_id", "report_status" on a
   desired report). The spec has no idempotency key: message_id inside data lets the server
-  de-duplicate; delivery is at-least-once. Any 2xx is delivered (the spec says 201).
+  de-duplicate; delivery is at-least-once. Acceptance is the spec's only success, 201,
+  with an empty body or a JSON object (its response content type is JSON); any other 2xx
+  (a captive portal's 200 page, a JSON list, a 200 with nothing) keeps the record, with a
+  warning naming what came back. Registration reads its answer the same way.
 - errors, by the `code` of a 400 (read tolerantly: any body, any type):
   ERROR401 auth_header_missing, ERROR402 device_key_missing, ERROR403 client_invalid ->
   the device is refused (hold everything, try again after a long wait);
@@ -33,7 +36,7 @@ import os
 from micropython import const
 
 from firmware import clock, log
-from firmware.clouds import SendResult
+from firmware.clouds import SendResult, shape
 from firmware.net import http
 
 _TAG = "nubison"
@@ -81,11 +84,14 @@ def error_code(body):
     return None
 
 
-def verdict(status, body):
-    """(what, reason) for one answer: what is ok | dead | keep | relogin | reregister |
-    held; reason names the error (`ERROR406 data_missing`, `http 503`)."""
+def verdict(status, body, raw=None):
+    """(what, reason) for one answer (`body` parsed, None when not JSON; `raw` the bytes):
+    what is ok | dead | keep | relogin | reregister | held; reason names the error
+    (`ERROR406 data_missing`, `http 503`) or, for a 2xx that is not 201, what came back."""
+    if status == 201 and (isinstance(body, dict) or (body is None and not raw)):
+        return _OK, "http 201"
     if 200 <= status < 300:
-        return _OK, "http %d" % status
+        return _KEEP, "http %d with %s, not the 201 that accepts" % (status, shape(raw, body))
     if status == 401:
         return _RELOGIN, "http 401 token_invalid"
     if status == 405:
@@ -235,7 +241,7 @@ class Nubison:
                 return 0
             self._set_token(tok)
             return 0
-        what, reason = verdict(resp.status, body)
+        what, reason = verdict(resp.status, body, resp.body)
         if what in (_HELD, _REREGISTER, _DEAD, _RELOGIN):  # every 4xx of login: config
             return self._hold("login " + reason)
         log.warn(_TAG, "login: %s; retrying later", reason)
@@ -260,7 +266,7 @@ class Nubison:
         resp = await self._post("/devices", {"deviceName": self.device_name,
                                              "modelName": self.model_name})
         body = _json(resp)
-        what, reason = verdict(resp.status, body)
+        what, reason = verdict(resp.status, body, resp.body)
         if what == _OK:
             self._save_registered(True)
             log.info(_TAG, "registered %s (model %s)", self.device_key, self.model_name)
@@ -320,7 +326,7 @@ class Nubison:
         fields = {"data": record_data(rec)}
         for attempt in (0, 1):
             resp = await self._post("/devices/data", fields)
-            what, reason = verdict(resp.status, _json(resp))
+            what, reason = verdict(resp.status, _json(resp), resp.body)
             if attempt or what not in (_RELOGIN, _REREGISTER):
                 break
             if what == _REREGISTER:

@@ -198,7 +198,7 @@ def test_no_desired_channel_poll_never_calls_back():
 
 def test_verdicts_name_every_documented_error():
     cases = [
-        (201, None, "ok", "http 201"), (200, "junk", "ok", "http 200"),
+        (201, None, "ok", "http 201"), (201, {"id": 1}, "ok", "http 201"),
         (400, {"code": "ERROR401", "message": "x"}, "held", "ERROR401 auth_header_missing"),
         (400, {"code": "ERROR402"}, "held", "ERROR402 device_key_missing"),
         (400, {"code": "ERROR403"}, "held", "ERROR403 client_invalid"),
@@ -335,4 +335,36 @@ def test_app_builds_the_adapter_from_a_validated_config():
     assert isinstance(cloud, nb.Nubison) and cloud.device_key == "PRD7_42"
     assert cloud.token_due() and cloud.enabled_sensors is None and cloud.renew_at is None
     assert cloud._state_path == root + "/nubison.json"
+    support.rmtree(root)
+
+
+def test_only_a_201_accepts_data_anything_else_keeps_the_record_with_a_warning():
+    # the spec's one success is 201 (no body, or JSON): a captive portal's page, a JSON
+    # list, a 200 with nothing, a 201 carrying HTML or a list are not the cloud's word
+    html = b"<html><head><title>Sign in to the guest network</title></head></html>"
+    for answer, seen in ((FakeResp(200, html), "not JSON"), (FakeResp(200, b"[1]"),
+                                                             "JSON list"),
+                         (FakeResp(200, b""), "empty body"), (FakeResp(204), "empty body"),
+                         (FakeResp(201, html), "<html>"), (FakeResp(201, b"[]"),
+                                                           "JSON list")):
+        root = support.tmpdir("nb")
+        _registered(root)
+        cloud, http, _ = _adapter([_login(), answer], root=root)
+        lines: list = []
+        log.set_sink(lines.append)
+        try:
+            res = support.run(cloud.send([_rec(1), _rec(2)]))
+        finally:
+            log.set_sink(None)
+        assert res.ok == [] and res.dead == [] and res.failed, seen
+        assert len(http.calls) == 2  # the next record waits too
+        warns = [line for line in lines if " W nubison: " in line]
+        assert len(warns) == 1 and seen in warns[0] and str(answer.status) in warns[0], lines
+        support.rmtree(root)
+
+
+def test_a_registration_answered_by_something_else_than_201_is_not_kept():
+    cloud, http, root = _adapter([_login(), FakeResp(200, b"<html>portal</html>")])
+    assert support.run(cloud.authenticate()) == 0
+    assert not cloud.registered and cloud.token_due()
     support.rmtree(root)
