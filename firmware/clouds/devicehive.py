@@ -31,7 +31,11 @@ Choices where the spec is silent or contradicts itself (docs/devicehive.md has t
   de-duplicate: delivery is at-least-once.
 - Timestamps are sent as DeviceHive writes them (`2026-04-24T10:15:00.000`, UTC, no zone);
   with or without `Z` is accepted on input.
-- An error answer with code 400/403/404/409/413/422 dead-letters the record; others keep it.
+- A record is delivered only on its own answer (same requestId, the action echoed when
+  present) with `status` "success" (docs/devicehive.md "Acceptance"). An error answer with
+  code 400/403/404/409/413/422 dead-letters the record; any other answer (no status, another
+  action) keeps it; a message that is not a JSON object answers nothing, so the record waits
+  out `ack_timeout_s` and stays pending.
 """
 import asyncio
 import json
@@ -217,11 +221,15 @@ class DeviceHive:
             resp = self._responses[rid]
         finally:
             self._responses.pop(rid, None)
-        if resp.get("status") != "success":
+        # acceptance is the documented answer only: this requestId, `status` "success", and
+        # the request's action echoed (when echoed at all); anything else keeps the record
+        if resp.get("status") != "success" or resp.get("action") not in (None, action):
             code = resp.get("code")
             if isinstance(code, bool) or not isinstance(code, int):
                 code = 0
-            raise DeviceHiveError(action, code, resp.get("error"))
+            raise DeviceHiveError(action, code, resp.get("error") or "answer with status %s"
+                                  " for %s" % (str(resp.get("status"))[:20],
+                                               str(resp.get("action"))[:40]))
         return resp
 
     async def call(self, action, body=None):

@@ -490,3 +490,32 @@ def test_time_helpers():
         assert dh.parse_time(bad) is None
     assert dh.command_value({"value": 3}) == 3 and dh.command_value(5) == 5
     assert dh.command_value({"other": 1}) is None
+
+
+def test_only_a_success_answer_to_the_request_delivers_its_record():
+    # a proxy's HTML page, a JSON list, an empty message, an answer without status, a
+    # "success" for another action: none of them is DeviceHive's acceptance
+    bad = [lambda m: "<html><body>502 Bad Gateway</body></html>", lambda m: "[1, 2]",
+           lambda m: "", lambda m: {"action": m["action"], "requestId": m["requestId"]},
+           lambda m: {"action": "command/update", "requestId": m["requestId"],
+                      "status": "success"}]
+    for make in bad:
+        cloud, peer, connector = adapter(cfg=make_cfg(ack_timeout_s=0.2))
+        res = run_session(cloud, _send_one_answered_by(connector, make))
+        if isinstance(res, conn.NetError):
+            continue  # no answer at all: send raised, the uplink keeps the records
+        assert res.ok == [] and res.dead == [] and res.failed, make({"action": "a",
+                                                                       "requestId": "r"})
+
+
+def _send_one_answered_by(connector, make):
+    async def body(c):
+        sock = connector.sockets[0]
+        real = sock.peer
+        sock.peer = lambda m: [make(m)] if m.get("action") == "notification/insert" \
+            else real(m)
+        try:
+            return await c.send([Record("1-1", "sensor", 7, "1", NOW)])
+        except conn.NetError as e:
+            return e
+    return body
