@@ -3,7 +3,12 @@
 Owns the device's Xyte identity and every Xyte message:
 
 - Registration, once: `POST {registration_url}/v1/devices` with hardware_key, sn,
-  firmware_version, mac (and name). `id`, `access_key` and the hub URLs are kept in
+  firmware_version, mac (and name). `authenticate()` is the one registrar (the app's auth
+  task and the session both ask it): one POST at a time, and after a refusal none before
+  its deadline: `register_retry_s` (default 60), doubling per refusal in a row up to 15 min
+  (the spec: retry slowly, minutes); a 429 waits at least its Retry-After and the plan's
+  30 s rate window; a network error 5 s. Only a 200/201 JSON object with string `id` and
+  `access_key` is a registration. `id`, `access_key` and the hub URLs are kept in
   `xyte.json` in the data root (write-temp-then-rename), with a digest of registration_url,
 hardware_key and serial number (a config naming another cloud or device registers again);
 access_key is a log secret. A 401 from
@@ -39,11 +44,12 @@ config/update with its version. Licenses: add/update -> `inuse`, remove -> `remo
 import asyncio
 import json
 import os
+from time import ticks_add, ticks_diff, ticks_ms
 
 from micropython import const
 
 from firmware import clock, log
-from firmware.clouds import SendResult
+from firmware.clouds import SendResult, shape
 from firmware.net import conn, mqtt
 
 _TAG = "xyte"
@@ -53,6 +59,9 @@ _RENEW_CHECK_MS = const(60000)  # the app's auth task looks again this often
 _RECHECK_MS = const(1000)
 _MAX_DONE = const(8)
 _DEAD_CODES = (0x90, 0x95, 0x99)  # topic, size, payload format: never accepted
+_REG_RATE_MS = const(30000)  # a 429 means the plan's rate per 30 s was exceeded
+_REG_NET_MS = const(5000)  # registration did not reach the cloud: try again soon
+_REG_CAP_MS = const(900000)  # refusals in a row double the pause up to 15 min
 MQTT = "mqtt"
 _ring: list = [None]
 
@@ -130,7 +139,7 @@ def command_target(cmd):
 
 
 class Xyte:
-    def __init__(self, cfg, http_client=None):
+    def __init__(self, cfg, http_client=None, ticks=None):
         cloud = cfg.get("cloud", {})
         self.root = cfg.root if hasattr(cfg, "root") else ""
         self.ca_file = cfg.ca_path
@@ -165,6 +174,9 @@ class Xyte:
         self._out: list = []  # (topic, body, props) answers waiting for the session
         self._out_lock = asyncio.Lock()
         self._reg_lock = asyncio.Lock()
+        self._ticks = ticks or ticks_ms  # injectable monotonic clock (tests)
+        self._reg_at = None  # ticks before which no registration is attempted
+        self._refusals = 0  # registration refusals in a row
         self._jobs: list = []  # coroutines run by the session task (dumps)
         self._wake = asyncio.Event()
         if _ring[0] is None:  # one per process: every adapter object shares it
@@ -239,12 +251,32 @@ class Xyte:
         return self.http
 
     async def authenticate(self, force=False):
-        """Register (only when no registration is kept). Returns the wait before the next
-        try: 0 after success, `register_retry_s` after a refusal (the spec: retry slowly)."""
+        """The one registrar (only when no registration is kept). Returns the wait before
+        the next try: 0 after success, else what is left of the pause a refusal set. At
+        most one POST is in flight, and none goes out before that pause ends, whichever
+        task asks."""
         async with self._reg_lock:  # the auth and session tasks may both ask
             if self.reg and not force:
                 return 0
-            return await self._register()
+            left = self._reg_wait_ms()
+            if left:
+                return left
+            try:
+                wait = await self._register()
+            except Exception:  # no answer: the caller logs it; a short pause all the same
+                self._reg_at = ticks_add(self._ticks(), _REG_NET_MS)
+                raise
+            self._reg_at = ticks_add(self._ticks(), wait) if wait else None
+            return wait
+
+    def _reg_wait_ms(self):
+        if self._reg_at is None:
+            return 0
+        left = ticks_diff(self._reg_at, self._ticks())
+        if left <= 0:
+            self._reg_at = None
+            return 0
+        return left
 
     async def _register(self):
         body = {"hardware_key": self.hardware_key, "sn": self.sn,
@@ -256,9 +288,14 @@ class Xyte:
         if resp.status not in (200, 201) or not isinstance(data, dict) or \
                 not isinstance(data.get("id"), str) or not isinstance(data.get("access_key"),
                                                                        str):
-            log.warn(_TAG, "registration answered %d; again in %d s", resp.status,
-                     self.retry_ms // 1000)
-            return self.retry_ms
+            self._refusals += 1
+            wait = min(_REG_CAP_MS, self.retry_ms << min(self._refusals - 1, 4))
+            if resp.status == 429:
+                wait = max(wait, _REG_RATE_MS, resp.retry_after_ms() or 0)
+            log.warn(_TAG, "registration answered %d with %s; again in %d s", resp.status,
+                     shape(resp.body, data), wait // 1000)
+            return wait
+        self._refusals = 0
         reg = {k: data.get(k) for k in ("id", "access_key", "hub_url", "hub_url_static_cert",
                                         "mqtt_hub_url")}
         reg["for"] = self._identity()
@@ -382,9 +419,9 @@ class Xyte:
             if not self.reg:  # deleted while running: the auth task may sleep for long
                 try:
                     wait = await self.authenticate()
-                except Exception as e:  # tried again after a pause
+                except Exception as e:  # tried again after the registrar's pause
                     log.warn(_TAG, "registration: %s", log.describe(e))
-                    wait = self.retry_ms
+                    wait = self._reg_wait_ms()
                 await asyncio.sleep_ms(wait or _RECHECK_MS)
                 continue
             gen = self.generation

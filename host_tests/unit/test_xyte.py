@@ -53,10 +53,12 @@ def test_registration_is_kept_and_its_key_is_secret():
     lines: list = []
     log.set_sink(lines.append)
     try:
-        cloud = xyte.Xyte(Cfg(root, register_retry_s=7), http)
+        now = [1000]
+        cloud = xyte.Xyte(Cfg(root, register_retry_s=7), http, ticks=lambda: now[0])
         assert cloud.token_due()
         assert support.run(cloud.authenticate()) == 7000  # refused: again slowly
         assert cloud.token_due()
+        now[0] += 7000
         assert support.run(cloud.authenticate()) == 0
         log.info("t", "key is %s", KEY)
     finally:
@@ -277,3 +279,108 @@ def test_close_says_offline_then_disconnects():
     support.run(cloud.close())  # closed already: nothing more
     assert len(cloud.client.published) == 1
     support.rmtree(root)
+
+
+class RaisingHttp(FakeHttp):
+    """FakeHttp whose script may hold an exception: that request raises it."""
+
+    async def request(self, method, url, **kw):
+        a = await super().request(method, url, **kw)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+
+class GateHttp(FakeHttp):
+    """FakeHttp whose answers wait for `open` to be set: two callers can be inside at once."""
+
+    def __init__(self, answers):
+        super().__init__(answers)
+        import asyncio
+
+        self.open = asyncio.Event()
+
+    async def request(self, method, url, **kw):
+        self.calls.append((method, url, kw))
+        await self.open.wait()
+        a = self.answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+
+def _two_callers(answer):
+    """The auth task and the session ask for a registration at the same moment."""
+    import asyncio
+
+    async def main():
+        root = support.tmpdir("xyte")
+        http = GateHttp([answer, FakeResp(200, REG)])
+        cloud = xyte.Xyte(Cfg(root, register_retry_s=90), http, ticks=lambda: 5000)
+        t1 = asyncio.create_task(cloud.authenticate())
+        t2 = asyncio.create_task(cloud.authenticate())
+        for _ in range(5):
+            await asyncio.sleep_ms(0)
+        http.open.set()
+        waits = (await t1, await t2)
+        support.rmtree(root)
+        return waits, len(http.calls), cloud
+
+    return support.run(main())
+
+
+def test_one_registrar_two_callers_make_one_post():
+    (w1, w2), posts, cloud = _two_callers(FakeResp(429, {"error": "rate"},
+                                                   {"retry-after": "40"}))
+    assert posts == 1 and w1 == 90000 and w2 == 90000 and cloud.token_due()
+    (w1, w2), posts, cloud = _two_callers(FakeResp(503, b"<html>busy</html>"))
+    assert posts == 1 and w1 == w2 == 90000
+    (w1, w2), posts, cloud = _two_callers(FakeResp(201, REG))
+    assert posts == 1 and w1 == w2 == 0 and not cloud.token_due() and cloud.renewals == 1
+
+
+def test_after_a_refusal_no_post_before_the_deadline_and_one_after_it():
+    root = support.tmpdir("xyte")
+    now = [1000]
+    http = RaisingHttp([FakeResp(403, {"error": "bad hardware key"}),
+                     FakeResp(500, b""),
+                     FakeResp(429, {"error": "rate"}, {"retry-after": "2"}),
+                     FakeResp(429, {"error": "rate"}, {"retry-after": "1200"}),
+                     OSError(113),
+                     FakeResp(201, REG)])
+    cloud = xyte.Xyte(Cfg(root, register_retry_s=60), http, ticks=lambda: now[0])
+
+    def attempt():
+        before = len(http.calls)
+        try:
+            wait = support.run(cloud.authenticate())
+        except OSError:
+            wait = None
+        return wait, len(http.calls) - before
+
+    # (time step before the call, expected wait, expected POSTs)
+    steps = [(0, 60000, 1),  # refused: a minute (register_retry_s)
+             (59999, 1, 0),  # a millisecond early: nothing goes out
+             (1, 120000, 1),  # due: one POST, refused again: the pause doubles
+             (119999, 1, 0), (1, 240000, 1),  # a 429 with a short Retry-After: no shorter
+             (240000, 1200000, 1),  # a 429's long Retry-After is honoured
+             (1199999, 1, 0), (1, None, 1),  # no answer: the network error propagates
+             (4999, 1, 0), (1, 0, 1)]  # 5 s later the registration goes through
+    for step, want_wait, want_posts in steps:
+        now[0] += step
+        assert attempt() == (want_wait, want_posts), (now[0], want_wait, want_posts)
+    assert not cloud.token_due() and cloud.renewals == 1
+    assert attempt() == (0, 0)  # registered: nothing more to do
+    support.rmtree(root)
+
+
+def test_only_a_registration_object_registers():
+    # Xyte's acceptance over HTTPS is the registration answer; records are PUBACKed on MQTT
+    for answer in (FakeResp(200, b"<html><title>portal</title></html>"), FakeResp(200, b"[]"),
+                   FakeResp(201, b""), FakeResp(200, {"id": DEV}),
+                   FakeResp(200, {"id": DEV, "access_key": 7})):
+        root = support.tmpdir("xyte")
+        cloud = xyte.Xyte(Cfg(root), FakeHttp([answer]), ticks=lambda: 0)
+        assert support.run(cloud.authenticate()) == 60000
+        assert cloud.token_due() and cloud.renewals == 0
+        support.rmtree(root)
