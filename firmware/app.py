@@ -50,7 +50,8 @@ class App:
         self.cloud = cloud
         cloud.on_desired = self.on_desired  # desired state may also arrive by subscription
         cloud.on_link_up = self.link_up  # a broker session (re)opened
-        self.link = Wake()
+        self.link = Wake()  # the cloud is reachable again: ends the uplink's backoff
+        cloud.on_reached = self.link.set  # any task's successful exchange (token, catalog)
         self.desired = DesiredState(cfg.root)
         self.wake = Wake()
         self.readings = 0
@@ -116,15 +117,14 @@ class App:
                 continue
             if self.wifi is not None and not self.wifi.up.is_set():
                 await self.wifi.up.wait()  # senders wait for the station (practice 7)
+            self.link.clear()  # a success before this attempt says nothing about its failure
             try:
                 result = await self.cloud.send(records)
             except Exception as e:  # network faults: keep everything, back off
                 log.warn(_TAG, "uplink: %s; %d pending", log.describe(e),
                          self.outbox.pending_count())
                 self.board.link_failed(log.describe(e))  # actuators with a limit go safe
-                # a session coming back ends the wait early: no idle link after an outage
-                if await self.link.wait(backoff.next_ms()):
-                    backoff.reset()
+                await self._pause(backoff, backoff.next_ms(), 0)
                 continue
             self.board.link_ok()
             for mid in result.ok:
@@ -137,9 +137,22 @@ class App:
                 log.info(_TAG, "uplink: kept %d records, retry in %d ms (server asked %d)",
                          len(records) - len(result.ok) - len(result.dead), delay,
                          result.wait_ms)
-                await asyncio.sleep_ms(delay)
+                await self._pause(backoff, delay, result.wait_ms)
             else:
                 backoff.reset()
+
+    # The uplink's wait after a failed attempt. What the server asked for (Retry-After, a
+    # refused device) is slept in full; the rest, backoff, ends as soon as any task has a
+    # successful exchange with the cloud (a token, a catalog, a broker session): after an
+    # outage the drain starts with the link, not up to _UPLINK_CAP_MS later.
+    async def _pause(self, backoff, delay_ms, floor_ms):
+        if floor_ms > 0:
+            await asyncio.sleep_ms(floor_ms)
+        if delay_ms > floor_ms and await self.link.wait(delay_ms - floor_ms):
+            backoff.reset()
+        elif self.link.is_set():  # reached during the server's wait: go on, from scratch
+            self.link.clear()
+            backoff.reset()
 
     def on_desired(self, cmd):
         status = apply_desired(self.board, self.outbox, self.desired, cmd.get("id"),

@@ -185,6 +185,10 @@ class Wake:
     def is_set(self):
         return self._ev.is_set()
 
+    def clear(self):
+        """Forget a call made before now (older news than what the caller is about to do)."""
+        self._ev.clear()
+
     async def wait(self, timeout_ms=None):
         try:
             if timeout_ms is None:

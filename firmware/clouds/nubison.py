@@ -152,6 +152,7 @@ class Nubison:
         self.enabled_sensors = None  # no sensor catalog: report every sensor
         self.on_desired = None  # no desired-state channel on NUBISON
         self.on_link_up = None  # no sessions over HTTP
+        self.on_reached = None  # set by the app: called after a login
         self.held_until = None  # clock.Deadline while the cloud refuses the device
         self.held_reason = None
         self._basic = http.basic_auth(cloud["client_id"], cloud["client_secret"])
@@ -256,6 +257,8 @@ class Nubison:
         self.renewals += 1
         self.logins += 1
         log.info(_TAG, "logged in as %s", self.device_key)
+        if self.on_reached is not None:  # the link works: the uplink stops backing off
+            self.on_reached()
 
     def _drop_token(self):
         if self.token:

@@ -110,6 +110,7 @@ class RealerHttps:
         self._auth_lock = asyncio.Lock()  # several tasks may find the token due at once
         self.on_desired = None  # set by the app (desired state comes from poll_catalog here)
         self.on_link_up = None  # no sessions over HTTPS: never called
+        self.on_reached = None  # set by the app: called after a token or catalog success
 
     def background(self):
         """Extra tasks this adapter needs (none: HTTPS is driven by uplink and downlink)."""
@@ -142,11 +143,17 @@ class RealerHttps:
             self.renew_at = clock.Deadline(int(renew_s) * 1000)
             self.renewals += 1
             log.info(_TAG, "token issued, renew in %ss", renew_s)
+            self._reached()
             return 0
         if resp.status == 429 or resp.status >= 500:
             return resp.retry_after_ms() or 0
         raise RealerError("token request refused: %d %s" % (resp.status,
                                                              error_type(body) or ""))
+
+    # The cloud answered a documented success: the link works (the uplink stops backing off).
+    def _reached(self):
+        if self.on_reached is not None:
+            self.on_reached()
 
     def token_due(self):
         return self.token is None or self.renew_at is None or self.renew_at.expired()
@@ -193,7 +200,7 @@ class RealerHttps:
         for item in results:
             if isinstance(item, dict) and isinstance(item.get("message_id"), str):
                 by_id[item["message_id"]] = item
-        unanswered = []
+        unanswered: list = []
         for rec in records:
             item = by_id.get(rec.message_id)
             if item is None:
@@ -243,6 +250,7 @@ class RealerHttps:
         if resp.status == 200 and isinstance(body, dict) and isinstance(body.get("sensors"),
                                                                          list):
             self.enabled_sensors = [s.get("id") for s in body["sensors"] if isinstance(s, dict)]
+            self._reached()
         elif resp.status != 200:
             return self._catalog_wait(resp, body)
         if on_desired is None:

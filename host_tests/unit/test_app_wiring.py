@@ -93,6 +93,8 @@ def _app(cloud, records=12, commands=_COMMANDS):
     outbox = Outbox(config.join(root, "outbox"), max_records=1000)
     for i in range(records):
         outbox.append("sensor", 7, str(i), clock.unix_time())
+    if callable(cloud):  # a factory: the adapter needs the config
+        cloud = cloud(cfg)
     a = App(cfg, board, outbox, cloud)
     cloud.app = a
     return a, root
@@ -238,6 +240,111 @@ def test_uplink_sends_at_once_when_wifi_is_already_up_or_absent():
         _run([("uplink", a.uplink)], judge)
         assert cloud.calls == 2
         support.rmtree(root)
+
+
+# --- 2b. after an outage the drain starts with the first successful exchange ---------------
+
+class _Link:
+    """Realer over HTTPS as the device sees it: `up` False -> every request fails like a lost
+    route; up -> the documented answers (token, catalogs, feed-data created), except that
+    feed-data answers `feed` (a FakeResp) while it is set. Counts feed-data requests."""
+
+    def __init__(self):
+        self.up = False
+        self.feed = None
+        self.posts = 0
+        self.tries = 0
+
+    async def request(self, method, url, json=None, **kw):
+        self.tries += 1
+        if not self.up:
+            raise OSError(113)  # EHOSTUNREACH
+        if url.endswith("/oauth/token"):
+            return FakeResp(200, {"access_token": "tok-link", "renew_after": 3600})
+        if url.endswith("/sensors"):
+            return FakeResp(200, {"code": 2000, "sensors": [{"id": 7}]})
+        if url.endswith("/commands"):
+            return FakeResp(200, {"code": 2000, "commands": []})
+        self.posts += 1
+        if self.feed is not None:
+            return self.feed
+        items = json["items"] if "items" in json else [json]
+        return FakeResp(200, {"code": 2000, "results": [
+            {"message_id": i["message_id"], "http_status": 201, "status": "created"}
+            for i in items]})
+
+
+_REAL_BACKOFF = app_mod.Backoff
+
+
+def _longest_backoff(base_ms, cap_ms):
+    """Every wait is the cap (120 s for the uplink): only a wake can end it in a test."""
+    return _REAL_BACKOFF(cap_ms, cap_ms, rand=lambda: 1.0)
+
+
+async def _rounds(n=100):
+    # zero-time scheduler rounds: the uplink's 120 s wait cannot run out meanwhile
+    for _ in range(n):
+        await asyncio.sleep_ms(0)
+
+
+def _outage(exchange, feed=None, feed_after=None):
+    """Records pending, the uplink failed (lost route, or `feed` answered) and sits in its
+    longest backoff. The link comes back (feed-data answers `feed_after`) and another task
+    has one successful `exchange`. Returns (feed-data posts within 100 zero-time rounds of
+    it, pending then)."""
+    from firmware.clouds.realer_https import RealerHttps
+
+    http = _Link()
+    a, root = _app(lambda cfg: RealerHttps(cfg, http), records=30)
+    cloud = a.cloud
+    seen: list = []
+    if feed is not None:
+        http.up, http.feed = True, feed
+
+    async def judge():
+        await _until(lambda: http.tries if feed is None else http.posts,
+                     "the first attempt failed")
+        await _rounds()  # the uplink is in its wait now
+        before = http.posts
+        http.up, http.feed = True, feed_after
+        await exchange(cloud)  # the first successful exchange after the outage
+        await _rounds()
+        seen.append((http.posts - before, a.outbox.pending_count()))
+
+    app_mod.Backoff = _longest_backoff
+    try:
+        _run([("uplink", a.uplink)], judge)
+    finally:
+        app_mod.Backoff = _REAL_BACKOFF
+    support.rmtree(root)
+    return seen[0]
+
+
+async def _token(cloud):
+    await cloud.authenticate(force=True)
+
+
+async def _catalog(cloud):
+    await cloud.poll_catalog(None)
+
+
+def test_a_token_or_catalog_success_ends_the_uplinks_backoff_after_an_outage():
+    # lost route: the uplink waits 120 s; the auth task's token or the downlink's catalog
+    # comes through: the drain starts at once (one request: 30 records, one batch of 20)
+    for exchange in (_token, _catalog):
+        posts, pending = _outage(exchange)
+        assert posts >= 1 and pending <= 10, (exchange, posts, pending)
+
+
+def test_a_success_ends_the_wait_after_a_kept_answer_but_never_a_servers_retry_after():
+    # a 503 kept the records (120 s backoff): the catalog's success ends the wait
+    posts, pending = _outage(_catalog, feed=FakeResp(503, b""))
+    assert posts >= 1 and pending <= 10, (posts, pending)
+    # a 429 asked for an hour: a success elsewhere does not shorten what the server asked
+    posts, pending = _outage(_catalog, feed=FakeResp(429, {"error": "rate_limited"},
+                                                     {"retry-after": "3600"}))
+    assert posts == 0 and pending == 30, (posts, pending)
 
 
 # --- 3. shutdown: tasks end, the adapter's close() is awaited ----------------------------------
