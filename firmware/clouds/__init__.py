@@ -1,5 +1,6 @@
 """Cloud adapters, one module per platform (firmware.app.make_cloud imports only the one the
 config names). What they share lives here and stays tiny: importing it costs no client."""
+from firmware import log
 
 
 class SendResult:
@@ -18,7 +19,7 @@ def shape(raw, parsed):
     """A short, secret-free description of an answer that is not the documented one, for
     the warning that keeps its record: JSON by shape only (key names, never values), anything
     else by size and a printable 40-character excerpt (a captive portal's HTML says who
-    answered). The log's redaction still applies on top."""
+    answered), cut from the redacted text."""
     if isinstance(parsed, dict):
         keys = sorted(k for k in parsed if isinstance(k, str))
         return "JSON object {%s%s}" % (", ".join(keys[:5]), ", ..." if len(keys) > 5 else "")
@@ -30,5 +31,6 @@ def shape(raw, parsed):
         raw = raw.encode()
     if not isinstance(raw, (bytes, bytearray)) or not raw:
         return "empty body"
-    head = "".join(chr(b) if 32 <= b < 127 else "." for b in bytes(raw[:40]))
-    return "not JSON, %d bytes: %r" % (len(raw), head)
+    # redacted before it is cut: a secret the page echoes cannot leave a stub at the cut
+    head = "".join(chr(b) if 32 <= b < 127 else "." for b in bytes(raw[:512]))
+    return "not JSON, %d bytes: %r" % (len(raw), log.redact(head)[:40])

@@ -195,3 +195,15 @@ def test_a_batch_answer_that_is_not_a_results_object_keeps_every_record():
         assert res.ok == [] and res.dead == [] and res.failed, seen
         warns = [line for line in lines if " W realer: " in line]
         assert len(warns) == 1 and seen in warns[0], lines
+
+
+def test_the_warning_never_carries_a_stub_of_a_secret_the_page_echoes():
+    # a proxy page echoing the request: the token crosses the excerpt's 40-character cut
+    page = b"<html>You sent: Bearer tok-echoed-0123456789abcdef</html>"
+    rec = Record("1-1", "sensor", 7, "5", 1777025700)
+    http = FakeHttp([FakeResp(200, {"access_token": "tok-echoed-0123456789abcdef",
+                                    "renew_after": 100}), FakeResp(200, page)])
+    res, lines = _logged(rh.RealerHttps(Cfg(), http).send([rec]))
+    warns = [line for line in lines if " W realer: " in line]
+    assert res.failed and len(warns) == 1 and "***" in warns[0], lines
+    assert "tok-e" not in warns[0], warns
