@@ -2,7 +2,8 @@
 
 Tasks (DESIGN.md "The loop"), each restarted by the supervisor if it crashes:
 - sampler   reads each reported sensor at its interval into the outbox, wakes the uplink
-- uplink    drains the outbox through the adapter; a record leaves only on success/replay
+- uplink    drains the outbox through the adapter; a record leaves only on success/replay;
+            its backoff ends when any task reaches the cloud (adapter's `on_reached`)
 - downlink  polls the command catalog and applies new desired values (firmware/desired.py)
 - auth      renews the token before `renew_after`
 - local     reports physical input changes without desired_id
