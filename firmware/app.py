@@ -38,6 +38,7 @@ _TAG = "app"
 _UPLINK_BASE_MS = const(1000)
 _UPLINK_CAP_MS = const(120000)
 _IDLE_WAKE_MS = const(30000)
+_LINK_CHECK_MS = const(1000)  # how often a backing-off uplink looks at the Wi-Fi station
 _CLOSE_TIMEOUT_S = const(10)
 _SENSOR_RETRY_MS = const(1000)  # first retry of a failing sensor, doubling from there
 _SENSOR_RETRY_MIN_MS = const(100)
@@ -144,14 +145,21 @@ class App:
 
     # The uplink's wait after a failed attempt. What the server asked for (Retry-After, a
     # refused device) is slept in full; the rest, backoff, ends as soon as any task has a
-    # successful exchange with the cloud (a token, a catalog, a broker session): after an
+    # successful exchange with the cloud (a token, a catalog, a broker session), or when the
+    # Wi-Fi station is found down (the loop then sends the moment it is back): after an
     # outage the drain starts with the link, not up to _UPLINK_CAP_MS later.
     async def _pause(self, backoff, delay_ms, floor_ms):
         if floor_ms > 0:
             await asyncio.sleep_ms(floor_ms)
-        if delay_ms > floor_ms and await self.link.wait(delay_ms - floor_ms):
-            backoff.reset()
-        elif self.link.is_set():  # reached during the server's wait: go on, from scratch
+        left = clock.Deadline(max(0, delay_ms - floor_ms))
+        wifi = self.wifi
+        while not left.expired():
+            if wifi is not None and wifi.station and not wifi.up.is_set():
+                return  # the loop waits for the station and sends once it is back
+            if await self.link.wait(min(left.remaining_ms(), _LINK_CHECK_MS)):
+                backoff.reset()
+                return
+        if self.link.is_set():  # reached during the server's wait: go on, from scratch
             self.link.clear()
             backoff.reset()
 

@@ -347,6 +347,57 @@ def test_a_success_ends_the_wait_after_a_kept_answer_but_never_a_servers_retry_a
     assert posts == 0 and pending == 30, (posts, pending)
 
 
+class _SpyEvent(asyncio.Event):
+    """An Event that counts the waits begun on it (who is waiting for the station)."""
+
+    waits = 0
+
+    async def wait(self):
+        self.waits += 1
+        return await super().wait()
+
+
+class _Board:
+    """What the app reads of firmware.wifi.Wifi on a board: a station whose `up` is watched."""
+
+    station = True
+
+    def __init__(self):
+        self.up = _SpyEvent()
+        self.up.set()
+
+
+def test_the_wifi_station_coming_back_ends_the_uplinks_backoff():
+    # the cloud is unreachable with the station up: the uplink sits in its 120 s backoff;
+    # the station goes down and comes back: the drain starts the moment it is up
+    from firmware.clouds.realer_https import RealerHttps
+
+    http = _Link()
+    a, root = _app(lambda cfg: RealerHttps(cfg, http), records=30)
+    a.wifi = _Board()
+    seen: list = []
+
+    async def judge():
+        await _until(lambda: http.tries, "the first attempt failed")
+        await _rounds()
+        a.wifi.up.clear()  # link lost: the uplink notices within _LINK_CHECK_MS
+        await _until(lambda: a.wifi.up.waits, "the uplink waits for the station")
+        before = http.posts
+        http.up = True
+        a.wifi.up.set()  # link back
+        await _rounds()
+        seen.append((http.posts - before, a.outbox.pending_count()))
+
+    app_mod.Backoff = _longest_backoff
+    try:
+        _run([("uplink", a.uplink)], judge)
+    finally:
+        app_mod.Backoff = _REAL_BACKOFF
+    support.rmtree(root)
+    posts, pending = seen[0]
+    assert posts >= 1 and pending <= 10, (posts, pending)
+
+
 # --- 3. shutdown: tasks end, the adapter's close() is awaited ----------------------------------
 
 class _Closing(_Scripted):
