@@ -72,6 +72,8 @@ class RealerMqtt:
         self.refused = False  # the broker refused the current credential
         self._stale = clock.Deadline(0)  # when the catalog is to be read again
         self._no_mqtt = False  # a re-read catalog no longer offers MQTT
+        self._connects_seen = 0  # client.connects at the last _prepare
+        self._prep_failed = False  # the last _prepare raised
         self._reported: set = set()  # catalog problems already logged
         self.ack_topic = None
         self.cred_request = None  # (method, path, body) from the catalog
@@ -152,8 +154,10 @@ class RealerMqtt:
             return None
         self.cred_request = (endpoint.get("http_method") or "POST", endpoint["endpoint"],
                              endpoint.get("body"))
+        before = (self.ack_topic, self.routes, self.type_routes, self.desired_routes)
         self.ack_topic = ack
         self._read_routes(body.get("mqtt_routes"))
+        rerouted = before != (ack, self.routes, self.type_routes, self.desired_routes)
         subs = {ack: 1}
         for topic in self.desired_routes:
             subs[topic] = 1
@@ -169,9 +173,11 @@ class RealerMqtt:
             log.info(_TAG, "catalog moved the broker to %s:%d", where[0], where[1])
             client.host, client.port = where[0], where[1]
             self.cred_renew = None
-        changed = client.subscriptions != subs
-        client.subscriptions = subs
-        return moved or changed
+        if rerouted:  # the broker's ACL follows the credential: ask for one with the routes
+            log.info(_TAG, "catalog routes changed")
+            self.cred_renew = None
+        client.subscriptions = subs  # (subscribe() drops refused filters from it)
+        return moved or rerouted
 
     def _read_routes(self, routes):
         """Routes by source_type (realer-mqtt.txt): a record goes to the route that names
@@ -249,19 +255,25 @@ class RealerMqtt:
 
     async def _prepare(self, client):
         # before every connect. A refused credential stays refused until a new one came
-        # (also when asking for it failed in between); after a refusal, a TLS or a
-        # connection (DNS) failure the catalog is read again first: the broker may have moved.
+        # (also when asking for it failed in between). After a refusal or a connect that
+        # failed (TLS, DNS, refused, unreachable) the catalog is read again first: the
+        # broker may have moved. A session that merely dropped reconnects as it was.
         err = client.error
+        # run() also records why the previous _prepare raised: that was no connect
+        failed = err is not None and client.connects == self._connects_seen and \
+            not self._prep_failed
+        self._connects_seen = client.connects
+        self._prep_failed = True
         if _refusal(err):
             self.refused = True
-        if isinstance(err, (mqtt.ConnectRefused, conn.TLSError, conn.ConnectError)) or \
-                self._stale.expired():
+        if failed or _refusal(err) or self._stale.expired():
             if await self._refresh() is None:
                 self._no_mqtt = True
                 raise RealerError("the catalog no longer offers MQTT")
         if client.password is None or self.cred_renew is None or self.cred_renew.expired() \
                 or self.refused:
             await self._new_credential(client)
+        self._prep_failed = False
 
     # -- the session task ---------------------------------------------------------------
 

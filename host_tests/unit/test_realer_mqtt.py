@@ -251,3 +251,17 @@ def test_send_waits_for_the_catalog_then_follows_the_mode():
     support.raises(mqtt.NotConnected, support.run, cloud.send([rec]))  # catalog not read
     cloud.mode = rm.HTTPS
     assert support.run(cloud.send([rec])).ok == ["1-1"]
+
+
+def test_reread_reconnects_only_when_the_catalog_changed():
+    cloud, _ = adapter([_token(), FakeResp(200, catalog()), _cred(1), FakeResp(200, catalog()),
+                        FakeResp(200, documented())])
+    support.run(cloud._read_catalog())
+    support.run(cloud._prepare(cloud.client))
+    cloud.client.subscriptions.pop(DESIRED_3)  # the broker refused it (subscribe() drops it)
+    assert support.run(cloud._refresh()) is False  # same catalog: no reconnect, same credential
+    assert cloud.cred_renew is not None
+    assert cloud.client.subscriptions == {ACKS: 1, DESIRED_3: 1}  # asked again next connect
+    assert support.run(cloud._refresh()) is True  # new routes: reconnect with a new credential
+    assert cloud.cred_renew is None
+    assert cloud.client.subscriptions == {ACKS: 1, DESIRED_C: 1, DESIRED_C2: 1}
