@@ -360,8 +360,7 @@ class RealerMqtt:
                 log.warn(_TAG, "ack without message_id/status ignored")
             elif mid in self._waiting:
                 self._acks[mid] = body
-                self._ack_event.set()
-                self._ack_event.clear()
+                self._ack_event.set()  # stays set until the waiter looked (no lost wake-up)
             else:  # for a record already judged (a re-publish was acked twice)
                 log.debug(_TAG, "late ack for %s dropped", mid)
         elif msg.topic in self.desired_routes:
@@ -420,8 +419,13 @@ class RealerMqtt:
         return result
 
     async def _await_acks(self, sent):
+        # cleared before each look, set by every ack: an ack that comes while wait_for's
+        # task is not yet waiting still wakes it (a pulse then was lost, up to ack_timeout)
         deadline = clock.Deadline(self.ack_timeout_ms)
-        while not deadline.expired() and any(r.message_id not in self._acks for r in sent):
+        while not deadline.expired():
+            self._ack_event.clear()
+            if all(r.message_id in self._acks for r in sent):
+                break
             try:
                 await asyncio.wait_for(self._ack_event.wait(),
                                        max(1, deadline.remaining_ms()) / 1000)

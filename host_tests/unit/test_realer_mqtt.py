@@ -265,3 +265,24 @@ def test_reread_reconnects_only_when_the_catalog_changed():
     assert support.run(cloud._refresh()) is True  # new routes: reconnect with a new credential
     assert cloud.cred_renew is None
     assert cloud.client.subscriptions == {ACKS: 1, DESIRED_C: 1, DESIRED_C2: 1}
+
+
+def test_an_ack_arriving_before_the_waiter_sleeps_still_wakes_it():
+    # wait_for() runs event.wait() in a task of its own that starts later: an ack coming in
+    # between must not be lost (it used to be: the batch then waited out ack_timeout_s)
+    import asyncio
+
+    cloud, _ = adapter([])
+    cloud.ack_timeout_ms = 600000
+    cloud.ack_topic = ACKS
+    rec = Record("1-1", "sensor", 7, "1", 1777025700)
+
+    async def main():
+        cloud._waiting = {"1-1"}
+        waiter = asyncio.create_task(cloud._await_acks([rec]))
+        await asyncio.sleep_ms(0)  # the waiter looks, finds no ack, calls wait_for
+        cloud._on_message(_msg(ACKS, {"message_id": "1-1", "status": "accepted"}))
+        await asyncio.wait_for(waiter, 10)  # a deadline for the hang, not a timing check
+        return cloud._acks
+
+    assert support.run(main()) == {"1-1": {"message_id": "1-1", "status": "accepted"}}
