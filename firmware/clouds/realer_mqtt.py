@@ -74,6 +74,7 @@ class RealerMqtt:
         self._no_mqtt = False  # a re-read catalog no longer offers MQTT
         self._connects_seen = 0  # client.connects at the last _prepare
         self._prep_failed = False  # the last _prepare raised
+        self._subscribed = 0  # client.connects when the subscriptions were last made
         self._reported: set = set()  # catalog problems already logged
         self.ack_topic = None
         self.cred_request = None  # (method, path, body) from the catalog
@@ -309,6 +310,7 @@ class RealerMqtt:
             await asyncio.sleep_ms(self.catalog_ms)
 
     async def _connected(self, client):
+        self._subscribed = client.connects  # the ack topic is subscribed on this session
         if self.on_link_up is not None:
             self.on_link_up(client.connects == 1)
 
@@ -391,6 +393,8 @@ class RealerMqtt:
         client = self.client
         if self.mode is None or client is None or not client.connected:
             raise mqtt.NotConnected("no broker session yet")
+        if self._subscribed != client.connects:  # an ack before that would be lost
+            raise mqtt.NotConnected("broker session not subscribed yet")
         result = SendResult()
         sent = []
         self._waiting = set(r.message_id for r in records)

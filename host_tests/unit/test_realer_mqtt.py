@@ -286,3 +286,21 @@ def test_an_ack_arriving_before_the_waiter_sleeps_still_wakes_it():
         return cloud._acks
 
     assert support.run(main()) == {"1-1": {"message_id": "1-1", "status": "accepted"}}
+
+
+def test_no_publishing_before_the_ack_topic_is_subscribed():
+    # connect() returns before run() subscribes: a record published then would have its ack
+    # go nowhere and wait out ack_timeout_s
+    cloud, _ = adapter([_token(), FakeResp(200, catalog())])
+    support.run(cloud._read_catalog())
+    cloud.mode = rm.MQTT
+    c = cloud.client
+    c._stream = object()  # the session is open (connect() done)
+    c.connects = 1
+    rec = Record("1-1", "sensor", 7, "1", 1777025700)
+    e = support.raises(mqtt.NotConnected, support.run, cloud.send([rec]))
+    assert "not subscribed yet" in str(e)
+    ups: list = []
+    cloud.on_link_up = ups.append
+    support.run(cloud._connected(c))  # run() calls it once the subscriptions are made
+    assert cloud._subscribed == 1 and ups == [True]
