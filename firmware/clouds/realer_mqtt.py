@@ -145,10 +145,12 @@ class RealerMqtt:
         url, ack = cat.get("broker_url"), cat.get("feed_data_ack_topic")
         missing = [k for k, v in (("mqtt.broker_url", url), ("mqtt.feed_data_ack_topic", ack))
                    if not isinstance(v, str) or not v]
+        host, port, secure = None, 0, True
         try:
-            where = conn.parse_url(url)[1:] if not missing else None
+            if not missing:
+                _, host, port, _, secure = conn.parse_url(url)
         except conn.URLError as e:
-            missing, where = ["a usable mqtt.broker_url (%s)" % e], None
+            missing = ["a usable mqtt.broker_url (%s)" % e]
         if missing:
             self._error_once("MQTT catalog unusable, it lacks %s: staying on HTTPS" %
                              " and ".join(missing))
@@ -169,10 +171,10 @@ class RealerMqtt:
                                       on_message=self._on_message)
             self.client.subscriptions = subs
             return False
-        moved = (client.host, client.port) != (where[0], where[1])
+        moved = (client.host, client.port, client.secure) != (host, port, secure)
         if moved:  # the next connect goes there, with a credential asked for it
-            log.info(_TAG, "catalog moved the broker to %s:%d", where[0], where[1])
-            client.host, client.port = where[0], where[1]
+            log.info(_TAG, "catalog moved the broker to %s:%d", host, port)
+            client.host, client.port, client.secure = host, port, secure
             self.cred_renew = None
         if rerouted:  # the broker's ACL follows the credential: ask for one with the routes
             log.info(_TAG, "catalog routes changed")
@@ -199,7 +201,9 @@ class RealerMqtt:
                 self._error_once("mqtt_routes[%d] ignored: source_type must be \"sensor\" or "
                                  "\"command\", got %r" % (i, kind))
                 continue
-            feed = topics.get("feed_data_topic") if isinstance(topics, dict) else None
+            if not isinstance(topics, dict):
+                topics = {}
+            feed = topics.get("feed_data_topic")
             if not isinstance(feed, str) or not feed:
                 self._error_once("mqtt_routes[%d] (%s) ignored: no mqtt.feed_data_topic" %
                                  (i, kind))
