@@ -249,8 +249,133 @@ def table(title, runs, n, heaps=None):
     print()
 
 
+ADAPTER_SCRIPT = os.path.join(ROOT, "bench", "mqtt_adapter_mp.py")
+ALLOC_SCRIPT = os.path.join(ROOT, "bench", "mqtt_alloc_mp.py")
+
+
+def tree_at(rev, work):
+    """firmware/ at git revision rev, compiled with mpy-cross (the "before" figures)."""
+    src = os.path.join(work, "src-" + rev)
+    os.makedirs(src, exist_ok=True)
+    archive = subprocess.run(["git", "-C", ROOT, "archive", rev, "firmware"], check=True,
+                             capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(src)
+    out = os.path.join(work, "tree-" + rev)
+    compile_into(src, "firmware", out)
+    return out
+
+
+def adapter_median(cloud, data, tree, n, route_ids, work, tag, reps=3):
+    """Median (by time) of `reps` adapter runs, each a fresh device (outbox, boot id)."""
+    from tools import realer_cloud, run_local
+
+    realer_cloud.set_knob(data, "route_ids", route_ids)
+    runs = []
+    for r in range(reps):
+        dev = os.path.join(work, "dev-%s-%d" % (tag, r))
+        run_local.write_device(dev, cloud, transport="mqtt")
+        path = os.path.join(dev, "config.json")
+        with open(path) as f:
+            cfg = json.load(f)
+        cfg["cloud"]["ack_timeout_s"] = 30  # a slow run is measured, not retried
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        res = run_mp(ADAPTER_SCRIPT, [dev, n], tree, timeout=900)
+        if res["left"]:
+            sys.exit("adapter run %s left %d records" % (tag, res["left"]))
+        runs.append(res)
+    runs.sort(key=lambda x: x["ms"])
+    return runs[len(runs) // 2]
+
+
+def adapter_main(n, latency, before):
+    """The firmware's own path (RealerMqtt + App.uplink, default batch and window) on both
+    links vs umqtt.simple on the same kinds of link, in one invocation; then the heap
+    allocated per publish by firmware.net.mqtt, at `before` and now."""
+    from tools import realer_cloud, run_local
+
+    work = tempfile.mkdtemp(prefix="mqtt-adapter-bench-")
+    tree = os.path.join(work, "tree")
+    compile_into(ROOT, "firmware", tree)
+    old = tree_at(before, work)
+    umqtt_dir = fetch_umqtt(os.path.join(ROOT, "build", "bench"))
+    compile_into(umqtt_dir, "umqtt", tree)
+    password = secrets.token_urlsafe(12)
+    broker = BenchBroker(os.path.join(work, "broker"), dynsec=False,
+                         users={USER: password}).start()
+    data = os.path.join(work, "cloud")
+    proc, cloud = run_local.start_cloud(data, token_ttl=3600, mqtt=True, mqtt_cred_ttl=3600)
+    cloud_port = int(cloud["mqtt_url"].rsplit(":", 1)[1])
+    links = {}
+    stoppers = []
+    for name in ("delay line", "faultproxy"):
+        ports = []
+        for target in (broker.port, cloud_port):
+            if name == "faultproxy":
+                p = FaultProxy("127.0.0.1", target)
+                ports.append(p.start_in_thread())
+                p.set(mode="latency", ms=latency)
+            else:
+                p = DelayLine(target, latency)
+                ports.append(p.start_in_thread())
+            stoppers.append(p)
+        links[name] = ports
+    results = {}
+    try:
+        for name, (bport, cport) in links.items():
+            base = mp_median(["umqtt", "127.0.0.1", bport, USER, password, n], tree)
+            realer_cloud.set_knob(data, "broker_url", "mqtts://127.0.0.1:%d" % cport)
+            now = adapter_median(cloud, data, tree, n, False, work, name[0] + "n")
+            # the firmware before: it needs source ids in the routes to publish at all
+            was = adapter_median(cloud, data, old, n, True, work, name[0] + "b")
+            results[name] = (base, now, was)
+        alloc = [run_mp(ALLOC_SCRIPT, ["mqtt://127.0.0.1:%d" % broker.port, USER, password,
+                                       200], t) for t in (old, tree)]
+    finally:
+        for p in stoppers:
+            p.stop()
+        broker.stop()
+        proc.kill()
+        proc.wait(10)
+    print("machine: %s\n" % machine())
+    print("### The firmware's MQTT path vs umqtt.simple, %d QoS 1 records, %d ms each way\n"
+          % (n, latency))
+    print("| link | client | batch | window (broker's cap) | ms | messages/s | "
+          "vs umqtt.simple |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (base, now, was) in results.items():
+        base_rate = n * 1000 / max(1, base["ms"])
+        print("| %s | umqtt.simple 1.3.4 (stop-and-wait, plain TCP) | 1 | 1 | %d | %.1f | "
+              "1.00x |" % (name, base["ms"], base_rate))
+        for label, r in (("RealerMqtt + App.uplink at %s (before)" % before, was),
+                         ("RealerMqtt + App.uplink now", now)):
+            rate = n * 1000 / max(1, r["ms"])
+            print("| %s | %s | %d | %d (%d) | %d | %.1f | %.2fx |" % (
+                name, label, r["batch"], r["window"], r["send_window"], r["ms"], rate,
+                rate / base_rate))
+    print("\n### Heap allocated per QoS 1 publish (firmware.net.mqtt, straight to the broker)"
+          "\n")
+    print("| firmware | bytes allocated per publish (gc off, %d publishes + their PUBACKs) | "
+          "encoding one PUBLISH under heap_lock |" % alloc[0]["n"])
+    print("|---|---|---|")
+    for label, a in (("%s (before)" % before, alloc[0]), ("now", alloc[1])):
+        print("| %s | %.0f | %s |" % (label, a["bytes_per_publish"],
+                                      "MemoryError (allocates)" if a["encode_allocates"]
+                                      else "no allocation"))
+
+
 def main():
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # the proxy's teardown chatter
+    if len(sys.argv) > 1 and sys.argv[1] == "--adapter":
+        args = sys.argv[2:]
+        before = "947be03"
+        if "--before" in args:
+            i = args.index("--before")
+            before = args[i + 1]
+            del args[i:i + 2]
+        return adapter_main(int(args[0]) if args else 500, int(args[1]) if len(args) > 1
+                            else 25, before)
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     latency = int(sys.argv[2]) if len(sys.argv) > 2 else 25
     work = tempfile.mkdtemp(prefix="mqtt-bench-")

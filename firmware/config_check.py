@@ -39,7 +39,7 @@ _CLOUD_KEYS = ("platform", "transport", "api_url", "device_id", "client_id", "cl
                "ca_file", "scope", "batch_max", "product_code", "model_name", "device_name",
                "access_token", "refresh_token", "registration_url", "hardware_key",
                "serial_number", "firmware_version", "command_topic", "ws_path", "name", "mac",
-               "ack_timeout_s", "register_retry_s")
+               "ack_timeout_s", "register_retry_s", "mqtt_catalog_s")
 _TOP_KEYS = ("cloud", "board", "sensors", "commands", "switches", "intervals", "outbox", "log",
              "wifi", "ota", "safe_mode_pin", "watchdog_s", "lowpower")
 _SENSOR_DRIVERS = ("sim", "dht22", "dht11", "ds18b20", "adc", "digital", "bme280")
@@ -110,7 +110,7 @@ def _check_cloud(cloud, root, problems, warnings):
         if cloud["transport"] not in ("https", "mqtt"):
             problems.append("cloud.transport: %r; use \"https\" or \"mqtt\"" %
                             (cloud["transport"],))
-    for key in ("batch_max", "ack_timeout_s"):
+    for key in ("batch_max", "ack_timeout_s", "mqtt_catalog_s"):
         value = cloud.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or value <= 0):

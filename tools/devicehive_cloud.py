@@ -28,7 +28,8 @@ Shapes chosen where the spec is silent:
   (an operator helper uses that to send an already expired command).
 - command/update pushes `command/update` to the connection that inserted the command and
   to subscriptions made with returnUpdatedCommands.
-- notification/insert is de-duplicated by `parameters.message_id`: a replay answers success
+- EXTENSION (not in the document): notification/insert is de-duplicated by
+  `parameters.message_id`: a replay answers success
   with the first notification's id and stores nothing.
 
 Fault knobs (CLI `fault`, or set_knob()): expire-tokens (every live session's token counts

@@ -20,7 +20,8 @@ Where the spec is silent or contradicts itself (docs/nubison.md lists the same c
   ERROR406 (the spec lists it there), a modelName the server does not know -> ERROR406;
   registering again -> 201 (counted, nothing else changes). Data from a device that is not
   registered -> 405 (the spec's logout wording: "device is not registered").
-- data: anything but null, "", {} or [] is data (else ERROR406). A JSON object carrying a
+- data: anything but null, "", {} or [] is data (else ERROR406). EXTENSION (the document
+  shows no idempotency): a JSON object carrying a
   string `message_id` is stored once per (deviceKey, message_id); a replay is answered 201
   like the first (the spec has no other success) and counted, and a replay whose data
   differs is counted as a conflict. Data without message_id is stored as it comes.

@@ -19,12 +19,18 @@ N /iot or /oauth requests answer 401, 429 (+ Retry-After), or 503; or are delaye
 
 MQTT (realer-mqtt.txt; `serve --mqtt` starts a real mosquitto from tools/mosquitto.py in
 DATA/mqtt with the same certificates, TLS listener on 127.0.0.1; cloud.json gets "mqtt_url"):
-- catalog: GET /iot/v1/devices/{id}/mqtt (scope iot:catalog:read), exactly the spec's shape;
-           each route also carries "source_id" (the sensor or command id the device maps it to):
-           {"source_type": "sensor"|"command", "source_id": 7, "mqtt": {"feed_data_topic",
-           "feed_data_publish_scope", ["desired_topic", "desired_subscribe_scope"]}}.
-           Topics: realer/iot/v1/devices/{client_id}/routes/rte_<26>/feed-data|desired and
+- catalog: GET /iot/v1/devices/{id}/mqtt (scope iot:catalog:read), exactly the spec's shape:
+           route items {"source_type": "sensor"|"command", "mqtt": {"feed_data_topic",
+           "feed_data_publish_scope", ["desired_topic", "desired_subscribe_scope"]}}, no ids:
+           one sensor route for every sensor and one route per command; the payload names the
+           source (sensor_id / command_id, required then). Topics:
+           realer/iot/v1/devices/{client_id}/routes/rte_<26>/feed-data|desired and
            realer/iot/v1/devices/{client_id}/feed-data/acks. Without --mqtt: 404.
+           EXTENSION, knob "route_ids" (set_knob(data, "route_ids", True)): every item also
+           carries "source_id", one route per source, and the route gives the source (the
+           payload may omit it; if present it must match). Knob "route_epoch" (int) renames
+           every route, a catalog whose routes changed; publishes on the previous epoch's
+           routes are still taken (in flight across the change).
 - credential: POST /iot/v1/mqtt-credentials (scope iot:mqtt:connect), body {"device_id",
            "scopes"} as in the catalog. 200 {"mqtt": {"mqtt_client_id", "mqtt_username"
            (realer-cdv-...-cred-vN), "mqtt_credential", "expires_in", "renew_after" (3/4),
@@ -44,13 +50,16 @@ DATA/mqtt with the same certificates, TLS listener on 127.0.0.1; cloud.json gets
 - knob "broker_url" (set_knob(data, "broker_url", URL)): the catalog advertises URL instead
            of the broker's own address, so a test can put a fault proxy in front of it.
 - desired: each new desired value is published on the command's desired_topic, QoS 1,
-           retained: {"command_id", "desired_id", "value", "seq", "desired_at", "expires_at"}.
+           retained: {"command_id", "desired_id", "value", "seq", "desired_at", "expires_at"}
+           (the body is not documented: this shape is the cloud's choice).
 - MQTT fault knobs (`fault KIND --count N`): drop-mqtt (kick the device's live sessions once),
            ack-error (next N publishes get error/retryable, not stored), mqtt-silent (next N
            publishes are processed but not acked), no-credential-endpoint (next N catalog
            reads omit credential_endpoint), broker-down (--seconds S: stop the broker, start
            it again on the same ports with the same credentials; retained desired states are
-           published again; credential requests meanwhile get 503 service_unavailable).
+           published again; credential requests meanwhile get 503 service_unavailable),
+           revoke-credential (delete the device's live credentials from the broker, which
+           refuses them from then on; the next credential request answers 503).
 
     python -m tools.realer_cloud serve --data DIR [--port N] [--token-ttl S] [--mqtt]
                                        [--mqtt-cred-ttl S]
@@ -60,7 +69,7 @@ DATA/mqtt with the same certificates, TLS listener on 127.0.0.1; cloud.json gets
     python -m tools.realer_cloud fault --data DIR KIND [--count N] [--retry-after S]
                                        [--seconds S]
       KIND: 401 429 503 slow | drop-mqtt ack-error mqtt-silent no-credential-endpoint
-            broker-down
+            broker-down revoke-credential
 """
 import argparse
 import asyncio
@@ -94,7 +103,7 @@ DEFAULT_SCOPES = "iot:catalog:read iot:feed-data:write"
 MQTT_SCOPES = ("iot:mqtt:connect", "iot:mqtt:ack:read", "iot:mqtt:feed-data:write",
                "iot:mqtt:desired:read")
 MQTT_FAULTS = ("drop-mqtt", "ack-error", "mqtt-silent", "no-credential-endpoint",
-               "broker-down")
+               "broker-down", "revoke-credential")
 MID_RE = re.compile(rb'"message_id"\s*:\s*"([^"\\]{1,128})"')
 ACK_STATUS = {201: "accepted", 200: "replayed", 409: "conflict", 422: "rejected"}
 
@@ -103,19 +112,44 @@ def device_topic(client_id):
     return "realer/iot/v1/devices/%s" % client_id
 
 
-def route_id(kind, source_id):
-    return "rte_" + hashlib.sha256(("%s:%s" % (kind, source_id)).encode()).hexdigest()[:26]
+def route_id(kind, source_id, epoch=0):
+    key = "%s:%s" % (kind, source_id) + ("@%s" % epoch if epoch else "")
+    return "rte_" + hashlib.sha256(key.encode()).hexdigest()[:26]
 
 
-def routes(client_id):
-    """{route_id: (kind, source_id)} for the demo device (the one device: ids per source)."""
-    out = {route_id("sensor", s["id"]): ("sensor", s["id"]) for s in SENSORS}
-    out.update({route_id("command", c["id"]): ("command", c["id"]) for c in COMMANDS})
+_ROUTES: dict = {}
+
+
+def routes(client_id, ids=False, epoch=0):
+    """The device's routes (see _routes), computed once per shape: every feed-data publish
+    asks."""
+    key = (client_id, ids, epoch)
+    if key not in _ROUTES:
+        _ROUTES[key] = _routes(client_id, ids, epoch)
+    return _ROUTES[key]
+
+
+def _routes(client_id, ids=False, epoch=0):
+    """{route_id: (kind, source_id or None)} for the demo device. Documented shape (default):
+    one sensor route for every sensor, one route per command, and the payload names the
+    source (None here). With ids (knob "route_ids"): one route per source, which it gives."""
+    if ids:
+        out = {route_id("sensor", s["id"], epoch): ("sensor", s["id"]) for s in SENSORS}
+    else:
+        out = {route_id("sensor", "*", epoch): ("sensor", None)}
+    out.update({command_route(c["id"], ids, epoch): ("command", c["id"] if ids else None)
+                for c in COMMANDS})
     return out
 
 
-def route_topic(client_id, kind, source_id, leaf):
-    return "%s/routes/%s/%s" % (device_topic(client_id), route_id(kind, source_id), leaf)
+def command_route(command_id, ids=False, epoch=0):
+    # the shapes name their command routes apart: a route of one never means the other's
+    return route_id("command", command_id if ids else "doc-%s" % command_id, epoch)
+
+
+def desired_topic(client_id, command_id, ids=False, epoch=0):
+    return "%s/routes/%s/desired" % (device_topic(client_id), command_route(command_id, ids,
+                                                                           epoch))
 
 
 def ack_topic(client_id):
@@ -144,6 +178,9 @@ def now_iso(t=None):
 
 def db(data):
     conn = sqlite3.connect(os.path.join(data, "cloud.db"), isolation_level=None, timeout=10)
+    # a local test cloud: no fsync per stored record (1 ms each, the bulk of its time per
+    # MQTT ack); a power cut may lose its last records, a killed process never does
+    conn.execute("pragma synchronous=off")
     conn.executescript(SCHEMA)
     if "transport" not in [r[1] for r in conn.execute("pragma table_info(feed)")]:
         try:
@@ -486,16 +523,35 @@ class Cloud:
                                            "http_method": "POST",
                                            "body": {"device_id": device,
                                                     "scopes": list(MQTT_SCOPES)}}
+        ids, epoch = self.route_mode()
         out = []
-        for kind, items in (("sensor", SENSORS), ("command", COMMANDS)):
-            for it in items:
-                m = {"feed_data_topic": route_topic(cid, kind, it["id"], "feed-data"),
-                     "feed_data_publish_scope": "iot:mqtt:feed-data:write"}
-                if kind == "command":
-                    m["desired_topic"] = route_topic(cid, kind, it["id"], "desired")
-                    m["desired_subscribe_scope"] = "iot:mqtt:desired:read"
-                out.append({"source_type": kind, "source_id": it["id"], "mqtt": m})
+        for rte, (kind, source) in routes(cid, ids, epoch).items():
+            leaf = "%s/routes/%s/" % (device_topic(cid), rte)
+            m = {"feed_data_topic": leaf + "feed-data",
+                 "feed_data_publish_scope": "iot:mqtt:feed-data:write"}
+            if kind == "command":
+                m["desired_topic"] = leaf + "desired"
+                m["desired_subscribe_scope"] = "iot:mqtt:desired:read"
+            item = {"source_type": kind, "mqtt": m}
+            if ids:  # the extension: the source the route is for
+                item["source_id"] = source
+            out.append(item)
         return web.json_response({"code": 2000, "mqtt": mqtt, "mqtt_routes": out})
+
+    def route_mode(self):
+        """(ids, epoch): knob "route_ids" adds source_id to every route (one per source);
+        knob "route_epoch" renames every route (a catalog whose routes changed)."""
+        return bool(self._knob("route_ids")), int(self._knob("route_epoch") or 0)
+
+    def known_routes(self, cid):
+        """Every route a device may use now: both shapes, this epoch and the one before (a
+        publish in flight across a change still lands)."""
+        epoch = self.route_mode()[1]
+        out = {}
+        for e in {max(0, epoch - 1), epoch}:
+            out.update(routes(cid, False, e))
+            out.update(routes(cid, True, e))
+        return out
 
     async def mqtt_credentials(self, request):
         resp = await self.faults(request)
@@ -509,6 +565,8 @@ class Cloud:
             return resp
         if self.broker is None:
             return self.err(404, 4004, "resource_not_found", "MQTT is not enabled")
+        if self.take_knob("mqtt:cred-503"):
+            return self.err(503, 5003, "service_unavailable", "try again (fault knob)")
         if not isinstance(body, dict):
             return self.err(422, 4022, "validation_failed", "body must be an object")
         dev = body.get("device_id")
@@ -534,12 +592,14 @@ class Cloud:
         username = "realer-%s-cred-v%d" % (cid.replace("_", "-"), version)
         password = "mqp_" + secrets.token_urlsafe(24)
         publish, subscribe = [], []
+        known = self.known_routes(cid)
         if "iot:mqtt:feed-data:write" in scopes:
-            publish = [route_topic(cid, k, i, "feed-data") for k, i in routes(cid).values()]
+            publish = ["%s/routes/%s/feed-data" % (device_topic(cid), r) for r in known]
         if "iot:mqtt:ack:read" in scopes:
             subscribe.append(ack_topic(cid))
         if "iot:mqtt:desired:read" in scopes:
-            subscribe += [route_topic(cid, "command", c["id"], "desired") for c in COMMANDS]
+            subscribe += ["%s/routes/%s/desired" % (device_topic(cid), r)
+                          for r, (k, _) in known.items() if k == "command"]
         self.conn.execute("insert into mqtt_cred (username, device, version, expires) "
                           "values (?,?,?,?)", (username, device, version,
                                                time.time() + self.cred_ttl))
@@ -634,7 +694,7 @@ class MqttBridge:
         if retryable is not None:
             body["retryable"] = retryable
         self.publish(ack_topic(cid), body)
-        self.log("ack %s %s %s", cid, mid, status)
+        self.log("ack %s %s %s%s", cid, mid, status, " %s %s" % (etype, details) if etype else "")
 
     def handle(self, topic, payload):
         """One publish on a route feed-data topic: validate, store, ack."""
@@ -671,16 +731,19 @@ class MqttBridge:
             self.ack(cid, mid, "error", "internal_error", "try again (fault knob)",
                      retryable=True)
             return
-        route = routes(cid).get(rte)
+        route = self.cloud.known_routes(cid).get(rte)
         if route is None:
             self.ack(cid, mid, "rejected", "resource_not_found", "no such route")
             return
         kind, source = route
         key, other = ("sensor_id", "command_id") if kind == "sensor" else \
             ("command_id", "sensor_id")
-        if other in item or item.get(key, source) != source:
+        if source is None:  # a route of the documented shape: the payload names the source
+            source = item.get(key)
+        if other in item or source is None or item.get(key, source) != source:
             self.ack(cid, mid, "rejected", "validation_failed", "source does not match route",
-                     {key: ["must be %s on this route" % source]})
+                     {key: ["must be %s on this route" % source if source is not None else
+                            "is required on a %s route" % kind]})
             return
         item[key] = source
         status, body = self.cloud.validate(device, item, transport="mqtt")
@@ -717,13 +780,14 @@ class MqttBridge:
             for cmd_id, dev, value, did, dat, exp, seq in conn.execute(
                     "select id, device, value, desired_id, desired_at, expires_at, seq from "
                     "command where desired_id is not null").fetchall():
-                if self.published.get((dev, cmd_id)) != seq:
+                mode = self.cloud.route_mode()
+                if self.published.get((dev, cmd_id) + mode) != seq:
                     cid = self.cloud._client_id(dev)
-                    self.publish(route_topic(cid, "command", cmd_id, "desired"),
+                    self.publish(desired_topic(cid, cmd_id, *mode),
                                  {"command_id": cmd_id, "desired_id": did, "value": value,
                                   "seq": seq, "desired_at": dat, "expires_at": exp},
                                  retain=True)
-                    self.published[(dev, cmd_id)] = seq
+                    self.published[(dev, cmd_id) + mode] = seq
                     self.log("desired %s seq %s -> %s", cmd_id, seq, did)
         for (username,) in conn.execute("select username from mqtt_cred where removed=0 and "
                                         "expires < ?", (time.time(),)).fetchall():
@@ -738,6 +802,14 @@ class MqttBridge:
             await asyncio.sleep(down["seconds"])
             self.broker.restart()
             self.log("broker-down: broker back on port %s", self.broker.tls_port)
+        revoke = self.cloud.take_knob("mqtt:revoke-credential")
+        if revoke:
+            set_knob(self.cloud.data, "mqtt:cred-503", {"count": 1})
+            for (username,) in conn.execute("select username from mqtt_cred where removed=0"
+                                            ).fetchall():
+                conn.execute("update mqtt_cred set removed=1 where username=?", (username,))
+                self.log("revoke-credential: deleting %s", username)
+                await self._control(self.broker.remove_client, username)
         if self.cloud.take_knob("mqtt:drop-mqtt"):
             for (username,) in conn.execute("select username from mqtt_cred where removed=0"
                                             ).fetchall():

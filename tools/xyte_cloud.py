@@ -20,7 +20,8 @@ Chosen where the spec is silent: the `:mime` segment arrives URL-encoded (text%2
 Server side on the broker (paho, admin user, persistent session, no-local subscriptions):
 every device publish must carry user properties device_id (= the topic's id) and access_key
 (= the device's current key); otherwise it is logged as a violation and ignored.
-- telemetry: stored once per telemetries.message_id (repeats counted as duplicates).
+- telemetry: stored once per telemetries.message_id (repeats counted as duplicates);
+  EXTENSION: the document shows no message_id, the firmware adds one to each telemetry.
 - commands/update (and command/update): the status history per command; done/error/failed
   are final (a later in_progress is logged, not applied). Each report's message_id is kept.
 - config/update, license/update, update, cloud_settings/update: stored as reported.

@@ -7,8 +7,18 @@ connects to the catalog's `broker_url` with exactly the returned client id / use
 credential (never the bearer token), subscribes to `feed_data_ack_topic` and every command
 route's `desired_topic`, and at `renew_after` fetches the next credential and reconnects
 (the MQTT client re-subscribes). A catalog without `credential_endpoint` (or no MQTT catalog
-at all) means this device has no MQTT yet: everything stays on HTTPS, logged, and the
-catalog is read again later.
+at all) means this device has no MQTT yet: everything stays on HTTPS, logged.
+
+The catalog is read again every `cloud.mqtt_catalog_s` (600 s by default) and before the
+reconnect that follows a refusal, a TLS failure or a connection (DNS) failure: a moved
+`broker_url` or changed routes reconnect the session, a removed `credential_endpoint` ends
+it (HTTPS). A credential the broker refused is never offered again.
+
+Routes (docs/realer.md, "MQTT routes"): an item is {"source_type", "mqtt": {...}}; an id in it
+(`source_id`, `sensor_id`/`command_id`) is used when present, never required. A record goes
+to the route naming its source, else to the first route of its type without an id (the
+payload names the source). What the firmware cannot use is logged once, naming what is
+missing; a record without a route goes over HTTPS (also logged once).
 
 Delivery: a record is published QoS 1, retain off, on its route's `feed_data_topic` and
 leaves the outbox only on an `accepted` / `replayed` ack on the ack topic (a PUBACK is
@@ -16,10 +26,10 @@ broker acceptance only). `conflict` / `rejected` dead-letter it; `error` follows
 `retryable` (absent: retry). A record without an ack within `ack_timeout_s` stays pending
 and is published again, with the same message_id, on the next attempt.
 
-Ack and desired bodies are not documented; the local cloud's shapes are read tolerantly:
+Ack and desired bodies are not documented; they are read tolerantly:
 ack {"message_id", "status", "retryable"?, "error"?: {"type"} or "text"};
-desired {"command_id"?, "desired_id", "value", "seq"?, "expires_at"?} (the route gives the
-command when command_id is absent).
+desired {"command_id"?, "desired_id", "value", "seq" | "sequence" | "sequence_number"?,
+"expires_at"?} (the route's id gives the command when command_id is absent).
 """
 import asyncio
 import json
@@ -36,8 +46,12 @@ HTTPS = "https"
 MQTT = "mqtt"
 _DEFAULT_SCOPE = ("iot:catalog:read iot:feed-data:write iot:mqtt:connect iot:mqtt:ack:read "
                   "iot:mqtt:feed-data:write iot:mqtt:desired:read")
-_RECHECK_MS = const(600000)  # how often a device without MQTT asks again
+_CATALOG_MS = const(600000)  # how often the catalog is read again (cloud.mqtt_catalog_s)
 _RETRY_MS = const(30000)
+# In-flight QoS 1 window: a whole batch (batch_max, 20 by default) goes out in one round
+# trip; the broker's Receive Maximum still caps it (mosquitto: 20). docs/realer.md.
+_WINDOW = const(32)
+_SEQ_NAMES = ("seq", "sequence", "sequence_number")
 _ACK_TIMEOUT_MS = const(15000)
 _DEFAULT_CRED_RENEW_S = const(300)
 
@@ -49,10 +63,19 @@ class RealerMqtt:
         self.ca_file = cfg.ca_path
         self.ack_timeout_ms = int(cfg.get("cloud").get("ack_timeout_s", 0) * 1000) or \
             _ACK_TIMEOUT_MS
+        self.catalog_ms = int(cfg.get("cloud").get("mqtt_catalog_s", 0) * 1000) or _CATALOG_MS
         self.mode = None  # None until the MQTT catalog was read, then HTTPS or MQTT
         self.client = None  # mqtt.Client once the catalog named a broker
-        self.routes: dict = {}  # (kind, source id) -> feed_data_topic
-        self.desired_routes: dict = {}  # desired_topic -> command id
+        self.routes: dict = {}  # (kind, source id) -> feed_data_topic, routes naming an id
+        self.type_routes: dict = {}  # kind -> feed_data_topic of its first route without id
+        self.desired_routes: dict = {}  # desired_topic -> command id, or None (no id)
+        self.refused = False  # the broker refused the current credential
+        self._stale = clock.Deadline(0)  # when the catalog is to be read again
+        self._no_mqtt = False  # a re-read catalog no longer offers MQTT
+        self._connects_seen = 0  # client.connects at the last _prepare
+        self._prep_failed = False  # the last _prepare raised
+        self._subscribed = 0  # client.connects when the subscriptions were last made
+        self._reported: set = set()  # catalog problems already logged
         self.ack_topic = None
         self.cred_request = None  # (method, path, body) from the catalog
         self.cred_renew = None  # clock.Deadline
@@ -101,49 +124,116 @@ class RealerMqtt:
 
     async def _read_catalog(self):
         """True when the catalog offers MQTT to this device (and sets it up)."""
+        return await self._refresh() is not None
+
+    async def _refresh(self):
+        """Read the catalog and apply it. None: it offers no MQTT now (logged); else whether
+        a live session must reconnect (the broker moved or the subscriptions changed)."""
+        self._stale = clock.Deadline(self.catalog_ms)
         resp = await self.https._call("GET", self.https._url("mqtt"))
         body = _json(resp)
         cat = body.get("mqtt") if isinstance(body, dict) else None
         if resp.status != 200 or not isinstance(cat, dict):
-            log.warn(_TAG, "no MQTT catalog (%d %s): staying on HTTPS", resp.status,
-                     error_type(body) or "")
-            return False
+            self._error_once("no MQTT catalog (%d %s): staying on HTTPS" %
+                             (resp.status, error_type(body) or ""), warn=True)
+            return None
         endpoint = cat.get("credential_endpoint")
         if not isinstance(endpoint, dict) or not endpoint.get("endpoint"):
-            log.warn(_TAG, "catalog has no credential_endpoint: MQTT credentials are not "
-                           "available for this device yet, staying on HTTPS")
-            return False
-        url = cat.get("broker_url")
-        if not isinstance(url, str) or not isinstance(cat.get("feed_data_ack_topic"), str):
-            log.warn(_TAG, "MQTT catalog without broker_url or ack topic: staying on HTTPS")
-            return False
+            self._error_once("catalog has no credential_endpoint: MQTT credentials are not "
+                             "available for this device yet, staying on HTTPS", warn=True)
+            return None
+        url, ack = cat.get("broker_url"), cat.get("feed_data_ack_topic")
+        missing = [k for k, v in (("mqtt.broker_url", url), ("mqtt.feed_data_ack_topic", ack))
+                   if not isinstance(v, str) or not v]
+        host, port, secure = None, 0, True
+        try:
+            if not missing:
+                _, host, port, _, secure = conn.parse_url(url)
+        except conn.URLError as e:
+            missing = ["a usable mqtt.broker_url (%s)" % e]
+        if missing:
+            self._error_once("MQTT catalog unusable, it lacks %s: staying on HTTPS" %
+                             " and ".join(missing))
+            return None
         self.cred_request = (endpoint.get("http_method") or "POST", endpoint["endpoint"],
                              endpoint.get("body"))
-        self.ack_topic = cat["feed_data_ack_topic"]
+        before = (self.ack_topic, self.routes, self.type_routes, self.desired_routes)
+        self.ack_topic = ack
         self._read_routes(body.get("mqtt_routes"))
-        if self.client is None or (self.client.host, self.client.port) != \
-                conn.parse_url(url)[1:3]:
-            self.client = mqtt.Client(url, cat.get("client_id") or "", ca_file=self.ca_file,
-                                      keepalive_s=60, on_message=self._on_message)
-        self.client.subscriptions = {self.ack_topic: 1}
+        rerouted = before != (ack, self.routes, self.type_routes, self.desired_routes)
+        subs = {ack: 1}
         for topic in self.desired_routes:
-            self.client.subscriptions[topic] = 1
-        return True
+            subs[topic] = 1
+        client = self.client
+        if client is None:
+            self.client = mqtt.Client(url, cat.get("client_id") or "", ca_file=self.ca_file,
+                                      keepalive_s=60, window=_WINDOW,
+                                      on_message=self._on_message)
+            self.client.subscriptions = subs
+            return False
+        moved = (client.host, client.port, client.secure) != (host, port, secure)
+        if moved:  # the next connect goes there, with a credential asked for it
+            log.info(_TAG, "catalog moved the broker to %s:%d", host, port)
+            client.host, client.port, client.secure = host, port, secure
+            self.cred_renew = None
+        if rerouted:  # the broker's ACL follows the credential: ask for one with the routes
+            log.info(_TAG, "catalog routes changed")
+            self.cred_renew = None
+        client.subscriptions = subs  # (subscribe() drops refused filters from it)
+        return moved or rerouted
 
     def _read_routes(self, routes):
+        """Routes by source_type (realer-mqtt.txt): a record goes to the route that names
+        its source (source_id, sensor_id or command_id, when the item has one), else to the
+        first route of its type without an id. Every command route's desired_topic is
+        subscribed. Items the firmware cannot use are logged once, naming what is missing."""
         self.routes = {}
+        self.type_routes = {}
         self.desired_routes = {}
-        for r in routes if isinstance(routes, list) else ():
-            if not isinstance(r, dict) or not isinstance(r.get("mqtt"), dict):
+        if not isinstance(routes, list) or not routes:
+            self._error_once("MQTT catalog lists no mqtt_routes: nothing can be published "
+                             "over MQTT, records go over HTTPS")
+            return
+        for i, r in enumerate(routes):
+            topics = r.get("mqtt") if isinstance(r, dict) else None
+            kind = r.get("source_type") if isinstance(r, dict) else None
+            if kind not in ("sensor", "command"):
+                self._error_once("mqtt_routes[%d] ignored: source_type must be \"sensor\" or "
+                                 "\"command\", got %r" % (i, kind))
                 continue
-            kind, source, topics = r.get("source_type"), r.get("source_id"), r["mqtt"]
-            if kind not in ("sensor", "command") or source is None:
-                log.warn(_TAG, "route without source_type/source_id ignored")
+            if not isinstance(topics, dict):
+                topics = {}
+            feed = topics.get("feed_data_topic")
+            if not isinstance(feed, str) or not feed:
+                self._error_once("mqtt_routes[%d] (%s) ignored: no mqtt.feed_data_topic" %
+                                 (i, kind))
                 continue
-            if isinstance(topics.get("feed_data_topic"), str):
-                self.routes[(kind, source)] = topics["feed_data_topic"]
-            if kind == "command" and isinstance(topics.get("desired_topic"), str):
-                self.desired_routes[topics["desired_topic"]] = source
+            source = r.get("source_id", r.get(kind + "_id"))
+            if source is not None:
+                self.routes.setdefault((kind, source), feed)
+            elif kind not in self.type_routes:
+                self.type_routes[kind] = feed
+            desired = topics.get("desired_topic")
+            if kind == "command" and isinstance(desired, str) and desired:
+                self.desired_routes[desired] = source
+        for kind in ("sensor", "command"):
+            if kind not in self.type_routes and \
+                    not any(k == kind for k, _ in self.routes):
+                self._error_once("MQTT catalog has no usable %s route: %s records go over "
+                                 "HTTPS" % (kind, kind))
+
+    def route_for(self, kind, source):
+        """The feed_data_topic for one record, or None when the catalog has no route for it."""
+        return self.routes.get((kind, source)) or self.type_routes.get(kind)
+
+    def _error_once(self, text, warn=False):
+        # a catalog problem is logged when first seen, not at every re-read
+        if text in self._reported:
+            return
+        if len(self._reported) >= 16:
+            self._reported.clear()
+        self._reported.add(text)
+        (log.warn if warn else log.error)(_TAG, text)
 
     async def _new_credential(self, client):
         if self.cred_request is None:
@@ -160,64 +250,102 @@ class RealerMqtt:
         client.client_id = cred.get("mqtt_client_id") or client.client_id
         client.username = cred.get("mqtt_username")
         client.password = cred["mqtt_credential"]
-        if old:
+        if old and old != client.password:
             log.forget(old)
+        self.refused = False
         renew_s = cred.get("renew_after") or cred.get("expires_in") or _DEFAULT_CRED_RENEW_S
         self.cred_renew = clock.Deadline(int(renew_s) * 1000)
         self.credentials += 1
         log.info(_TAG, "MQTT credential %d issued, renew in %ss", self.credentials, renew_s)
 
     async def _prepare(self, client):
-        # before every connect: a credential that is due, or was refused, is replaced
+        # before every connect. A refused credential stays refused until a new one came
+        # (also when asking for it failed in between). After a refusal or a connect that
+        # failed (TLS, DNS, refused, unreachable) the catalog is read again first: the
+        # broker may have moved. A session that merely dropped reconnects as it was.
+        err = client.error
+        # run() also records why the previous _prepare raised: that was no connect
+        failed = err is not None and client.connects == self._connects_seen and \
+            not self._prep_failed
+        self._connects_seen = client.connects
+        self._prep_failed = True
+        if _refusal(err):
+            self.refused = True
+        if failed or _refusal(err) or self._stale.expired():
+            if await self._refresh() is None:
+                self._no_mqtt = True
+                raise RealerError("the catalog no longer offers MQTT")
         if client.password is None or self.cred_renew is None or self.cred_renew.expired() \
-                or isinstance(client.error, mqtt.CredentialsRefused):
+                or self.refused:
             await self._new_credential(client)
+        self._prep_failed = False
 
     # -- the session task ---------------------------------------------------------------
 
     async def session(self):
         """Background task: HTTPS fallback until the catalog offers MQTT, then one broker
-        session kept up, with the credential renewed at renew_after."""
+        session kept up, with the credential renewed at renew_after and the catalog read
+        again every catalog interval (and after refusals, TLS and connection failures)."""
         while True:
             try:
                 offered = await self._read_catalog()
             except Exception as e:  # the catalog is read again after a pause
                 log.warn(_TAG, "MQTT catalog: %s", log.describe(e))
-                await asyncio.sleep_ms(_RETRY_MS)
+                await asyncio.sleep_ms(min(_RETRY_MS, self.catalog_ms))
                 continue
             if not offered:
                 self.mode = HTTPS
-                await asyncio.sleep_ms(_RECHECK_MS)
+                await asyncio.sleep_ms(self.catalog_ms)
                 continue
             client = self.client
             if client is None:
                 continue
             self.mode = MQTT
+            self._no_mqtt = False
             runner = asyncio.create_task(client.run(prepare=self._prepare,
                                                     on_connect=self._connected))
             try:
-                await self._renew_forever(client)
+                await self._supervise(client)
             finally:
                 runner.cancel()
                 await client.disconnect()
+            log.warn(_TAG, "the catalog no longer offers MQTT: records go over HTTPS")
+            self.mode = HTTPS
+            await asyncio.sleep_ms(self.catalog_ms)
 
     async def _connected(self, client):
+        self._subscribed = client.connects  # the ack topic is subscribed on this session
         if self.on_link_up is not None:
             self.on_link_up(client.connects == 1)
 
-    async def _renew_forever(self, client):
-        while True:
-            if self.cred_renew is None or not client.connected:
-                await asyncio.sleep_ms(1000)
+    async def _supervise(self, client):
+        """Returns when the catalog stops offering MQTT. Meanwhile: the credential renewed at
+        renew_after, the catalog re-read when its interval is over."""
+        while not self._no_mqtt:
+            waits = [self._stale.remaining_ms()]
+            if self.cred_renew is not None and client.connected:
+                waits.append(self.cred_renew.remaining_ms())
+            await asyncio.sleep_ms(max(200, min(1000, min(waits))))
+            if self._stale.expired():
+                try:
+                    reconnect = await self._refresh()
+                except Exception as e:  # the session goes on with what it has
+                    log.warn(_TAG, "MQTT catalog: %s", log.describe(e))
+                    continue
+                if reconnect is None:
+                    return
+                if reconnect and client.connected:
+                    log.info(_TAG, "catalog changed: reconnecting")
+                    await client.disconnect()  # run() reconnects and subscribes anew
                 continue
-            await asyncio.sleep_ms(max(1000, self.cred_renew.remaining_ms()))
-            if not self.cred_renew.expired():
+            if self.cred_renew is None or not client.connected or \
+                    not self.cred_renew.expired():
                 continue
             try:
                 await self._new_credential(client)
             except Exception as e:  # the current credential is still valid for a while
                 log.warn(_TAG, "credential renewal: %s", log.describe(e))
-                await asyncio.sleep_ms(_RETRY_MS)
+                self.cred_renew = clock.Deadline(_RETRY_MS)
                 continue
             log.info(_TAG, "reconnecting with the new credential")
             await client.disconnect()  # run() reconnects with it and re-subscribes
@@ -238,16 +366,21 @@ class RealerMqtt:
                 log.warn(_TAG, "ack without message_id/status ignored")
             elif mid in self._waiting:
                 self._acks[mid] = body
-                self._ack_event.set()
-                self._ack_event.clear()
+                self._ack_event.set()  # stays set until the waiter looked (no lost wake-up)
             else:  # for a record already judged (a re-publish was acked twice)
                 log.debug(_TAG, "late ack for %s dropped", mid)
         elif msg.topic in self.desired_routes:
-            body.setdefault("command_id", self.desired_routes[msg.topic])
-            cmd = {"id": body["command_id"], "desired_id": body.get("desired_id"),
-                   "value": body.get("value"), "seq": body.get("seq"),
-                   "expires_at": body.get("expires_at")}
-            if cmd["desired_id"] is None or self.on_desired is None:
+            command = body.get("command_id", self.desired_routes[msg.topic])
+            cmd = {"id": command, "desired_id": body.get("desired_id"),
+                   "value": body.get("value"), "seq": None, "expires_at": body.get("expires_at")}
+            for name in _SEQ_NAMES:  # the name is not documented: any of the likely ones
+                if body.get(name) is not None:
+                    cmd["seq"] = body[name]
+                    break
+            if command is None:
+                log.warn(_TAG, "desired message on %s names no command_id and its route no "
+                               "id: ignored", msg.topic)
+            elif cmd["desired_id"] is None or self.on_desired is None:
                 log.warn(_TAG, "desired message without desired_id ignored")
             else:
                 self.on_desired(cmd)
@@ -264,13 +397,17 @@ class RealerMqtt:
         client = self.client
         if self.mode is None or client is None or not client.connected:
             raise mqtt.NotConnected("no broker session yet")
+        if self._subscribed != client.connects:  # an ack before that would be lost
+            raise mqtt.NotConnected("broker session not subscribed yet")
         result = SendResult()
         sent = []
         self._waiting = set(r.message_id for r in records)
         self._acks = {}
         for rec in records:
-            topic = self.routes.get((rec.kind, rec.source))
-            if topic is None:  # no route for it: the HTTPS endpoint still takes it
+            topic = self.route_for(rec.kind, rec.source)
+            if topic is None:  # no route: HTTPS still takes it, said once
+                self._error_once("no MQTT route for %s %s in the catalog: its records go "
+                                 "over HTTPS" % (rec.kind, rec.source))
                 sub = await self.https.send([rec])
                 result.ok += sub.ok
                 result.dead += sub.dead
@@ -290,8 +427,13 @@ class RealerMqtt:
         return result
 
     async def _await_acks(self, sent):
+        # cleared before each look, set by every ack: an ack that comes while wait_for's
+        # task is not yet waiting still wakes it (a pulse then was lost, up to ack_timeout)
         deadline = clock.Deadline(self.ack_timeout_ms)
-        while not deadline.expired() and any(r.message_id not in self._acks for r in sent):
+        while not deadline.expired():
+            self._ack_event.clear()
+            if all(r.message_id in self._acks for r in sent):
+                break
             try:
                 await asyncio.wait_for(self._ack_event.wait(),
                                        max(1, deadline.remaining_ms()) / 1000)
@@ -315,6 +457,12 @@ class RealerMqtt:
         else:
             log.info(_TAG, "ack %s for %s: kept for a retry", status, rec.message_id)
             result.failed = True
+
+
+def _refusal(err):
+    # the broker will not take this credential: at CONNACK, or by ending the session
+    return isinstance(err, mqtt.CredentialsRefused) or (
+        isinstance(err, mqtt.ServerDisconnect) and err.code in (0x86, 0x87))
 
 
 def _json(resp):

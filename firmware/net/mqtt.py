@@ -69,6 +69,12 @@ _PROPS = {
     0x25: _BYTE, 0x26: _PAIR, 0x27: _U32, 0x28: _BYTE, 0x29: _BYTE, 0x2A: _BYTE,
 }
 _DEFAULT_MAX_PACKET = const(16384)
+# A PUBLISH up to this size is built in one preallocated buffer and written in one call (one
+# TCP segment: split writes meet Nagle's algorithm and the peer's delayed ACK); a bigger one
+# goes as its header from that buffer, then the payload from the caller's own buffer.
+_TX_SIZE = const(512)
+_RX_SIZE = const(256)  # received packets that do not fit in the stream buffer are read here
+_TOPICS = const(16)  # encoded topic names kept (a device publishes to a handful)
 _DEFAULT_TIMEOUT_MS = const(15000)
 _MALFORMED = const(0x81)
 
@@ -288,7 +294,28 @@ class _Reader:
 
 
 def packet(ptype, flags, body):
-    return bytes([ptype << 4 | flags]) + encode_varint(len(body)) + body
+    """A whole packet: fixed header then body, built in one buffer (the body copied once)."""
+    n = len(body)
+    out = bytearray(1 + _varint_len(n) + n)
+    out[0] = ptype << 4 | flags
+    i = _put_varint(out, 1, n)
+    out[i:] = body
+    return out
+
+
+def _varint_len(n):
+    return 1 if n < 128 else 2 if n < 16384 else 3 if n < 2097152 else 4
+
+
+def _put_varint(buf, i, n):
+    """Writes n as a variable byte integer at buf[i]; returns the index after it."""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        buf[i] = b | 0x80 if n else b
+        i += 1
+        if not n:
+            return i
 
 
 def encode_connect(client_id, username=None, password=None, keepalive_s=60, clean=True,
@@ -315,19 +342,62 @@ def encode_connect(client_id, username=None, password=None, keepalive_s=60, clea
 
 
 def encode_publish(topic, payload, qos=0, retain=False, pid=0, dup=False, props=None, v5=True):
-    if qos not in (0, 1):
-        raise ValueError("QoS must be 0 or 1")
-    if not topic or "+" in topic or "#" in topic:
-        raise ValueError("bad topic name %r" % topic)
+    """One PUBLISH as a new buffer (tests, rare paths); Client writes its own into a
+    preallocated one (Client._put_publish)."""
+    t = _topic_bytes(topic)
     if isinstance(payload, str):
         payload = payload.encode()
-    body = bytearray(_str(topic))
+    pb = encode_props(props) if v5 and props else None
+    buf = bytearray(publish_size(len(t), len(payload), qos, pb, v5))
+    return buf[:put_publish(buf, t, payload, qos, retain, pid, dup, pb, v5)]
+
+
+def _topic_bytes(topic):
+    if not topic or "+" in topic or "#" in topic:
+        raise ValueError("bad topic name %r" % topic)
+    t = topic.encode()
+    if len(t) > 65535:
+        raise ValueError("string longer than 65535 bytes")
+    return t
+
+
+def publish_size(topic_len, payload_len, qos, props, v5):
+    """Bytes of a whole PUBLISH (fixed header included) with these parts."""
+    n = 2 + topic_len + (2 if qos else 0) + ((len(props) if props else 1) if v5 else 0) + \
+        payload_len
+    return 1 + _varint_len(n) + n
+
+
+def put_publish(buf, t, payload, qos, retain, pid, dup, props, v5, with_payload=True):
+    """Writes a PUBLISH into buf (large enough: publish_size) without allocating: topic bytes
+    t, an encoded property block or None. Returns its length; with_payload=False stops
+    before the payload (the caller writes that from its own buffer)."""
+    if qos not in (0, 1):
+        raise ValueError("QoS must be 0 or 1")
+    n = 2 + len(t) + (2 if qos else 0) + ((len(props) if props else 1) if v5 else 0) + \
+        len(payload)
+    buf[0] = PUBLISH << 4 | (0x08 if dup else 0) | qos << 1 | (1 if retain else 0)
+    i = _put_varint(buf, 1, n)
+    buf[i] = len(t) >> 8
+    buf[i + 1] = len(t) & 0xFF
+    i += 2
+    buf[i:i + len(t)] = t
+    i += len(t)
     if qos:
-        body += struct.pack("!H", pid)
+        buf[i] = pid >> 8
+        buf[i + 1] = pid & 0xFF
+        i += 2
     if v5:
-        body += encode_props(props)
-    body += payload
-    return packet(PUBLISH, (0x08 if dup else 0) | qos << 1 | (1 if retain else 0), body)
+        if props:
+            buf[i:i + len(props)] = props
+            i += len(props)
+        else:
+            buf[i] = 0
+            i += 1
+    if with_payload:
+        buf[i:i + len(payload)] = payload
+        i += len(payload)
+    return i
 
 
 def encode_puback(pid, code=0, v5=True):
@@ -439,6 +509,12 @@ def _end(r):
 
 # ---- the client -------------------------------------------------------------------------
 
+def _backlog(writer):
+    # bytes written but not yet taken by the socket (MicroPython's stream or CPython's)
+    buf = getattr(writer, "out_buf", None)
+    return len(buf) if buf is not None else writer.transport.get_write_buffer_size()
+
+
 def _pulse(event):
     # wake everyone waiting now; later waiters block until the next pulse
     event.set()
@@ -487,6 +563,10 @@ class Client:
         self.session_present = False
         self.connects = 0
         self.server_props: dict = {}
+        self._tx = bytearray(_TX_SIZE)
+        self._txv = memoryview(self._tx)
+        self._rx = bytearray(_RX_SIZE)
+        self._topics: dict = {}  # topic -> its UTF-8 bytes
 
     @property
     def connected(self):
@@ -511,8 +591,9 @@ class Client:
                                                    self.keepalive_s, self.clean_start, self.v5,
                                                    props), self.timeout_ms)
             pkt = await self._read_packet(stream, self.timeout_ms)
-            if pkt[0] != CONNACK:
-                raise MqttProtocolError("expected CONNACK, got packet type %d" % pkt[0])
+            if pkt is None or pkt[0] != CONNACK:
+                raise MqttProtocolError("expected CONNACK, got packet type %d" %
+                                        (pkt[0] if pkt else PUBACK))
             _, present, code, props = pkt
             if code:
                 raise refusal(code, props.get(REASON_STRING, ""))
@@ -538,8 +619,7 @@ class Client:
     async def _resend_inflight(self):
         for pid in sorted(self._inflight):
             topic, payload, retain, props, _ = self._inflight[pid]
-            await self._send(encode_publish(topic, payload, 1, retain, pid, True, props,
-                                            self.v5))
+            await self._send_publish(topic, payload, 1, retain, pid, True, props)
 
     async def disconnect(self, code=0):
         """DISCONNECT (with a reason on MQTT 5) and close; in-flight messages are kept."""
@@ -575,17 +655,54 @@ class Client:
 
     # -- sending ------------------------------------------------------------------------
 
-    async def _send(self, data):
+    async def _send(self, data, more=None):
+        """Write data (then `more`, when given) and wait until it left, at most timeout_ms.
+        A write the socket took at once needs no drain: no timer task per packet."""
         stream = self._stream
         if stream is None:
             raise NotConnected("not connected")
         try:
-            await conn.send(stream.writer, data, self.timeout_ms)
+            w = stream.writer
+            w.write(data)
+            if more is not None:
+                w.write(more)
+            if _backlog(w):
+                await asyncio.wait_for(w.drain(), self.timeout_ms / 1000)
         except Exception as e:  # the socket is gone: the session is over
             err = conn.as_net_error(e, "mqtt send")
             await self._end(err)
             raise err
         self._last_tx = ticks_ms()
+
+    def _topic(self, topic):
+        t = self._topics.get(topic)
+        if t is None:
+            t = _topic_bytes(topic)
+            if len(self._topics) >= _TOPICS:
+                self._topics.clear()
+            self._topics[topic] = t
+        return t
+
+    def _put_publish(self, topic, payload, qos, retain, pid, dup, props):
+        """Builds the PUBLISH in self._tx and returns its length, negated when the payload
+        did not fit and was left out (no tuple: this path allocates nothing). Raises
+        PacketTooLarge over the broker's Maximum Packet Size."""
+        t = self._topic(topic)
+        pb = encode_props(props) if self.v5 and props else None
+        size = publish_size(len(t), len(payload), qos, pb, self.v5)
+        limit = self.server_props.get(MAXIMUM_PACKET_SIZE)
+        if limit and size > limit:
+            raise PacketTooLarge("%d-byte PUBLISH to %s is over the broker's %d-byte limit" %
+                                 (size, topic, limit))
+        whole = size <= len(self._tx)
+        if not whole and size - len(payload) > len(self._tx):
+            raise PacketTooLarge("PUBLISH header over %d bytes" % len(self._tx))
+        n = put_publish(self._tx, t, payload, qos, retain, pid, dup, pb, self.v5, whole)
+        return n if whole else -n
+
+    async def _send_publish(self, topic, payload, qos, retain, pid, dup, props):
+        n = self._put_publish(topic, payload, qos, retain, pid, dup, props)
+        await self._send(self._txv[:abs(n)], None if n > 0 else payload)
 
     def _next_pid(self):
         while True:
@@ -603,19 +720,19 @@ class Client:
         if isinstance(payload, str):
             payload = payload.encode()
         if qos == 0:
-            await self._send(self._fits(encode_publish(topic, payload, 0, retain, 0, False,
-                                                       props, self.v5), topic))
+            await self._send_publish(topic, payload, 0, retain, 0, False, props)
             return 0
         while len(self._inflight) >= self._send_window:
             self._check_session()
             await self._event.wait()
         self._check_session()
         pid = self._next_pid()
+        # built and handed to the socket before anything else runs: the one buffer is free
+        # again when write() returns (what the socket did not take, the stream copied)
+        n = self._put_publish(topic, payload, qos, retain, pid, False, props)
         entry = [topic, payload, retain, props, None]
-        data = self._fits(encode_publish(topic, payload, qos, retain, pid, False, props,
-                                         self.v5), topic)
         self._inflight[pid] = entry
-        await self._send(data)
+        await self._send(self._txv[:abs(n)], None if n > 0 else payload)
         if wait:
             while entry[4] is None:
                 self._check_session()
@@ -623,13 +740,6 @@ class Client:
             if entry[4] >= 0x80:
                 raise PublishRejected(topic, entry[4])
         return pid
-
-    def _fits(self, data, topic):
-        limit = self.server_props.get(MAXIMUM_PACKET_SIZE)
-        if limit and len(data) > limit:
-            raise PacketTooLarge("%d-byte PUBLISH to %s is over the broker's %d-byte limit" %
-                                 (len(data), topic, limit))
-        return data
 
     def _check_session(self):
         if self._stream is None:
@@ -696,18 +806,21 @@ class Client:
     # -- receiving ----------------------------------------------------------------------
 
     async def _read_packet(self, stream, timeout_ms):
-        one = bytearray(1)
-
-        def put(chunk):
-            one[0] = chunk[0]
-
-        await stream.read_n(1, put, timeout_ms)
-        first = one[0]
+        """The next packet, decoded; None for a PUBACK, which is handled here without
+        allocating (the hot path of publishing). Reads straight from the stream's buffer:
+        the body is decoded in place when it is there whole, else gathered in self._rx."""
+        if stream.start == stream.end:
+            await stream._fill(timeout_ms)
+        first = stream.buf[stream.start]
+        stream.start += 1
         length = shift = 0
         while True:
-            await stream.read_n(1, put, timeout_ms)
-            length |= (one[0] & 0x7F) << shift
-            if not one[0] & 0x80:
+            if stream.start == stream.end:
+                await stream._fill(timeout_ms)
+            b = stream.buf[stream.start]
+            stream.start += 1
+            length |= (b & 0x7F) << shift
+            if not b & 0x80:
                 break
             shift += 7
             if shift >= 28:
@@ -716,15 +829,35 @@ class Client:
         if size > self.max_packet:
             raise MqttProtocolError("packet of %d bytes is over the %d allowed" %
                                     (size, self.max_packet))
-        body = bytearray(length)
-        pos = [0]
+        if stream.end - stream.start >= length:  # whole in the stream buffer
+            start = stream.start
+            stream.start += length
+            if first == PUBACK << 4 and (length == 2 or (length == 3 and self.v5)):
+                buf = stream.buf  # (with properties it takes the full decoder below)
+                self._puback(buf[start] << 8 | buf[start + 1], buf[start + 2] if length > 2
+                             else 0)
+                return None
+            return decode(first, stream.mv[start:start + length], self.v5)
+        if length > len(self._rx):
+            self._rx = bytearray(length)
+        rx = memoryview(self._rx)
+        got = 0
+        while got < length:
+            if stream.start == stream.end:
+                await stream._fill(timeout_ms)
+            take = min(length - got, stream.end - stream.start)
+            rx[got:got + take] = stream.mv[stream.start:stream.start + take]
+            stream.start += take
+            got += take
+        return decode(first, rx[:length], self.v5)
 
-        def fill(chunk):
-            body[pos[0]:pos[0] + len(chunk)] = chunk
-            pos[0] += len(chunk)
-
-        await stream.read_n(length, fill, timeout_ms)
-        return decode(first, body, self.v5)
+    def _puback(self, pid, code):
+        entry = self._inflight.pop(pid, None)
+        if entry is not None:
+            entry[4] = code
+            if code >= 0x80:
+                log.warn(_TAG, "PUBACK for %s: code 0x%02x", entry[0], code)
+        _pulse(self._event)
 
     async def _read_loop(self, stream):
         try:
@@ -736,7 +869,8 @@ class Client:
                     raise conn.NetTimeout("no packet from the broker for %d s (dead peer)" %
                                           self.keepalive_s)
                 self._last_rx = ticks_ms()
-                await self._dispatch(pkt)
+                if pkt is not None:  # None: a PUBACK, already handled
+                    await self._dispatch(pkt)
         except asyncio.CancelledError:
             raise
         except MqttProtocolError as e:
@@ -754,12 +888,7 @@ class Client:
         if ptype == PUBLISH:
             await self._deliver(pkt[1])
         elif ptype == PUBACK:
-            entry = self._inflight.pop(pkt[1], None)
-            if entry is not None:
-                entry[4] = pkt[2]
-                if pkt[2] >= 0x80:
-                    log.warn(_TAG, "PUBACK for %s: code 0x%02x", entry[0], pkt[2])
-            _pulse(self._event)
+            self._puback(pkt[1], pkt[2])
         elif ptype in (SUBACK, UNSUBACK):
             entry = self._pending.get(pkt[1])
             if entry is None or entry[0] != ptype - 1:

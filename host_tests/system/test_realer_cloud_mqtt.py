@@ -21,9 +21,11 @@ NOT_AUTHORIZED = 0x87
 
 
 class CloudRig:
-    def __init__(self, tmp, cred_ttl):
+    def __init__(self, tmp, cred_ttl, route_ids=True):
         self.data = tmp
         self.proc, self.info = run_local.start_cloud(tmp, mqtt=True, mqtt_cred_ttl=cred_ttl)
+        # most tests here address routes by source: the id-carrying variant (knob)
+        realer_cloud.set_knob(tmp, "route_ids", route_ids)
         assert self.info.get("mqtt_url", "").startswith("mqtts://127.0.0.1:"), self.info
         self.ctx = ssl.create_default_context(cafile=self.info["ca_file"])
         self.clients = []
@@ -126,7 +128,42 @@ def next_ack(c, mid, timeout=5):
     raise AssertionError("no ack for %s" % mid)
 
 
-def test_catalog_shape(cloud):
+def test_catalog_default_is_the_documented_shape(cloud):
+    realer_cloud.set_knob(cloud.data, "route_ids", False)
+    try:
+        cat = cloud.catalog()
+        _, cred = cloud.credential()
+    finally:
+        realer_cloud.set_knob(cloud.data, "route_ids", True)
+    routes = cat["mqtt_routes"]
+    # realer-mqtt.txt's route item: source_type and mqtt only, no ids
+    assert all(set(r) == {"source_type", "mqtt"} for r in routes), routes
+    assert sorted(r["source_type"] for r in routes) == ["command", "command", "sensor"]
+    sensor = [r["mqtt"] for r in routes if r["source_type"] == "sensor"][0]
+    assert set(sensor) == {"feed_data_topic", "feed_data_publish_scope"}
+    for r in routes:
+        if r["source_type"] == "command":
+            assert set(r["mqtt"]) == {"feed_data_topic", "feed_data_publish_scope",
+                                      "desired_topic", "desired_subscribe_scope"}
+    c, rc = cloud.device(cred)
+    assert rc == 0 and c.subscribe(cat["mqtt"]["feed_data_ack_topic"])[0].value == 1
+    # the payload names the sensor; both sensors share the one sensor route
+    topic = sensor["feed_data_topic"]
+    c.publish(topic, reading("doc-1", sensor_id=7))
+    assert next_ack(c, "doc-1")["status"] == "accepted"
+    c.publish(topic, reading("doc-2", sensor_id=8))
+    assert next_ack(c, "doc-2")["status"] == "accepted"
+    c.publish(topic, reading("doc-3"))  # whose reading? the route does not say
+    ack = next_ack(c, "doc-3")
+    assert ack["status"] == "rejected" and ack["error"]["details"] == {
+        "sensor_id": ["is required on a sensor route"]}
+    c.publish(topic, reading("doc-4", command_id=3))
+    assert next_ack(c, "doc-4")["status"] == "rejected"
+    rows = {r["message_id"]: r["source"] for r in realer_cloud.feed_rows(cloud.data)}
+    assert (rows["doc-1"], rows["doc-2"]) == ("sensor:7", "sensor:8")
+
+
+def test_catalog_shape_with_route_ids(cloud):
     cat = cloud.catalog()
     cid = cloud.info["client_id"]
     assert set(cat) == {"code", "mqtt", "mqtt_routes"} and cat["code"] == 2000

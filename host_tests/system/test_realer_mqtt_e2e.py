@@ -29,7 +29,7 @@ def wait_for(what, cond, timeout=30):
 
 
 class Rig:
-    def __init__(self, tmp, cred_ttl=6):
+    def __init__(self, tmp, cred_ttl=6, catalog_s=None, route_ids=False):
         self.cloud_dir = os.path.join(tmp, "cloud")
         self.device = os.path.join(tmp, "device")
         self.log_path = os.path.join(tmp, "device.log")
@@ -42,11 +42,15 @@ class Rig:
         api = self.api_proxy.start_in_thread()
         broker = self.broker_proxy.start_in_thread()
         realer_cloud.set_knob(self.cloud_dir, "broker_url", "mqtts://127.0.0.1:%d" % broker)
+        realer_cloud.set_knob(self.cloud_dir, "route_ids", route_ids)
+        self.broker_port = broker_port
         run_local.write_device(self.device, self.cloud, api_url="https://127.0.0.1:%d" % api,
                                transport="mqtt")
         cfg_path = os.path.join(self.device, "config.json")
         cfg = json.load(open(cfg_path))
         cfg["cloud"]["ack_timeout_s"] = 2
+        if catalog_s:
+            cfg["cloud"]["mqtt_catalog_s"] = catalog_s
         cfg["sensors"] = [{"id": 7, "quantity": "temperature", "interval_s": 1},
                           {"id": 8, "quantity": "humidity", "interval_s": 2}]
         cfg["switches"] = [{"command": 3, "flip_every_s": 3}]
@@ -95,6 +99,16 @@ def rig(tmp_path):
 
 def sensor_rows(rig):
     return [r for r in rig.rows() if r["source"].startswith("sensor:")]
+
+
+def mqtt_rows(rig, after=0.0, source="sensor:"):
+    return [r for r in rig.rows() if r["transport"] == "mqtt" and r["created"] > after and
+            r["source"].startswith(source)]
+
+
+def broker_log(rig):
+    path = os.path.join(rig.cloud_dir, "mqtt", "mosquitto.log")
+    return open(path, errors="replace").read()
 
 
 def test_realer_mqtt_end_to_end(rig):
@@ -204,5 +218,95 @@ def test_catalog_without_credential_endpoint_falls_back_to_https(tmp_path):
         assert "mqtt: connected" not in log
         assert {r["transport"] for r in rig.rows()} == {"https"}
         assert rig.last_status().get("mode") == "https"
+    finally:
+        rig.stop()
+
+
+def test_catalog_changes_take_effect_within_one_interval(tmp_path):
+    """The catalog is read again every cloud.mqtt_catalog_s (3 s here): changed routes (the
+    id-carrying variant, then the documented shape under new names), a moved broker_url and a
+    removed credential_endpoint all take effect without a reboot."""
+    rig = Rig(str(tmp_path), cred_ttl=600, catalog_s=3, route_ids=True)
+    try:
+        rig.start()
+        wait_for("readings over MQTT (routes with ids)",
+                 lambda: {r["source"] for r in mqtt_rows(rig)} == {"sensor:7", "sensor:8"}, 60)
+        # the routes change: documented shape (no ids), every topic renamed
+        realer_cloud.set_knob(rig.cloud_dir, "route_ids", False)
+        realer_cloud.set_knob(rig.cloud_dir, "route_epoch", 1)
+        changed = time.time()
+        # desired states now only arrive on the new desired_topic
+        d_new = realer_cloud.set_desired(rig.cloud_dir, 3, 1)
+        wait_for("desired on the new route",
+                 lambda: [r for r in mqtt_rows(rig, source="command:")
+                          if r["desired_id"] == d_new], 30)
+        wait_for("both sensors on the one documented sensor route",
+                 lambda: {r["source"] for r in mqtt_rows(rig, changed + 1)} ==
+                 {"sensor:7", "sensor:8"}, 30)
+        # the broker moves
+        moved = FaultProxy("127.0.0.1", rig.broker_port)
+        port = moved.start_in_thread()
+        try:
+            realer_cloud.set_knob(rig.cloud_dir, "broker_url", "mqtts://127.0.0.1:%d" % port)
+            wait_for("session on the moved broker", lambda: moved.connections >= 1, 30)
+            t = time.time()
+            wait_for("readings through the moved broker", lambda: len(mqtt_rows(rig, t)) >= 2,
+                     30)
+            # credential_endpoint removed: HTTPS within an interval, then back to MQTT
+            realer_cloud.set_fault(rig.cloud_dir, {"kind": "no-credential-endpoint",
+                                                   "count": 1000})
+            wait_for("HTTPS fallback", lambda: [r for r in sensor_rows(rig)
+                                                if r["transport"] == "https"], 30)
+            realer_cloud.set_fault(rig.cloud_dir, {"kind": "no-credential-endpoint",
+                                                   "count": 0})
+            t = time.time()
+            wait_for("back on MQTT", lambda: mqtt_rows(rig, t), 40)
+        finally:
+            moved.stop()
+        log = rig.log()
+        assert "catalog routes changed" in log
+        assert "the catalog no longer offers MQTT" in log
+        assert "catalog moved the broker to 127.0.0.1:%d" % port in log
+        assert log.count("no credential_endpoint") == 1, "a catalog problem is logged once"
+    finally:
+        rig.stop()
+
+
+def test_refused_broker_or_credential_reads_the_catalog_and_never_reuses_it(tmp_path):
+    """With the default (10-minute) catalog interval: the broker's address stops answering ->
+    the catalog is read again before the next connect, which goes to the moved broker_url; the
+    credential is deleted from the broker and the next credential request fails -> the refused
+    credential is offered once (when it is not yet known to be refused), never again."""
+    rig = Rig(str(tmp_path), cred_ttl=600, route_ids=True)  # the id-carrying variant
+    try:
+        rig.start()
+        wait_for("readings over MQTT", lambda: len(mqtt_rows(rig)) >= 2, 60)
+        moved = FaultProxy("127.0.0.1", rig.broker_port)
+        port = moved.start_in_thread()
+        try:
+            realer_cloud.set_knob(rig.cloud_dir, "broker_url", "mqtts://127.0.0.1:%d" % port)
+            rig.broker_proxy.set(mode="reset_after", nbytes=0)
+            wait_for("session on the moved broker", lambda: moved.connections >= 1, 60)
+            rig.broker_proxy.set(mode="refuse")
+            t = time.time()
+            wait_for("readings through the moved broker", lambda: len(mqtt_rows(rig, t)) >= 2,
+                     30)
+            users = re.findall(r"u'(realer-[^']+)'", broker_log(rig))
+            revoked = users[-1]
+            mark = len(broker_log(rig))
+            realer_cloud.set_fault(rig.cloud_dir, {"kind": "revoke-credential", "count": 1})
+            bridge = os.path.join(rig.cloud_dir, "mqtt", "bridge.log")
+            wait_for("credential revoked", lambda: "revoke-credential: deleting %s" % revoked
+                     in open(bridge).read())
+            t = time.time()
+            wait_for("readings with a new credential", lambda: len(mqtt_rows(rig, t)) >= 2, 60)
+        finally:
+            moved.stop()
+        after = broker_log(rig)[mark:]
+        # mosquitto logs a refused CONNECT without its user name: count the refusals
+        assert after.count("not authorised") <= 1, "the refused credential was offered again"
+        users = re.findall(r"u'(realer-[^']+)'", after)
+        assert users and revoked not in users, users
+        assert "credential request answered 503" in rig.log()
     finally:
         rig.stop()

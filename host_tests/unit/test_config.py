@@ -205,17 +205,19 @@ def test_realer_transport_checked():
 
 
 def test_delivery_tuning_numbers_checked():
-    root = _root(_realer(transport="mqtt", batch_max=0, ack_timeout_s="10"))
+    root = _root(_realer(transport="mqtt", batch_max=0, ack_timeout_s="10", mqtt_catalog_s=0))
     try:
         problems = _problems(root)
         assert "cloud.batch_max: must be a number > 0" in problems
         assert "cloud.ack_timeout_s: must be a number > 0" in problems
+        assert "cloud.mqtt_catalog_s: must be a number > 0" in problems
     finally:
         support.rmtree(root)
-    root = _root(_realer(transport="mqtt", batch_max=5, ack_timeout_s=2.5))
+    root = _root(_realer(transport="mqtt", batch_max=5, ack_timeout_s=2.5, mqtt_catalog_s=60))
     try:
         cfg = config.load(root)
         assert cfg.get("cloud.ack_timeout_s") == 2.5 and not cfg.warnings
+        assert cfg.get("cloud.mqtt_catalog_s") == 60
     finally:
         support.rmtree(root)
 

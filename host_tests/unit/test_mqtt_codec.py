@@ -133,3 +133,41 @@ def test_client_refuses_non_mqtt_urls_and_versions():
     c = mqtt.Client("mqtts://broker.example:8884", "id")
     assert (c.host, c.port, c.secure) == ("broker.example", 8884, True)
     assert mqtt.Client("mqtt://h", "id").port == 1883
+
+
+def test_put_publish_writes_the_same_bytes_into_a_preallocated_buffer():
+    buf = bytearray(64)
+    for v5 in (True, False):
+        for props in (None, mqtt.encode_props({mqtt.CONTENT_TYPE: "j"})):
+            if props and not v5:
+                continue
+            whole = mqtt.encode_publish("a/b", b"payload", 1, False, 7, True,
+                                        {mqtt.CONTENT_TYPE: "j"} if props else None, v5)
+            n = mqtt.put_publish(buf, b"a/b", b"payload", 1, False, 7, True, props, v5)
+            assert bytes(buf[:n]) == bytes(whole)
+            assert n == mqtt.publish_size(3, 7, 1, props, v5)
+            # header only: the payload then goes from the caller's own buffer
+            h = mqtt.put_publish(buf, b"a/b", b"payload", 1, False, 7, True, props, v5, False)
+            assert bytes(buf[:h]) + b"payload" == bytes(whole)
+    # a 200-byte body: two-byte remaining length
+    big = mqtt.encode_publish("t", b"x" * 200, 0, v5=False)
+    assert big[:3] == b"\x30\xcb\x01" and len(big) == 206
+
+
+def test_encoding_a_publish_into_the_buffer_allocates_nothing():
+    buf = bytearray(128)
+    payload = b'{"sensor_id": 7, "value": "21.5"}'
+    if support.IS_MICROPYTHON:
+        import micropython
+
+        micropython.heap_lock()
+        try:
+            n = mqtt.put_publish(buf, b"realer/x/feed-data", payload, 1, False, 513, False,
+                                 None, True)
+        finally:
+            micropython.heap_unlock()
+    else:
+        n = mqtt.put_publish(buf, b"realer/x/feed-data", payload, 1, False, 513, False, None,
+                             True)
+    assert bytes(buf[:n]) == bytes(mqtt.encode_publish("realer/x/feed-data", payload, 1,
+                                                       False, 513))

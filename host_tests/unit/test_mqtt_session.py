@@ -361,3 +361,28 @@ def test_run_reconnects_and_resubscribes():
         assert b.of_type(mqtt.DISCONNECT)  # stop() said goodbye
 
     support.run(main())
+
+
+def test_publish_bigger_than_the_send_buffer_goes_whole_and_pubacks_match():
+    # header from the preallocated buffer, payload from the caller's: the broker sees one
+    # PUBLISH each, in order; PUBACKs (handled in place) free the window
+    async def main():
+        b = await _broker()
+        c = mqtt.Client(b.url(), "dev", window=4)
+        await c.connect()
+        big = bytes(range(256)) * 4  # 1024 bytes, over the 512-byte send buffer
+        for i in range(6):
+            await c.publish("t/%d" % (i % 2), big if i % 2 else b"small%d" % i, 1, wait=False)
+        await c.flush()
+        got = b.of_type(mqtt.PUBLISH)
+        await c.disconnect()
+        await b.stop()
+        return got
+
+    got = support.run(main())
+    assert len(got) == 6
+    for i, (_, flags, body) in enumerate(got):
+        topic = ("t/%d" % (i % 2)).encode()
+        assert body[2:2 + len(topic)] == topic and flags == 2
+        payload = body[2 + len(topic) + 2 + 1:]  # topic, packet id, empty properties
+        assert payload == (bytes(range(256)) * 4 if i % 2 else b"small%d" % i)

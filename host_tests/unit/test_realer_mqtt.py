@@ -50,8 +50,119 @@ def test_catalog_sets_up_broker_topics_and_routes():
     c = cloud.client
     assert (c.host, c.port, c.secure, c.client_id) == ("mqtt.example", 8883, True, CID)
     assert cloud.routes == {("sensor", 7): FEED_7, ("command", 3): FEED_3}
+    assert cloud.type_routes == {"sensor": "no/source/id"}  # ids are never required
     assert cloud.desired_routes == {DESIRED_3: 3}
     assert c.subscriptions == {ACKS: 1, DESIRED_3: 1}
+    assert cloud.route_for("sensor", 7) == FEED_7
+    assert cloud.route_for("sensor", 8) == "no/source/id"
+    assert cloud.route_for("command", 4) is None
+
+
+FEED_S = "realer/iot/v1/devices/cdv_123/routes/rte_aaaaaaaaaaaaaaaaaaaaaaaaaa/feed-data"
+FEED_C = "realer/iot/v1/devices/cdv_123/routes/rte_bbbbbbbbbbbbbbbbbbbbbbbbbb/feed-data"
+DESIRED_C = "realer/iot/v1/devices/cdv_123/routes/rte_bbbbbbbbbbbbbbbbbbbbbbbbbb/desired"
+DESIRED_C2 = "realer/iot/v1/devices/cdv_123/routes/rte_cccccccccccccccccccccccccc/desired"
+
+
+def documented(routes=None, url="mqtts://mqtt.example:8883"):
+    # the route items exactly as realer-mqtt.txt shows them: no source ids
+    body = catalog()
+    body["mqtt"]["broker_url"] = url
+    body["mqtt_routes"] = routes if routes is not None else [
+        {"source_type": "sensor", "mqtt": {"feed_data_topic": FEED_S,
+                                           "feed_data_publish_scope": "iot:mqtt:feed-data:write"}},
+        {"source_type": "command", "mqtt": {"feed_data_topic": FEED_C, "desired_topic": DESIRED_C,
+                                            "desired_subscribe_scope": "iot:mqtt:desired:read"}},
+        {"source_type": "command", "mqtt": {"feed_data_topic": FEED_C + "2",
+                                            "desired_topic": DESIRED_C2}}]
+    return body
+
+
+def test_documented_routes_without_ids_route_by_source_type():
+    cloud, _ = adapter([_token(), FakeResp(200, documented())])
+    assert support.run(cloud._read_catalog()) is True
+    assert cloud.routes == {}
+    assert cloud.route_for("sensor", 7) == cloud.route_for("sensor", 8) == FEED_S
+    # several routes of one type: the first takes the records, every desired_topic is heard
+    assert cloud.route_for("command", 3) == cloud.route_for("command", 4) == FEED_C
+    assert cloud.client.subscriptions == {ACKS: 1, DESIRED_C: 1, DESIRED_C2: 1}
+    desired: list = []
+    cloud.on_desired = desired.append
+    lines: list = []
+    log.set_sink(lines.append)
+    try:
+        cloud._on_message(_msg(DESIRED_C2, {"command_id": 4, "desired_id": "d1", "value": "5",
+                                            "sequence": 9}))
+        cloud._on_message(_msg(DESIRED_C, {"desired_id": "d2", "value": "1"}))  # whose?
+    finally:
+        log.set_sink(None)
+    assert desired == [{"id": 4, "desired_id": "d1", "value": "5", "seq": 9,
+                        "expires_at": None}]
+    assert any("names no command_id" in ln for ln in lines)
+
+
+def test_desired_sequence_number_under_any_likely_name():
+    cloud, _ = adapter([_token(), FakeResp(200, catalog())])
+    support.run(cloud._read_catalog())
+    desired: list = []
+    cloud.on_desired = desired.append
+    for i, name in enumerate(("seq", "sequence", "sequence_number")):
+        cloud._on_message(_msg(DESIRED_3, {"desired_id": "d%d" % i, "value": "1", name: 10 + i}))
+    cloud._on_message(_msg(DESIRED_3, {"desired_id": "d9", "value": "1"}))
+    assert [(d["desired_id"], d["seq"]) for d in desired] == [
+        ("d0", 10), ("d1", 11), ("d2", 12), ("d9", None)]
+
+
+def test_unusable_routes_and_catalogs_are_logged_once_naming_what_is_missing():
+    bad = [{"source_type": "actuator", "mqtt": {"feed_data_topic": "x"}},
+           {"source_type": "sensor", "mqtt": {"desired_topic": "y"}}, "not a route"]
+    lines: list = []
+    log.set_sink(lines.append)
+    try:
+        cloud, _ = adapter([_token(), FakeResp(200, documented(bad)), FakeResp(200,
+                                                                            documented(bad))])
+        assert support.run(cloud._read_catalog()) is True
+        assert support.run(cloud._refresh()) is False  # the same catalog read again
+        rec = Record("1-1", "sensor", 7, "1", 1777025700)
+        assert cloud.route_for(rec.kind, rec.source) is None
+        cloud2, _ = adapter([_token(), FakeResp(200, documented(url="ftp://x")),
+                             FakeResp(200, documented([]))])
+        assert support.run(cloud2._read_catalog()) is False
+        assert support.run(cloud2._read_catalog()) is True
+    finally:
+        log.set_sink(None)
+    errors = [ln for ln in lines if " E realer-mqtt: " in ln]
+    for text in ("mqtt_routes[0] ignored: source_type must be", "'actuator'",
+                 "mqtt_routes[1] (sensor) ignored: no mqtt.feed_data_topic",
+                 "mqtt_routes[2] ignored", "no usable sensor route", "no usable command route",
+                 "a usable mqtt.broker_url", "lists no mqtt_routes"):
+        assert len([ln for ln in errors if text in ln]) == 1, (text, lines)
+
+
+def _cred(n):
+    return FakeResp(200, {"mqtt": {"mqtt_client_id": CID, "mqtt_username": "u%d" % n,
+                                   "mqtt_credential": "secret-%d" % n, "renew_after": 2700}})
+
+
+def test_refused_credential_is_never_offered_again_and_the_catalog_is_read_again():
+    moved = documented(url="mqtts://moved.example:8884")
+    cloud, http = adapter([_token(), FakeResp(200, catalog()), _cred(1),
+                           FakeResp(200, moved),  # re-read after the refusal
+                           FakeResp(503, {"error": {"type": "service_unavailable"}}),
+                           _cred(2)])
+    support.run(cloud._read_catalog())
+    c = cloud.client
+    support.run(cloud._prepare(c))
+    assert c.password == "secret-1"
+    c.error = mqtt.NotAuthorized(0x87)  # the broker refused it (run() records why)
+    support.raises(rm.RealerError, support.run, cloud._prepare(c))  # new one: 503
+    assert (c.host, c.port) == ("moved.example", 8884)
+    assert cloud.route_for("sensor", 7) == FEED_S
+    c.error = rm.RealerError("credential request answered 503")  # what run() keeps next
+    support.run(cloud._prepare(c))  # still not the refused one
+    assert (c.username, c.password) == ("u2", "secret-2")
+    assert [call[1].rsplit("/", 1)[1] for call in http.calls[1:]] == [
+        "mqtt", "mqtt-credentials", "mqtt", "mqtt-credentials", "mqtt-credentials"]
 
 
 def test_no_credential_endpoint_or_no_catalog_means_https():
@@ -140,3 +251,56 @@ def test_send_waits_for_the_catalog_then_follows_the_mode():
     support.raises(mqtt.NotConnected, support.run, cloud.send([rec]))  # catalog not read
     cloud.mode = rm.HTTPS
     assert support.run(cloud.send([rec])).ok == ["1-1"]
+
+
+def test_reread_reconnects_only_when_the_catalog_changed():
+    cloud, _ = adapter([_token(), FakeResp(200, catalog()), _cred(1), FakeResp(200, catalog()),
+                        FakeResp(200, documented())])
+    support.run(cloud._read_catalog())
+    support.run(cloud._prepare(cloud.client))
+    cloud.client.subscriptions.pop(DESIRED_3)  # the broker refused it (subscribe() drops it)
+    assert support.run(cloud._refresh()) is False  # same catalog: no reconnect, same credential
+    assert cloud.cred_renew is not None
+    assert cloud.client.subscriptions == {ACKS: 1, DESIRED_3: 1}  # asked again next connect
+    assert support.run(cloud._refresh()) is True  # new routes: reconnect with a new credential
+    assert cloud.cred_renew is None
+    assert cloud.client.subscriptions == {ACKS: 1, DESIRED_C: 1, DESIRED_C2: 1}
+
+
+def test_an_ack_arriving_before_the_waiter_sleeps_still_wakes_it():
+    # wait_for() runs event.wait() in a task of its own that starts later: an ack coming in
+    # between must not be lost (it used to be: the batch then waited out ack_timeout_s)
+    import asyncio
+
+    cloud, _ = adapter([])
+    cloud.ack_timeout_ms = 600000
+    cloud.ack_topic = ACKS
+    rec = Record("1-1", "sensor", 7, "1", 1777025700)
+
+    async def main():
+        cloud._waiting = {"1-1"}
+        waiter = asyncio.create_task(cloud._await_acks([rec]))
+        await asyncio.sleep_ms(0)  # the waiter looks, finds no ack, calls wait_for
+        cloud._on_message(_msg(ACKS, {"message_id": "1-1", "status": "accepted"}))
+        await asyncio.wait_for(waiter, 10)  # a deadline for the hang, not a timing check
+        return cloud._acks
+
+    assert support.run(main()) == {"1-1": {"message_id": "1-1", "status": "accepted"}}
+
+
+def test_no_publishing_before_the_ack_topic_is_subscribed():
+    # connect() returns before run() subscribes: a record published then would have its ack
+    # go nowhere and wait out ack_timeout_s
+    cloud, _ = adapter([_token(), FakeResp(200, catalog())])
+    support.run(cloud._read_catalog())
+    cloud.mode = rm.MQTT
+    c = cloud.client
+    c._stream = object()  # the session is open (connect() done)
+    c.connects = 1
+    rec = Record("1-1", "sensor", 7, "1", 1777025700)
+    e = support.raises(mqtt.NotConnected, support.run, cloud.send([rec]))
+    assert "not subscribed yet" in str(e)
+    ups: list = []
+    cloud.on_link_up = ups.append
+    support.run(cloud._connected(c))  # run() calls it once the subscriptions are made
+    assert cloud._subscribed == 1 and ups == [True]
