@@ -89,6 +89,16 @@ class RealerMqtt:
     # -- what the app uses, shared with RealerHttps -------------------------------------
 
     @property
+    # Token and catalog calls run in the inner HTTPS adapter (also in HTTPS fallback): the
+    # app's hook must reach it, or a success there would not end the uplink's backoff.
+    @property
+    def on_reached(self):
+        return self.https.on_reached
+
+    @on_reached.setter
+    def on_reached(self, hook):
+        self.https.on_reached = hook
+
     def batch_max(self):
         return self.https.batch_max
 

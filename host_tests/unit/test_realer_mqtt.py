@@ -304,3 +304,13 @@ def test_no_publishing_before_the_ack_topic_is_subscribed():
     cloud.on_link_up = ups.append
     support.run(cloud._connected(c))  # run() calls it once the subscriptions are made
     assert cloud._subscribed == 1 and ups == [True]
+
+
+def test_a_token_success_reaches_the_apps_hook_through_the_inner_https_adapter():
+    # the app sets on_reached on the adapter it holds; RealerMqtt's token and catalog calls
+    # (and its HTTPS fallback) run in the inner RealerHttps, which must call that hook
+    cloud, http = adapter([_token()])
+    reached = []
+    cloud.on_reached = lambda: reached.append(1)
+    support.run(cloud.authenticate())
+    assert reached == [1], reached
