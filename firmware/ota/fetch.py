@@ -12,6 +12,8 @@ from firmware.ota import slots
 from firmware.ota.updater import _TAG, Busy, DownloadFailed, UpdateError
 
 _MAX_DOWNLOAD = const(4 * 1024 * 1024 + 16384)  # bundle payload limit + header room
+# 4 MB at 8 KB/s: a slow link still finishes, a trickling server does not hold the client
+_DOWNLOAD_DEADLINE_MS = const(600000)
 
 
 def _rmtree(p):
@@ -61,7 +63,8 @@ async def download(u, url, sha256=None):
             u._step("download", size[0])
 
         log.info(_TAG, "downloading %s", url)
-        resp = await u.client().request("GET", url, sink=sink)
+        resp = await u.client().request("GET", url, sink=sink,
+                                         deadline_ms=_DOWNLOAD_DEADLINE_MS)
     except BaseException:
         f.close()
         _remove(dest)
