@@ -339,13 +339,14 @@ class Client:
     # Header lines (count and bytes), interim 1xx answers and trailers are all bounded: a
     # peer sending them forever meets a limit, not just the deadline.
     async def _read_headers(self, c, timeout_ms, headers, limit):
-        size = 0
+        size = count = 0
         while True:
             line = await c.readline(timeout_ms)
             if not line:
                 return
             size += len(line)
-            if len(headers) >= limit or size > _MAX_HEADER_BYTES:
+            count += 1  # lines, not names: a repeated name must count too
+            if count > limit or size > _MAX_HEADER_BYTES:
                 raise HttpProtocolError("more than %d header lines or %d bytes" %
                                         (limit, _MAX_HEADER_BYTES))
             name, value = parse_header_line(line)
