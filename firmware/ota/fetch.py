@@ -90,12 +90,15 @@ def install(u, bundle, version=None):
     slot = slots.inactive(u.root)
     if slot is None:
         raise Busy("an update is on trial; confirm or roll back first")
+    from firmware.ota import versions
+
     dest = slots.slot_dir(u.root, slot)
     with open(bundle, "rb") as f:
         manifest, _ = ota_bundle.read_manifest(f, u.key)
         got = manifest["version"]
         if version is not None and got != version:
             raise UpdateError("bundle is version %s, expected %s" % (got, version))
+        least = versions.check(u.root, u.version(), manifest)  # no downgrade, signed or not
         u._step("verified", got)
         _rmtree(dest)
         os.mkdir(dest)
@@ -107,6 +110,7 @@ def install(u, bundle, version=None):
             raise
     u._step("unpacked", got)
     slots.stage(u.root, slot, got, u.trials)
+    versions.raise_floor(u.root, least)
     _remove(bundle)
     log.info(_TAG, "update %s in slot %s, on trial at the next boot", got, slot)
     u._step("switched", got)
