@@ -26,7 +26,7 @@ import os  # noqa: E402
 
 from micropython import const  # noqa: E402
 
-from firmware import clock, config, log  # noqa: E402
+from firmware import clock, config, heap, log  # noqa: E402
 from firmware.backoff import Backoff  # noqa: E402
 from firmware.board.base import BoardError, make_board, value_text  # noqa: E402
 from firmware.desired import DesiredState, apply_desired  # noqa: E402
@@ -433,6 +433,7 @@ def main(root=None):
     try:
         asyncio.run(sup.run_forever())
     except KeyboardInterrupt:  # raised from the loop's wait, outside any task: stop cleanly
+        heap.recover()  # Ctrl-C may have left the heap locked (firmware/heap.py)
         asyncio.run(app.shutdown(sup))
         log.info(_TAG, "stopped")
     return 0
