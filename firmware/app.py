@@ -40,6 +40,14 @@ _IDLE_WAKE_MS = const(30000)
 _CLOSE_TIMEOUT_S = const(10)
 _SENSOR_RETRY_MS = const(1000)  # first retry of a failing sensor, doubling from there
 _SENSOR_RETRY_MIN_MS = const(100)
+# A send attempt that has not returned after this long is stuck (every HTTP request has its
+# own 60 s deadline, an MQTT publish its PUBACK timeout: this is the net under both)
+_SEND_LIMIT_MS = const(300000)
+
+
+class SendStuck(Exception):
+    """The health task cancelled a send attempt that never returned (a stalled peer, not a
+    cloud that said no); the uplink keeps the records and backs off as for a network fault."""
 
 
 class App:
@@ -61,6 +69,10 @@ class App:
         self.watchdog = None  # firmware.watchdog.Watchdog, made by supervisor()
         self.ota = None  # firmware.ota.updater.Updater when config `ota` has a public key
         self.trial = None  # the update on trial this boot, confirmed after a delivery
+        self.send_limit_ms = _SEND_LIMIT_MS
+        self.stuck_sends = 0  # send attempts the health task had to cancel
+        self.sends = 0  # send attempts started (the watchdog's uplink progress)
+        self._attempt = None  # (task, clock.Deadline, [cancelled]) while a send runs
 
     def _append(self, kind, source, value, desired_id=None, report_status=None):
         self.outbox.append(kind, source, value_text(value), clock.unix_time(),
@@ -117,7 +129,7 @@ class App:
             if self.wifi is not None and not self.wifi.up.is_set():
                 await self.wifi.up.wait()  # senders wait for the station (practice 7)
             try:
-                result = await self.cloud.send(records)
+                result = await self._send(records)
             except Exception as e:  # network faults: keep everything, back off
                 log.warn(_TAG, "uplink: %s; %d pending", log.describe(e),
                          self.outbox.pending_count())
@@ -140,6 +152,52 @@ class App:
                 await asyncio.sleep_ms(delay)
             else:
                 backoff.reset()
+
+    # One send attempt as its own task, so the health task can cancel it when it never returns
+    # (check_uplink); the uplink waits on an event, not on the task, so a cancel of the one is
+    # never taken for a cancel of the other. A cancelled attempt reaches the uplink as
+    # SendStuck, an ordinary failure: the records stay, the uplink backs off.
+    async def _send(self, records):
+        out: list = [None, None]  # result, exception
+        done = asyncio.Event()
+
+        async def attempt():
+            try:
+                out[0] = await self.cloud.send(records)
+            except (asyncio.CancelledError, Exception) as e:  # handed to the uplink below
+                out[1] = e
+            done.set()
+
+        task = asyncio.create_task(attempt())
+        self._attempt = (task, clock.Deadline(self.send_limit_ms), [False])
+        self.sends += 1
+        try:
+            await done.wait()
+        except asyncio.CancelledError:  # the uplink itself is cancelled (shutdown)
+            task.cancel()  # ends the attempt too: its connection closes with it
+            raise
+        finally:
+            self._attempt = None
+        if isinstance(out[1], asyncio.CancelledError):
+            raise SendStuck("send attempt stuck for %d s; cancelled, records kept" %
+                            (self.send_limit_ms // 1000))
+        if out[1] is not None:
+            raise out[1]
+        return out[0]
+
+    def check_uplink(self):
+        """For the health task: a send attempt past its limit is cancelled (its HTTP request
+        or session drops its connection as it unwinds) and logged once. Returns True then."""
+        attempt = self._attempt
+        if attempt is None or attempt[2][0] or not attempt[1].expired():
+            return False
+        attempt[2][0] = True
+        self.stuck_sends += 1
+        log.warn(_TAG, "uplink: a send attempt has not returned in %d s (a stalled peer, not "
+                 "a refusal); cancelling it, %d records pending", self.send_limit_ms // 1000,
+                 self.outbox.pending_count())
+        attempt[0].cancel()
+        return True
 
     def on_desired(self, cmd):
         status = apply_desired(self.board, self.outbox, self.desired, cmd.get("id"),
@@ -219,7 +277,10 @@ class App:
         healthy = clock.Deadline(safemode.HEALTHY_AFTER_MS)
         marked = False
         while True:
-            await asyncio.sleep_ms(max(1, min(step_ms, status.remaining_ms())))
+            # a stuck send is seen within a quarter of its limit
+            await asyncio.sleep_ms(max(1, min(step_ms, status.remaining_ms(),
+                                              self.send_limit_ms // 4)))
+            self.check_uplink()
             if dog is not None:
                 dog.feed()
             if self.trial is not None and self.delivered:
@@ -312,6 +373,9 @@ class App:
             names.insert(0, "sampler")
             slowest = max([s.interval_s for s in self.board.sensors.values()] or [0])
             dog.expect("sampler", max(stall_ms, int(slowest * 3000)), sampler_progress)
+        # a send attempt that even cancelling cannot end holds its value: the board resets
+        dog.expect("uplink", max(stall_ms, 2 * self.send_limit_ms),
+                   lambda: self.sends if self._attempt is not None else None)
         for name in names:
             sup.add(name, getattr(self, name))
         if self.wifi.station:
