@@ -169,9 +169,16 @@ class Stream:
             self.start, self.end = 0, n
         if self.end == len(self.buf):
             raise self.LineError("line longer than %d bytes" % _MAX_LINE)
-        if self.deadline is not None:
-            timeout_ms = self.deadline.cap(timeout_ms, "read")
-        n = await asyncio.wait_for(self.reader.readinto(self.mv[self.end:]), timeout_ms / 1000)
+        d = self.deadline
+        if d is not None:
+            timeout_ms = d.cap(timeout_ms, "read")
+        try:
+            n = await asyncio.wait_for(self.reader.readinto(self.mv[self.end:]),
+                                       timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            if d is not None and d.remaining_ms() == 0:  # the whole, not this read, ran out
+                raise DeadlineExceeded("read: no complete exchange within %d ms" % d.ms)
+            raise
         if not n:
             raise Closed("closed by server")
         self.got_bytes = True
