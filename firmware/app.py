@@ -134,8 +134,9 @@ class App:
                 log.warn(_TAG, "uplink: %s; %d pending", log.describe(e),
                          self.outbox.pending_count())
                 self.board.link_failed(log.describe(e))  # actuators with a limit go safe
-                # a session coming back ends the wait early: no idle link after an outage
-                if await self.link.wait(backoff.next_ms()):
+                # a session coming back ends the wait early: no idle link after an outage;
+                # a host closed by a 429 (http.RateLimited) is not asked before it reopens
+                if await self.link.wait(backoff.next_ms(getattr(e, "wait_ms", 0))):
                     backoff.reset()
                 continue
             self.board.link_ok()

@@ -517,7 +517,7 @@ class Client:
             await conn.send(writer, encode_connect(self.client_id, self.username, self.password,
                                                    self.keepalive_s, self.clean_start, self.v5,
                                                    props), until.cap(self.timeout_ms, what))
-            pkt = await asyncio.wait_for(self._read_packet(stream, self.timeout_ms),
+            pkt: tuple = await asyncio.wait_for(self._read_packet(stream, self.timeout_ms),
                                          until.cap(until.ms, what) / 1000)
             if pkt[0] != CONNACK:
                 raise MqttProtocolError("expected CONNACK, got packet type %d" % pkt[0])

@@ -94,3 +94,33 @@ def test_the_health_task_runs_the_check_and_shutdown_still_ends_a_hung_send():
     assert cloud.unwound == cloud.entered and a.outbox.pending_count() == 1
     assert isinstance(app_mod.SendStuck("x"), Exception)
     support.rmtree(root)
+
+
+class _Gated(_Scripted):
+    """send() meets a host closed by a 429 (the HTTP client refuses to send)."""
+
+    async def send(self, records):
+        from firmware.net import http
+
+        self.calls += 1
+        raise http.RateLimited("POST /data: h asked to wait (429 Retry-After)", 30000)
+
+
+def test_a_host_closed_by_429_keeps_the_records_and_the_uplink_waits_it_out():
+    cloud = _Gated([], gated=False)
+    a, root = _app(cloud, records=2)
+    waits: list = []
+    real_wait = a.link.wait
+
+    async def spy(ms=None):
+        waits.append(ms)
+        return await real_wait(1)  # the test does not sit the 30 s out
+
+    a.link.wait = spy
+
+    async def judge():
+        await _until(lambda: waits, "the uplink's wait")
+
+    _run([("uplink", a.uplink)], judge)
+    assert waits[0] >= 30000 and a.outbox.pending_count() == 2
+    support.rmtree(root)
