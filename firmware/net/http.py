@@ -213,11 +213,6 @@ class Client:
             except Exception:  # a dead socket may refuse to close; it is gone either way
                 pass
 
-    def gate_ms(self, url):
-        """How long the host of `url` is still closed after a 429 with Retry-After (0: open)."""
-        g = self._gates.get(conn.parse_url(url)[1])
-        return g.remaining_ms() if g is not None else 0
-
     def _check_gate(self, host, method, path):
         g = self._gates.get(host)
         if g is None:
