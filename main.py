@@ -2,6 +2,12 @@
 # app slot. A crash of an app on OTA trial rolls back to the previous slot and resets.
 import sys
 
+try:  # loaded now, while the heap works: the crash handler may need it locked or not
+    from firmware.heap import recover as _heap_back
+except ImportError:  # a build without it still reports its crash
+    def _heap_back(code=0):
+        pass
+
 
 def _root():
     if sys.platform == "esp32":
@@ -12,6 +18,7 @@ def _root():
 
 
 def _crashed(e):
+    _heap_back(1)  # "heap is locked" would otherwise end this report with a MemoryError
     try:
         from firmware import log
 

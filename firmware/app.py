@@ -27,7 +27,7 @@ import os  # noqa: E402
 
 from micropython import const  # noqa: E402
 
-from firmware import clock, config, log  # noqa: E402
+from firmware import clock, config, heap, log  # noqa: E402
 from firmware.backoff import Backoff  # noqa: E402
 from firmware.board.base import BoardError, make_board, value_text  # noqa: E402
 from firmware.desired import DesiredState, apply_desired  # noqa: E402
@@ -42,6 +42,14 @@ _LINK_CHECK_MS = const(1000)  # how often a backing-off uplink looks at the Wi-F
 _CLOSE_TIMEOUT_S = const(10)
 _SENSOR_RETRY_MS = const(1000)  # first retry of a failing sensor, doubling from there
 _SENSOR_RETRY_MIN_MS = const(100)
+# A send attempt that has not returned after this long is stuck (every HTTP request has its
+# own 60 s deadline, an MQTT publish its PUBACK timeout: this is the net under both)
+_SEND_LIMIT_MS = const(300000)
+
+
+class SendStuck(Exception):
+    """The health task cancelled a send attempt that never returned (a stalled peer, not a
+    cloud that said no); the uplink keeps the records and backs off as for a network fault."""
 
 
 class App:
@@ -64,6 +72,10 @@ class App:
         self.watchdog = None  # firmware.watchdog.Watchdog, made by supervisor()
         self.ota = None  # firmware.ota.updater.Updater when config `ota` has a public key
         self.trial = None  # the update on trial this boot, confirmed after a delivery
+        self.send_limit_ms = _SEND_LIMIT_MS
+        self.stuck_sends = 0  # send attempts the health task had to cancel
+        self.sends = 0  # send attempts started (the watchdog's uplink progress)
+        self._attempt = None  # (task, clock.Deadline, [cancelled]) while a send runs
 
     def _append(self, kind, source, value, desired_id=None, report_status=None):
         self.outbox.append(kind, source, value_text(value), clock.unix_time(),
@@ -121,12 +133,15 @@ class App:
                 await self.wifi.up.wait()  # senders wait for the station (practice 7)
             self.link.clear()  # a success before this attempt says nothing about its failure
             try:
-                result = await self.cloud.send(records)
+                result = await self._send(records)
             except Exception as e:  # network faults: keep everything, back off
                 log.warn(_TAG, "uplink: %s; %d pending", log.describe(e),
                          self.outbox.pending_count())
                 self.board.link_failed(log.describe(e))  # actuators with a limit go safe
-                await self._pause(backoff, backoff.next_ms(), 0)
+                # what a server asked for (a host closed by a 429: http.RateLimited's wait_ms)
+                # is slept in full, the rest of the backoff ends with any success
+                wait_ms = getattr(e, "wait_ms", 0)
+                await self._pause(backoff, backoff.next_ms(wait_ms), wait_ms)
                 continue
             self.board.link_ok()
             for mid in result.ok:
@@ -162,6 +177,52 @@ class App:
         if self.link.is_set():  # reached during the server's wait: go on, from scratch
             self.link.clear()
             backoff.reset()
+
+    # One send attempt as its own task, so the health task can cancel it when it never returns
+    # (check_uplink); the uplink waits on an event, not on the task, so a cancel of the one is
+    # never taken for a cancel of the other. A cancelled attempt reaches the uplink as
+    # SendStuck, an ordinary failure: the records stay, the uplink backs off.
+    async def _send(self, records):
+        out: list = [None, None]  # result, exception
+        done = asyncio.Event()
+
+        async def attempt():
+            try:
+                out[0] = await self.cloud.send(records)
+            except (asyncio.CancelledError, Exception) as e:  # handed to the uplink below
+                out[1] = e
+            done.set()
+
+        task = asyncio.create_task(attempt())
+        self._attempt = (task, clock.Deadline(self.send_limit_ms), [False])
+        self.sends += 1
+        try:
+            await done.wait()
+        except asyncio.CancelledError:  # the uplink itself is cancelled (shutdown)
+            task.cancel()  # ends the attempt too: its connection closes with it
+            raise
+        finally:
+            self._attempt = None
+        if isinstance(out[1], asyncio.CancelledError):
+            raise SendStuck("send attempt stuck for %d s; cancelled, records kept" %
+                            (self.send_limit_ms // 1000))
+        if out[1] is not None:
+            raise out[1]
+        return out[0]
+
+    def check_uplink(self):
+        """For the health task: a send attempt past its limit is cancelled (its HTTP request
+        or session drops its connection as it unwinds) and logged once. Returns True then."""
+        attempt = self._attempt
+        if attempt is None or attempt[2][0] or not attempt[1].expired():
+            return False
+        attempt[2][0] = True
+        self.stuck_sends += 1
+        log.warn(_TAG, "uplink: a send attempt has not returned in %d s (a stalled peer, not "
+                 "a refusal); cancelling it, %d records pending", self.send_limit_ms // 1000,
+                 self.outbox.pending_count())
+        attempt[0].cancel()
+        return True
 
     def on_desired(self, cmd):
         status = apply_desired(self.board, self.outbox, self.desired, cmd.get("id"),
@@ -241,7 +302,10 @@ class App:
         healthy = clock.Deadline(safemode.HEALTHY_AFTER_MS)
         marked = False
         while True:
-            await asyncio.sleep_ms(max(1, min(step_ms, status.remaining_ms())))
+            # a stuck send is seen within a quarter of its limit
+            await asyncio.sleep_ms(max(1, min(step_ms, status.remaining_ms(),
+                                              self.send_limit_ms // 4)))
+            self.check_uplink()
             if dog is not None:
                 dog.feed()
             if self.trial is not None and self.delivered:
@@ -334,6 +398,9 @@ class App:
             names.insert(0, "sampler")
             slowest = max([s.interval_s for s in self.board.sensors.values()] or [0])
             dog.expect("sampler", max(stall_ms, int(slowest * 3000)), sampler_progress)
+        # a send attempt that even cancelling cannot end holds its value: the board resets
+        dog.expect("uplink", max(stall_ms, 2 * self.send_limit_ms),
+                   lambda: self.sends if self._attempt is not None else None)
         for name in names:
             sup.add(name, getattr(self, name))
         if self.wifi.station:
@@ -455,6 +522,7 @@ def main(root=None):
     try:
         asyncio.run(sup.run_forever())
     except KeyboardInterrupt:  # raised from the loop's wait, outside any task: stop cleanly
+        heap.recover()  # Ctrl-C may have left the heap locked (firmware/heap.py)
         asyncio.run(app.shutdown(sup))
         log.info(_TAG, "stopped")
     return 0

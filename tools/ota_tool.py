@@ -3,6 +3,7 @@
     ota_tool.py keygen --out DIR [--force]
     ota_tool.py build --version V --key DIR/ota_signing_key.pem --out bundle.bin
                       [--src firmware ...] [--root .] [--no-compile] [--march xtensawin]
+                      [--rollback] [--min-version V]
     ota_tool.py verify --pub DIR/ota_public_key.bin --bundle bundle.bin
     ota_tool.py manifest --bundle bundle.bin --url URL --out manifest.json
 
@@ -15,13 +16,17 @@ keygen writes the Ed25519 private key (PKCS#8 PEM, mode 0600: keep it off the de
 of git) and the raw 32-byte public key (.bin and .hex) that the firmware embeds. build compiles
 each .py to .mpy with mpy-cross (bytecode for the ESP32, `-march=xtensawin` by default; the
 top-level boot.py/main.py stay source, the board only runs those as .py) unless --no-compile,
-writes the manifest and signs it. The bundle layout is documented in firmware/ota_bundle.py,
+writes the manifest and signs it. Versions are semantic (MAJOR[.MINOR[.PATCH]][-pre][+build]):
+a board installs only a version newer than its own, unless the bundle is signed with
+--rollback, and never one below the highest --min-version it has installed (docs/ota.md).
+The bundle layout is documented in firmware/ota_bundle.py,
 which reads it on the device; the path and version rules here are the same as there.
 """
 import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -116,13 +121,19 @@ def check_path(path):
     return path
 
 
+_SEMVER = re.compile(r"^\d+(\.\d+){0,2}(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?(\+[0-9A-Za-z.-]+)?$")
+
+
 def check_version(version):
-    if not 0 < len(version) <= 32 or not set(version) <= VERSION_CHARS:
-        raise ToolError("version %r: use 1..32 of [A-Za-z0-9.+-]" % version)
+    """The device's rule (firmware/ota/versions.py): a semantic version in 1..32 characters."""
+    if not 0 < len(version) <= 32 or not set(version) <= VERSION_CHARS or \
+            not _SEMVER.match(version):
+        raise ToolError("version %r: use a semantic version such as 1.4.0 or 2.0.0-rc.1 "
+                        "(1..32 of [A-Za-z0-9.+-])" % version)
     return version
 
 
-def make_manifest(files, version):
+def make_manifest(files, version, rollback=False, min_version=None):
     """Canonical manifest bytes for [(path, data), ...] in the given order."""
     entries = [{"path": check_path(p), "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
                for p, d in files]
@@ -131,6 +142,10 @@ def make_manifest(files, version):
     if not entries:
         raise ToolError("a bundle needs at least one file")
     manifest = {"format": FORMAT, "version": check_version(version), "files": entries}
+    if rollback:  # signed, so only the key holder can let a board go back
+        manifest["rollback"] = True
+    if min_version is not None:
+        manifest["min_version"] = check_version(min_version)
     raw = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
     if len(raw) > MAX_MANIFEST:
         raise ToolError("manifest is %d bytes, the device reads at most %d"
@@ -144,10 +159,10 @@ def encode(manifest_bytes, signature, payloads):
                     + list(payloads))
 
 
-def build_bundle(files, version, private_key):
+def build_bundle(files, version, private_key, rollback=False, min_version=None):
     """Signed bundle bytes for [(path, data), ...] (sorted by path)."""
     files = sorted(files)
-    raw = make_manifest(files, version)
+    raw = make_manifest(files, version, rollback, min_version)
     return encode(raw, private_key.sign(raw), [d for _, d in files])
 
 
@@ -244,11 +259,15 @@ def poll_manifest(data, url):
         raise ToolError("not an OTA bundle")
     size = struct.unpack("<I", data[4:8])[0]
     try:
-        version = json.loads(data[8:8 + size])["version"]
+        m = json.loads(data[8:8 + size])
+        version = m["version"]
     except (ValueError, KeyError, TypeError):
         raise ToolError("bundle manifest unreadable")
-    return {"version": version, "url": url, "sha256": hashlib.sha256(data).hexdigest(),
-            "size": len(data)}
+    out = {"version": version, "url": url, "sha256": hashlib.sha256(data).hexdigest(),
+           "size": len(data)}
+    if m.get("rollback") is True:  # the board fetches it; the signed manifest decides
+        out["rollback"] = True
+    return out
 
 
 # --- command line -------------------------------------------------------------------------
@@ -268,6 +287,10 @@ def main(argv=None):
     b.add_argument("--no-compile", action="store_true", help="ship .py sources as they are")
     b.add_argument("--march", default="xtensawin", help="mpy-cross -march (default xtensawin)")
     b.add_argument("--mpy-cross", default=None, help="mpy-cross executable")
+    b.add_argument("--rollback", action="store_true",
+                   help="sign a deliberate rollback: boards running a newer version take it")
+    b.add_argument("--min-version", default=None,
+                   help="raise the boards' minimum secure version to this (never lowered)")
     v = sub.add_parser("verify", help="check a bundle's signature and hashes")
     v.add_argument("--pub", required=True, help="public key (.bin or .hex) from keygen")
     v.add_argument("--bundle", required=True)
@@ -285,10 +308,11 @@ def main(argv=None):
             key = load_private_key(args.key)
             files = collect(args.src, args.root, not args.no_compile, args.march,
                             args.mpy_cross)
-            data = build_bundle(files, args.version, key)
+            data = build_bundle(files, args.version, key, args.rollback, args.min_version)
             write_atomic(args.out, data)
-            print("%s: version %s, %d files, %d bytes" % (args.out, args.version, len(files),
-                                                          len(data)))
+            print("%s: version %s%s, %d files, %d bytes" % (
+                args.out, args.version, " (rollback)" if args.rollback else "", len(files),
+                len(data)))
         elif args.cmd == "manifest":
             with open(args.bundle, "rb") as f:
                 out = poll_manifest(f.read(), args.url)
@@ -297,7 +321,10 @@ def main(argv=None):
         else:
             with open(args.bundle, "rb") as f:
                 manifest, files = read_bundle(f.read(), load_public_key(args.pub))
-            print("ok: version %s, %d files" % (manifest["version"], len(files)))
+            print("ok: version %s%s%s, %d files" % (
+                manifest["version"], " (rollback)" if manifest.get("rollback") else "",
+                ", min_version %s" % manifest["min_version"] if "min_version" in manifest
+                else "", len(files)))
     except ToolError as e:
         print("ota_tool: %s" % e, file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ ESP32's lwIP and mbedTLS report some failures with their own numbers (negative m
 113/118 for unreachable hosts); they are listed once here so every client reads them alike.
 """
 import asyncio
+from time import ticks_add, ticks_diff, ticks_ms
 
 from micropython import const
 
@@ -35,6 +36,11 @@ class ConnectError(NetError):
 
 class NetTimeout(NetError):
     """Connect or read took longer than allowed (a blackholed or stalled peer)."""
+
+
+class DeadlineExceeded(NetTimeout):
+    """The whole exchange (connect, TLS, request, answer) outlived its overall deadline: a
+    peer trickling bytes keeps every single read under its timeout, never the sum."""
 
 
 class TLSError(NetError):
@@ -117,10 +123,30 @@ def as_net_error(e, what):
     return NetError("%s: %s" % (what, e))
 
 
+class Until:
+    """An overall deadline in tick time; `now` is injectable (tests step a fake clock)."""
+
+    def __init__(self, ms, now=None):
+        self.now = now or ticks_ms
+        self.ms = int(ms)
+        self.at = ticks_add(self.now(), self.ms)
+
+    def remaining_ms(self):
+        return max(0, ticks_diff(self.at, self.now()))
+
+    def cap(self, timeout_ms, what):
+        """timeout_ms, shortened to what is left; DeadlineExceeded when nothing is."""
+        left = self.remaining_ms()
+        if left <= 0:
+            raise DeadlineExceeded("%s: no complete exchange within %d ms" % (what, self.ms))
+        return min(timeout_ms, left)
+
+
 class Stream:
     """A connection and its one read buffer (bytes [start, end) of buf are read, not yet
     consumed): bounded lines and exact-length reads, shared by the HTTP, WebSocket and MQTT
-    clients. A line longer than the buffer raises `LineError`."""
+    clients. A line longer than the buffer raises `LineError`. With `deadline` (an Until)
+    set, no read waits beyond it, however steadily the peer trickles."""
 
     LineError: type = ProtocolError
 
@@ -132,6 +158,7 @@ class Stream:
         self.start = 0
         self.end = 0
         self.got_bytes = False
+        self.deadline = None
 
     async def _fill(self, timeout_ms):
         if self.start == self.end:
@@ -142,7 +169,16 @@ class Stream:
             self.start, self.end = 0, n
         if self.end == len(self.buf):
             raise self.LineError("line longer than %d bytes" % _MAX_LINE)
-        n = await asyncio.wait_for(self.reader.readinto(self.mv[self.end:]), timeout_ms / 1000)
+        d = self.deadline
+        if d is not None:
+            timeout_ms = d.cap(timeout_ms, "read")
+        try:
+            n = await asyncio.wait_for(self.reader.readinto(self.mv[self.end:]),
+                                       timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            if d is not None and d.remaining_ms() == 0:  # the whole, not this read, ran out
+                raise DeadlineExceeded("read: no complete exchange within %d ms" % d.ms)
+            raise
         if not n:
             raise Closed("closed by server")
         self.got_bytes = True

@@ -7,19 +7,34 @@ safe: GET/HEAD/PUT/DELETE, or a request the caller marks `idempotent=True` (it c
 idempotency key such as Realer's message_id). Each connection reads through one
 preallocated buffer with readinto; a response larger than `max_body` is refused and the
 connection dropped, so a bad server cannot exhaust the heap.
+
+Nothing waits without end: each request has an overall deadline (connect, TLS, request,
+answer), header lines, interim 1xx answers and trailers are counted, and a stall is logged.
+A request that leaves before reading its whole answer (an error, a cancellation, Ctrl-C)
+closes its connection, so no later request reads that answer as its own. A 429 carrying
+Retry-After closes the host to every caller of the client until it passes (RFC 6585 4,
+RFC 9110 10.2.3): the token, catalog and data calls share the client, so one gate covers
+them all, and a request meanwhile fails fast with RateLimited, sending nothing.
 """
 import asyncio
 import binascii
 import json as _json
+from time import ticks_ms
 
 from micropython import const
 
-from firmware import log
+from firmware import clock, log
 from firmware.backoff import retry_after_ms as _retry_after
 from firmware.net import conn
 
+_TAG = "http"
 _MAX_HEADERS = const(48)
-_DEFAULT_TIMEOUT_MS = const(15000)
+_MAX_HEADER_BYTES = const(8192)  # all header lines of one answer together
+_MAX_INTERIM = const(4)  # 100 Continue, 103 Early Hints: a few at most, not a stream
+_MAX_TRAILERS = const(16)
+_DEFAULT_TIMEOUT_MS = const(15000)  # any single wait: connect, a write, one read
+_DEFAULT_DEADLINE_MS = const(60000)  # the whole exchange, however steadily a peer trickles
+_MAX_GATE_MS = const(3600000)  # a 429's Retry-After closes a host for an hour at most
 _DEFAULT_MAX_BODY = const(16384)
 _SAFE_METHODS = ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
 _UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
@@ -31,6 +46,15 @@ class HttpError(conn.NetError):
 
 class HttpProtocolError(HttpError):
     """The server's answer is not valid HTTP/1.1 (or lines/headers beyond our limits)."""
+
+
+class RateLimited(HttpError):
+    """The host answered 429 with Retry-After, which has not passed: the request was not
+    sent. Transient: the caller keeps its data and comes back after `wait_ms`."""
+
+    def __init__(self, msg, wait_ms):
+        super().__init__(msg)
+        self.wait_ms = wait_ms
 
 
 class BodyTooLarge(HttpError):
@@ -156,16 +180,22 @@ class _Collect:
 
 class Client:
     """Keep-alive HTTP/1.1 client. `handshakes` counts new connections (TLS handshakes on
-    https), for the keep-alive benchmark and the status line."""
+    https), for the keep-alive benchmark and the status line. `now` is the tick clock of
+    the deadlines and the 429 gate (tests inject one)."""
 
     def __init__(self, ca_file=None, timeout_ms=_DEFAULT_TIMEOUT_MS, max_body=_DEFAULT_MAX_BODY,
-                 user_agent="esp32-firmware/1"):
+                 user_agent="esp32-firmware/1", deadline_ms=_DEFAULT_DEADLINE_MS, now=None):
         self.ca_file = ca_file
         self.timeout_ms = timeout_ms
+        self.deadline_ms = deadline_ms
         self.max_body = max_body
         self.user_agent = user_agent
+        self.now = now or ticks_ms
         self.handshakes = 0
+        self.stalls = 0
         self._conns: dict = {}
+        # host -> conn.Until: a 429 with Retry-After closes the host to every caller till then
+        self._gates: dict = {}
         # tasks share the client; one request at a time keeps answers on their requests
         self._lock = asyncio.Lock()
 
@@ -174,24 +204,49 @@ class Client:
             await conn.close(c.writer)
         self._conns = {}
 
-    async def _drop(self, key):
+    # Closes at once, without awaiting: also runs while a request is being cancelled.
+    def _forget(self, key):
         c = self._conns.pop(key, None)
         if c is not None:
-            await conn.close(c.writer)
+            try:
+                c.writer.close()
+            except Exception:  # a dead socket may refuse to close; it is gone either way
+                pass
+
+    def _check_gate(self, host, method, path):
+        g = self._gates.get(host)
+        if g is None:
+            return
+        left = g.remaining_ms()
+        if left <= 0:
+            del self._gates[host]
+            return
+        raise RateLimited("%s %s: %s asked to wait (429 Retry-After); %d ms left, not sent" %
+                          (method, path, host, left), left)
 
     async def request(self, method, url, headers=None, body=None, json=None, form=None,
-                      idempotent=None, timeout_ms=None, max_body=None, sink=None):
+                      idempotent=None, timeout_ms=None, max_body=None, sink=None,
+                      deadline_ms=None):
         """Send one request; returns a Response. With `sink`, body bytes go to
         sink(memoryview) as they arrive (Response.body is then b"") and no size limit
-        applies. Raises NetError subclasses; never returns a half-read response."""
+        applies. The whole exchange (connect, TLS, request, answer) ends within
+        `deadline_ms` (each single wait within `timeout_ms`). Raises NetError subclasses
+        (RateLimited, without sending, while the host's Retry-After runs); never returns a
+        half-read response, and a request left before its whole answer was read (error,
+        cancellation, Ctrl-C) takes its connection with it."""
+        u = conn.parse_url(url)
+        host, path = u[1], u[3]
+        self._check_gate(host, method, path)  # fail fast, without queueing behind the lock
         async with self._lock:
+            self._check_gate(host, method, path)  # a 429 may have come while we queued
             return await self._request(method, url, headers, body, json, form, idempotent,
-                                       timeout_ms, max_body, sink)
+                                       timeout_ms, max_body, sink, deadline_ms)
 
     async def _request(self, method, url, headers, body, json, form, idempotent, timeout_ms,
-                       max_body, sink):
+                       max_body, sink, deadline_ms):
         scheme, host, port, path, secure = conn.parse_url(url)
         timeout_ms = timeout_ms or self.timeout_ms
+        until = conn.Until(deadline_ms or self.deadline_ms, self.now)
         ctype = None
         if json is not None:
             body, ctype = _json.dumps(json).encode(), "application/json"
@@ -202,34 +257,64 @@ class Client:
         head = self._head(method, host, port, secure, path, headers, ctype, body)
         replay_ok = idempotent if idempotent is not None else method in _SAFE_METHODS
         key = (host, port, secure)
+        what = "%s %s" % (method, path)
         for attempt in (0, 1):
             c = self._conns.get(key)
             reused = c is not None
-            if c is None:
-                reader, writer = await conn.open_connection(host, port, secure, self.ca_file,
-                                                            timeout_ms)
-                self.handshakes += 1
-                c = self._conns[key] = Stream(reader, writer)
-            c.got_bytes = False
+            done = False
             try:
+                if c is None:
+                    reader, writer = await conn.open_connection(
+                        host, port, secure, self.ca_file, until.cap(timeout_ms, what))
+                    self.handshakes += 1
+                    c = self._conns[key] = Stream(reader, writer)
+                c.got_bytes = False
+                c.deadline = until
                 # one write: head and body in separate segments meet Nagle + delayed ACK
-                await conn.send(c.writer, head + body if body else head, timeout_ms)
+                await conn.send(c.writer, head + body if body else head,
+                                until.cap(timeout_ms, what))
                 resp, keep = await self._read_response(c, method, timeout_ms,
                                                        max_body or self.max_body, sink)
+                done = True
             except Exception as e:  # the connection's state is unknown now: drop it
-                await self._drop(key)
-                err = conn.as_net_error(e, "%s %s" % (method, path))
-                stale = reused and not c.got_bytes and isinstance(err, conn.Closed)
+                self._forget(key)
+                err = conn.as_net_error(e, what)
+                if isinstance(err, conn.NetTimeout) and until.remaining_ms() <= 0:
+                    self.stalls += 1
+                    log.warn(_TAG, "%s on %s: peer stalled, no complete answer within %d ms; "
+                             "connection dropped", what, host, until.ms)
+                    err = conn.DeadlineExceeded("%s: no complete answer within %d ms" %
+                                                (what, until.ms))
+                stale = reused and c is not None and not c.got_bytes and \
+                    isinstance(err, conn.Closed)
                 if stale and attempt == 0:
                     if replay_ok:
                         continue
-                    raise NotReplayed("%s %s: kept-alive connection closed before the "
-                                      "answer; not replayed" % (method, path))
+                    raise NotReplayed("%s: kept-alive connection closed before the "
+                                      "answer; not replayed" % what)
                 raise err
+            finally:
+                if not done:  # cancelled or interrupted mid-answer: the rest must not be
+                    self._forget(key)  # read as the next request's answer
+                elif c is not None:
+                    c.deadline = None
+            if resp.status == 429:
+                self._close_gate(host, resp)
             if not keep:
-                await self._drop(key)
+                self._forget(key)
             return resp
         raise conn.Closed("unreachable")  # the loop always returns or raises
+
+    def _close_gate(self, host, resp):
+        try:
+            now_unix = clock.unix_time()
+        except clock.ClockUnset:
+            now_unix = None
+        wait = resp.retry_after_ms(now_unix)
+        if wait:
+            wait = min(wait, _MAX_GATE_MS)
+            self._gates[host] = conn.Until(wait, self.now)
+            log.warn(_TAG, "%s answered 429: no request to it for %d s", host, wait // 1000)
 
     def _head(self, method, host, port, secure, path, headers, ctype, body):
         default_port = 443 if secure else 80
@@ -246,20 +331,33 @@ class Client:
         lines.append("\r\n")
         return "\r\n".join(lines).encode()
 
+    # Header lines (count and bytes), interim 1xx answers and trailers are all bounded: a
+    # peer sending them forever meets a limit, not just the deadline.
+    async def _read_headers(self, c, timeout_ms, headers, limit):
+        size = count = 0
+        while True:
+            line = await c.readline(timeout_ms)
+            if not line:
+                return
+            size += len(line)
+            count += 1  # lines, not names: a repeated name must count too
+            if count > limit or size > _MAX_HEADER_BYTES:
+                raise HttpProtocolError("more than %d header lines or %d bytes" %
+                                        (limit, _MAX_HEADER_BYTES))
+            name, value = parse_header_line(line)
+            headers[name] = value
+
     async def _read_response(self, c, method, timeout_ms, max_body, sink):
+        interim = 0
         while True:
             status, reason = parse_status_line(await c.readline(timeout_ms))
             headers: dict = {}
-            while True:
-                line = await c.readline(timeout_ms)
-                if not line:
-                    break
-                if len(headers) >= _MAX_HEADERS:
-                    raise HttpProtocolError("more than %d headers" % _MAX_HEADERS)
-                name, value = parse_header_line(line)
-                headers[name] = value
+            await self._read_headers(c, timeout_ms, headers, _MAX_HEADERS)
             if status >= 200 or status == 101:
-                break  # 1xx interim answers are skipped
+                break
+            interim += 1  # 1xx interim answers are skipped, a few of them
+            if interim > _MAX_INTERIM:
+                raise HttpProtocolError("more than %d interim 1xx answers" % _MAX_INTERIM)
         collect = None
         if sink is None:
             collect = _Collect(max_body)
@@ -271,9 +369,10 @@ class Client:
             while True:
                 n = parse_chunk_size(await c.readline(timeout_ms))
                 if n == 0:
-                    while await c.readline(timeout_ms):  # trailers
-                        pass
+                    await self._read_headers(c, timeout_ms, {}, _MAX_TRAILERS)
                     break
+                if collect is not None and collect.size + n > max_body:
+                    raise BodyTooLarge("response body over %d bytes" % max_body)
                 await c.read_n(n, sink, timeout_ms)
                 if await c.readline(timeout_ms):
                     raise HttpProtocolError("chunk not followed by CRLF")
@@ -298,7 +397,7 @@ class Client:
                 pass
         return Response(status, reason, headers, collect.value() if collect else b""), keep
 
-    async def download(self, url, path, headers=None, timeout_ms=None):
+    async def download(self, url, path, headers=None, timeout_ms=None, deadline_ms=None):
         """Stream a GET body to a file in buffer-sized writes (OTA), never holding it in RAM;
         returns the Response (body empty) and the byte count. Check resp.status before
         trusting the file."""
@@ -310,7 +409,7 @@ class Client:
                 written[0] += len(chunk)
 
             resp = await self.request("GET", url, headers=headers, timeout_ms=timeout_ms,
-                                      sink=sink)
+                                      sink=sink, deadline_ms=deadline_ms)
         finally:
             f.close()
         return resp, written[0]

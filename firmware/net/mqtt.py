@@ -75,6 +75,9 @@ _DEFAULT_MAX_PACKET = const(16384)
 _TX_SIZE = const(512)
 _RX_SIZE = const(256)  # received packets that do not fit in the stream buffer are read here
 _TOPICS = const(16)  # encoded topic names kept (a device publishes to a handful)
+# connect, TLS, CONNECT and the whole CONNACK: a broker that trickles them meets this, not
+# just each read's timeout
+_CONNECT_DEADLINE_MS = const(30000)
 _DEFAULT_TIMEOUT_MS = const(15000)
 _MALFORMED = const(0x81)
 
@@ -547,6 +550,7 @@ class Client:
         self.window = max(1, window)
         self.timeout_ms = timeout_ms
         self.max_packet = max_packet
+        self.connect_deadline_ms = _CONNECT_DEADLINE_MS
         self.on_message = on_message
         self.subscriptions: dict = {}  # filter -> qos, renewed after every reconnect
         self._inflight: dict = {}  # pid -> [topic, payload, retain, props, result code]
@@ -578,8 +582,11 @@ class Client:
         """Open a session; raises a ConnectRefused subclass or a NetError."""
         if self._stream:
             raise MqttError("already connected")
+        what = "mqtt connect %s:%d" % (self.host, self.port)
+        until = conn.Until(self.connect_deadline_ms)
         reader, writer = await conn.open_connection(self.host, self.port, self.secure,
-                                                    self.ca_file, self.timeout_ms)
+                                                    self.ca_file, until.cap(self.timeout_ms,
+                                                                            what))
         stream = Stream(reader, writer)
         try:
             props = None
@@ -589,8 +596,9 @@ class Client:
                     props[SESSION_EXPIRY] = self.session_expiry_s
             await conn.send(writer, encode_connect(self.client_id, self.username, self.password,
                                                    self.keepalive_s, self.clean_start, self.v5,
-                                                   props), self.timeout_ms)
-            pkt = await self._read_packet(stream, self.timeout_ms)
+                                                   props), until.cap(self.timeout_ms, what))
+            pkt: tuple = await asyncio.wait_for(self._read_packet(stream, self.timeout_ms),
+                                         until.cap(until.ms, what) / 1000)
             if pkt is None or pkt[0] != CONNACK:
                 raise MqttProtocolError("expected CONNACK, got packet type %d" %
                                         (pkt[0] if pkt else PUBACK))
@@ -599,7 +607,9 @@ class Client:
                 raise refusal(code, props.get(REASON_STRING, ""))
         except Exception as e:
             await conn.close(writer)
-            raise conn.as_net_error(e, "mqtt connect %s:%d" % (self.host, self.port))
+            if isinstance(e, asyncio.TimeoutError) and until.remaining_ms() == 0:
+                e = conn.DeadlineExceeded("no CONNACK within %d ms" % until.ms)
+            raise conn.as_net_error(e, what)
         self.session_present = present
         self.server_props = props
         self._send_window = min(self.window, props.get(RECEIVE_MAXIMUM, 65535))
@@ -913,11 +923,17 @@ class Client:
 
     async def _ping_loop(self):
         # ping when either direction has been quiet for half the keepalive; the reader's
-        # keepalive-long read timeout then catches a peer that stopped answering
+        # keepalive-long read timeout then catches a peer that stopped answering, and this
+        # loop one that trickles: no whole packet (not even the PINGRESP) for 1.5 keepalives
         half = self.keepalive_s * 500
         try:
             while True:
                 now = ticks_ms()
+                if ticks_diff(now, self._last_rx) >= 3 * half:
+                    await self._end(conn.NetTimeout(
+                        "no whole packet from the broker for %d ms (stalled peer)" %
+                        (3 * half)))
+                    return
                 idle = max(ticks_diff(now, self._last_tx), ticks_diff(now, self._last_rx))
                 if idle >= half:
                     await self._send(packet(PINGREQ, 0, b""))

@@ -6,6 +6,11 @@ bytes for binary, fragments reassembled), `ping`, `close`. Client frames are mas
 fresh key each; pings are answered inside `recv`; a message over `max_message` closes the
 connection with 1009; any protocol violation by the server closes it with 1002. Every
 failure is a named error, never a bare exception from the parser.
+
+Nothing waits without end: the handshake (connect, TLS, upgrade answer) and each message,
+from its first frame header to its last byte, have an overall deadline, and the upgrade's
+header lines and a message's fragments are counted, so a server that trickles or never ends
+a message meets a limit, not just a read timeout per byte.
 """
 import binascii
 import hashlib
@@ -27,6 +32,10 @@ PONG = const(10)
 _DEFAULT_MAX = const(16384)
 _DEFAULT_TIMEOUT_MS = const(15000)
 _MAX_CONTROL = const(125)
+_DEFAULT_DEADLINE_MS = const(60000)  # the whole handshake; one whole message
+_MAX_HEADERS = const(48)
+_MAX_HEADER_BYTES = const(8192)
+_MAX_FRAGMENTS = const(128)  # frames of one message (empty continuations cost no bytes)
 
 
 class WsError(conn.NetError):
@@ -107,10 +116,11 @@ def parse_header(b0, b1):
 
 
 class WebSocket:
-    def __init__(self, stream, max_message, timeout_ms):
+    def __init__(self, stream, max_message, timeout_ms, deadline_ms=_DEFAULT_DEADLINE_MS):
         self.s = stream
         self.max_message = max_message
         self.timeout_ms = timeout_ms
+        self.deadline_ms = deadline_ms
         self.closed = None  # WsClosed once closed
 
     async def _send(self, opcode, payload):
@@ -166,11 +176,13 @@ class WebSocket:
             raise self.closed
         timeout_ms = timeout_ms or self.timeout_ms
         parts: list = []
-        size = 0
+        size = frames = 0
         kind = None
         try:
             while True:
                 fin, opcode, n = await self._frame_header(timeout_ms)
+                if kind is None and opcode < CLOSE:  # a message starts: it has a deadline
+                    self.s.deadline = conn.Until(self.deadline_ms)
                 if opcode >= CLOSE:
                     data = await self._read(n, timeout_ms)
                     if opcode == PING:
@@ -184,6 +196,9 @@ class WebSocket:
                     raise WsProtocolError("new message inside a fragmented one")
                 if kind is None:
                     kind = opcode
+                frames += 1
+                if frames > _MAX_FRAGMENTS:
+                    raise WsProtocolError("message in more than %d frames" % _MAX_FRAGMENTS)
                 size += n
                 if size > self.max_message:
                     await self._fail(1009, MessageTooBig("message over %d bytes" %
@@ -197,6 +212,8 @@ class WebSocket:
             raise
         except Exception as e:  # socket failures and timeouts, named in one place
             raise conn.as_net_error(e, "websocket recv")
+        finally:
+            self.s.deadline = None
         data = b"".join(parts)
         if kind == TEXT:
             try:
@@ -226,25 +243,36 @@ class WebSocket:
 
 
 async def connect(url, headers=None, ca_file=None, timeout_ms=_DEFAULT_TIMEOUT_MS,
-                  max_message=_DEFAULT_MAX):
+                  max_message=_DEFAULT_MAX, deadline_ms=_DEFAULT_DEADLINE_MS):
     scheme, host, port, path, secure = conn.parse_url(url)
     if scheme not in ("ws", "wss"):
         raise conn.URLError("not a WebSocket URL: %r" % url)
-    reader, writer = await conn.open_connection(host, port, secure, ca_file, timeout_ms)
+    what = "websocket handshake"
+    until = conn.Until(deadline_ms)
+    reader, writer = await conn.open_connection(host, port, secure, ca_file,
+                                                until.cap(timeout_ms, what))
     stream = Stream(reader, writer)
+    stream.deadline = until
     key = binascii.b2a_base64(os.urandom(16)).decode().strip()
     lines = ["GET %s HTTP/1.1" % path, "Host: %s:%d" % (host, port), "Upgrade: websocket",
              "Connection: Upgrade", "Sec-WebSocket-Key: " + key, "Sec-WebSocket-Version: 13"]
     for k, v in (headers or {}).items():
         lines.append("%s: %s" % (k, v))
     try:
-        await conn.send(writer, ("\r\n".join(lines) + "\r\n\r\n").encode(), timeout_ms)
+        await conn.send(writer, ("\r\n".join(lines) + "\r\n\r\n").encode(),
+                        until.cap(timeout_ms, what))
         status, _ = parse_status_line(await stream.readline(timeout_ms))
         got: dict = {}
+        count = size = 0
         while True:
             line = await stream.readline(timeout_ms)
             if not line:
                 break
+            count += 1
+            size += len(line)
+            if count > _MAX_HEADERS or size > _MAX_HEADER_BYTES:
+                raise HttpProtocolError("upgrade answer with more than %d header lines or %d "
+                                        "bytes" % (_MAX_HEADERS, _MAX_HEADER_BYTES))
             name, value = parse_header_line(line)
             got[name] = value
     except HttpProtocolError as e:
@@ -259,4 +287,5 @@ async def connect(url, headers=None, ca_file=None, timeout_ms=_DEFAULT_TIMEOUT_M
     if got.get("sec-websocket-accept") != accept_key(key):
         await conn.close(writer)
         raise HandshakeError("wrong Sec-WebSocket-Accept")
-    return WebSocket(stream, max_message, timeout_ms)
+    stream.deadline = None  # from here on each message has its own
+    return WebSocket(stream, max_message, timeout_ms, deadline_ms)

@@ -12,6 +12,8 @@ from firmware.ota import slots
 from firmware.ota.updater import _TAG, Busy, DownloadFailed, UpdateError
 
 _MAX_DOWNLOAD = const(4 * 1024 * 1024 + 16384)  # bundle payload limit + header room
+# 4 MB at 8 KB/s: a slow link still finishes, a trickling server does not hold the client
+_DOWNLOAD_DEADLINE_MS = const(600000)
 
 
 def _rmtree(p):
@@ -61,7 +63,8 @@ async def download(u, url, sha256=None):
             u._step("download", size[0])
 
         log.info(_TAG, "downloading %s", url)
-        resp = await u.client().request("GET", url, sink=sink)
+        resp = await u.client().request("GET", url, sink=sink,
+                                         deadline_ms=_DOWNLOAD_DEADLINE_MS)
     except BaseException:
         f.close()
         _remove(dest)
@@ -87,12 +90,15 @@ def install(u, bundle, version=None):
     slot = slots.inactive(u.root)
     if slot is None:
         raise Busy("an update is on trial; confirm or roll back first")
+    from firmware.ota import versions
+
     dest = slots.slot_dir(u.root, slot)
     with open(bundle, "rb") as f:
         manifest, _ = ota_bundle.read_manifest(f, u.key)
         got = manifest["version"]
         if version is not None and got != version:
             raise UpdateError("bundle is version %s, expected %s" % (got, version))
+        least = versions.check(u.root, u.version(), manifest)  # no downgrade, signed or not
         u._step("verified", got)
         _rmtree(dest)
         os.mkdir(dest)
@@ -104,6 +110,7 @@ def install(u, bundle, version=None):
             raise
     u._step("unpacked", got)
     slots.stage(u.root, slot, got, u.trials)
+    versions.raise_floor(u.root, least)
     _remove(bundle)
     log.info(_TAG, "update %s in slot %s, on trial at the next boot", got, slot)
     u._step("switched", got)

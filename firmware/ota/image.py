@@ -46,12 +46,13 @@ class ImageWriter:
     """Push parser: feed(bytes) the bundle as it arrives, then finish(). Writes the image's
     bytes to `partition` block by block; raises a BundleError on anything wrong."""
 
-    def __init__(self, partition, public_key, block=_BLOCK):
+    def __init__(self, partition, public_key, block=_BLOCK, check=None):
         from firmware import ota_bundle  # with Ed25519: loaded only for an update
 
         self.ob = ota_bundle
         self.part = partition
         self.key = public_key
+        self.check = check  # check(manifest): refuses before the first block is written
         self.head = bytearray()
         self.need = _HEADER
         self.manifest = None
@@ -86,6 +87,8 @@ class ImageWriter:
                                                max_total=self.capacity)
         if len(manifest["files"]) != 1:
             raise self.ob.BadManifest("an image bundle holds exactly one file")
+        if self.check is not None:
+            self.check(manifest)
         self.size = manifest["files"][0]["size"]
         self.manifest = manifest
         self.head = bytearray()  # the manifest bytes are no longer needed
@@ -167,9 +170,16 @@ class ImageUpdater:
 
     async def run(self, url, version=None):
         """Stream the image bundle into the next partition, verify, set it to boot, reset."""
+        from firmware.ota import versions
+
         running = self.part_cls(self.part_cls.RUNNING)
         target = running.get_next_update()
-        writer = ImageWriter(target, self.key)
+        least = []
+
+        def check(manifest):  # no downgrade, signed or not; before a byte is flashed
+            least.append(versions.check(self.root, self.version(), manifest, "image"))
+
+        writer = ImageWriter(target, self.key, check=check)
 
         def sink(chunk):
             writer.feed(chunk)
@@ -187,8 +197,10 @@ class ImageUpdater:
             raise UpdateError("image is version %s, expected %s" % (got, version))
         self._step("verified", got)
         label = target.info()[4]
-        self._save({"pending": got, "partition": label, "from": running.info()[4]})
+        self._save({"pending": got, "partition": label, "from": running.info()[4],
+                    "version": self.version()})
         target.set_boot()
+        versions.raise_floor(self.root, least[0], "image")
         log.info(_TAG, "image %s in %s, on trial at the next boot", got, label)
         self._step("switched", got)
         healthy_before_reset(self.root)
@@ -211,13 +223,22 @@ class ImageUpdater:
     def failure(self):
         return self._load().get("failed")
 
+    def version(self):
+        """The running image's version: the last one confirmed here, else this build's."""
+        v = self._load().get("version")
+        if isinstance(v, str):
+            return v
+        from firmware.version import VERSION
+
+        return VERSION
+
     def confirm(self):
         """The new image works: cancel the bootloader's rollback. Returns its version."""
         if self.status() != "trial":
             return None
         self.part_cls.mark_app_valid_cancel_rollback()
         st = self._load()
-        self._save({})
+        self._save({"version": st["pending"]})  # what the next image must be newer than
         log.info(_TAG, "image %s confirmed", st["pending"])
         return st["pending"]
 

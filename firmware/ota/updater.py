@@ -33,6 +33,11 @@ class Busy(UpdateError):
     """Another update is running, or a new app is on trial and not yet confirmed."""
 
 
+class Downgrade(UpdateError):
+    """The signed bundle is not newer than the running version (and is not signed as a
+    rollback), or it is below the minimum secure version (firmware/ota/versions.py)."""
+
+
 class DownloadFailed(UpdateError):
     """The server's answer was not the bundle (status, size or whole-file SHA-256)."""
 
@@ -135,7 +140,9 @@ class Updater:
         return self._client
 
     def version(self):
-        return slots.running_version(self.root)
+        from firmware.version import VERSION
+
+        return slots.running_version(self.root, VERSION)
 
     def failure(self):
         """{"version", "reason"} of the last update that rolled back, or None."""
@@ -151,20 +158,35 @@ class Updater:
             log.info(_TAG, "update %s confirmed", version)
         return version
 
-    def start(self, url, version, sha256=None):
+    def start(self, url, version, sha256=None, rollback=False):
         """Run an update in the background (for a cloud message naming a new version).
         Returns False when it is not needed or cannot start now (the reason is logged)."""
         if self.task is not None and not self.task.done():
             log.info(_TAG, "update %s ignored: another update is running", version)
             return False
-        if not self.wanted(version):
+        if not self.wanted(version, rollback):
             return False
         self.task = asyncio.create_task(self._guarded(url, version, sha256))
         return True
 
-    def wanted(self, version):
+    # An announcement is not signed: this only saves a download. The signed manifest is
+    # what install() checks (firmware/ota/versions.py); `rollback` lets an announced older
+    # version through to that check.
+    def wanted(self, version, rollback=False):
         if version is not None and version == self.version():
             return False
+        if version is not None and not rollback:
+            from firmware.ota import versions
+
+            try:
+                ok = versions.newer(version, self.version())
+            except versions.BadVersion as e:
+                log.warn(_TAG, "update skipped: %s", e)
+                return False
+            if not ok:
+                log.warn(_TAG, "update %s skipped: not newer than the running %s", version,
+                         self.version())
+                return False
         if slots.on_trial(self.root):
             log.info(_TAG, "update %s waits: an update is on trial", version)
             return False
@@ -218,8 +240,10 @@ class Updater:
         return fetch.install(self, bundle, version)
 
     async def check(self):
-        """Fetch the manifest (JSON {"version", "url", "sha256"?}); update when it names a
-        version other than the running one. Returns the version started, or None."""
+        """Fetch the manifest (JSON {"version", "url", "sha256"?, "rollback"?}); update when
+        it names a newer version than the running one (or an older one announced as a
+        rollback, which the bundle's signed manifest must confirm). Returns the version
+        started, or None."""
         resp = await self.client().request("GET", self.manifest_url)
         if resp.status != 200:
             raise DownloadFailed("manifest answered %d" % resp.status)
@@ -229,7 +253,7 @@ class Updater:
             url = _resolve(self.manifest_url, m["url"])
         except (ValueError, KeyError, TypeError) as e:
             raise UpdateError("manifest unreadable: %s" % log.describe(e))
-        if not isinstance(version, str) or not self.wanted(version):
+        if not isinstance(version, str) or not self.wanted(version, m.get("rollback") is True):
             return None
         await self.run(url, version, m.get("sha256"))
         return version

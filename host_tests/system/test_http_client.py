@@ -16,7 +16,10 @@ from tools.faultproxy import FaultProxy
 class Server:
     """A tiny HTTP/1.1 server over TLS that counts connections. Routes:
     /hello, /chunked, /big (100000 bytes), /echo (POST echoes body), /slow (3 s),
-    /close (answers with Connection: close), /garbage (not HTTP), /say/X (answers X)."""
+    /close (answers with Connection: close), /garbage (not HTTP), /say/X (answers X),
+    /trickle (a 100000-byte body at one byte per 0.2 s), /continue (100 Continue lines
+    without end, 50 a second), /trailers (a chunked body whose trailer lines never end);
+    the last three go on until the client hangs up."""
 
     def __init__(self, certs, cert="server_cert", key="server_key", idle_close=False):
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -92,6 +95,15 @@ class Server:
         elif path == "/close":
             send("200 OK", b"bye", "Connection: close\r\n")
             return False
+        elif path == "/trickle":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            self._forever(conn, b"x", 0.2)
+        elif path == "/continue":
+            self._forever(conn, b"HTTP/1.1 100 Continue\r\n\r\n", 0.02)
+        elif path == "/trailers":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"2\r\nok\r\n0\r\n")
+            self._forever(conn, b"X-T: 1\r\n", 0.02)
         elif path.startswith("/say/"):
             send("200 OK", path[5:].encode())
         elif path == "/garbage":
@@ -100,6 +112,11 @@ class Server:
         else:
             send("404 Not Found", b"")
         return True
+
+    def _forever(self, conn, piece, pause):
+        while not self.stopped:  # ends with OSError once the client has hung up
+            conn.sendall(piece)
+            time.sleep(pause)
 
     def stop(self):
         self.stopped = True
@@ -257,3 +274,25 @@ def test_tasks_sharing_a_client_each_get_their_own_answer(server, pki):
     assert len(answers) == 12
     assert all(o["body"] == o["url"].rsplit("/", 1)[1] for o in answers)
     assert out[-1]["handshakes"] == 1
+
+
+def test_trickling_and_endless_peers_meet_the_deadline_and_the_limits(server, pki):
+    """A server that trickles its body (each byte well inside the read timeout) is cut off
+    at the request's overall deadline, with one warning line; endless 1xx lines or trailers
+    meet their limits; the next request still works, on a new connection. Bounds are
+    generous multiples of the deadline (a busy machine), never exact timings."""
+    url = "https://localhost:%d" % server.port
+    proc = peers.run_mp_spec("http_driver.py", {
+        "ca": pki["ca"], "timeout_ms": 2000, "deadline_ms": 3000, "requests": [
+            {"url": url + "/trickle", "max_body": 200000}, {"url": url + "/continue"},
+            {"url": url + "/trailers"}, {"url": url + "/hello"}]}, timeout=90)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = peers.json_lines(proc.stdout)
+    assert out[0]["error"] == "DeadlineExceeded", out[0]
+    assert out[0]["elapsed_ms"] < 3000 + 20000  # the deadline, not the 500 s the body takes
+    assert out[1]["error"] == "HttpProtocolError" and "1xx" in out[1]["msg"]
+    assert out[2]["error"] == "HttpProtocolError" and "header" in out[2]["msg"]
+    assert out[3]["status"] == 200 and out[3]["body"] == "hello"
+    assert server.connections == 4  # each failure dropped its connection
+    stalls = [ln for ln in proc.stdout.splitlines() if "stalled" in ln]
+    assert len(stalls) == 1 and "GET /trickle" in stalls[0], proc.stdout

@@ -271,3 +271,24 @@ def test_path_traversal_is_refused_by_device_and_tool(tmp_path):
         assert result["error"] == "BadManifest" and "path" in result["msg"], result
         assert list(dest.iterdir()) == []
     assert not (tmp_path / "escaped.py").exists()
+
+
+def test_rollback_and_min_version_are_signed_into_the_manifest(tmp_path):
+    key, pub = keys(tmp_path)
+    _, bundle = build(tmp_path, key, "--no-compile", "--rollback", "--min-version", "1.2.0")
+    manifest, _ = ota_tool.read_bundle(bundle.read_bytes(), pub.read_bytes())
+    assert manifest["rollback"] is True and manifest["min_version"] == "1.2.0"
+    rc, out = tool("verify", "--pub", pub, "--bundle", bundle)
+    assert rc == 0 and "(rollback)" in out and "min_version 1.2.0" in out, out
+    poll = ota_tool.poll_manifest(bundle.read_bytes(), "b.bin")
+    assert poll["rollback"] is True  # so a board downloads it; the signed copy decides
+    result, _ = extract_on_mp(tmp_path, bundle, pub)  # still a bundle the device reads
+    assert result["ok"], result
+    _, plain = build(tmp_path, key, "--no-compile")
+    assert "rollback" not in ota_tool.read_bundle(plain.read_bytes(), pub.read_bytes())[0]
+    assert "rollback" not in ota_tool.poll_manifest(plain.read_bytes(), "b.bin")
+    src = tmp_path / "src"
+    for bad in ("mp-1.29", "1.2.3.4", "v2"):
+        rc, out = tool("build", "--version", bad, "--key", key, "--out", tmp_path / "x.bin",
+                       "--root", src, "--src", src / "main.py", "--no-compile")
+        assert rc == 2 and "semantic version" in out, (bad, out)

@@ -1,17 +1,20 @@
 # Runs a list of HTTP requests with firmware.net.http under MicroPython and prints one JSON
 # line per request. argv[1]: a file holding JSON {"ca": path|null, "timeout_ms": n,
 # "requests": [...]} where each request is {"method", "url", "body"?, "json"?, "form"?,
-# "idempotent"?, "max_body"?, "download"?: path, "sleep_ms"?: pause before it}.
+# "idempotent"?, "max_body"?, "download"?: path, "sleep_ms"?: pause before it}; optional
+# "deadline_ms" (the client's overall deadline per request). Each line carries "elapsed_ms".
 
 import asyncio
 import json
 import sys
+import time
 
 from firmware.net import http
 
 
 async def main(spec):
-    client = http.Client(ca_file=spec.get("ca"), timeout_ms=spec.get("timeout_ms", 5000))
+    kw = {"deadline_ms": spec["deadline_ms"]} if spec.get("deadline_ms") else {}
+    client = http.Client(ca_file=spec.get("ca"), timeout_ms=spec.get("timeout_ms", 5000), **kw)
     if spec.get("concurrent"):  # every request in its own task, all sharing the client
         async def one(r):
             resp = await client.request("GET", r["url"])
@@ -26,6 +29,7 @@ async def main(spec):
         if r.get("sleep_ms"):
             await asyncio.sleep_ms(r["sleep_ms"])
         out = {}
+        t0 = time.ticks_ms()
         try:
             if r.get("download"):
                 resp, n = await client.download(r["url"], r["download"])
@@ -42,6 +46,7 @@ async def main(spec):
             out["error"] = type(e).__name__
             out["msg"] = str(e)[:200]
         out["handshakes"] = client.handshakes
+        out["elapsed_ms"] = time.ticks_diff(time.ticks_ms(), t0)
         print(json.dumps(out))
     await client.close()
 
