@@ -17,6 +17,7 @@ class _Broker:
     acceptance) and then answered on the ack topic by `answer(message_id)`."""
 
     connected = True
+    connects = 1  # the session whose subscriptions the adapter made
 
     def __init__(self, cloud, answer):
         self.cloud = cloud
@@ -40,6 +41,7 @@ def _send_with_acks(answer):
     cloud.mode = rm.MQTT
     cloud.ack_timeout_ms = 200  # what never comes is not waited for long
     broker = cloud.client = _Broker(cloud, answer)
+    cloud._subscribed = broker.connects  # the ack topic is subscribed on this session
     res = support.run(cloud.send([Record("1-1", "sensor", 7, "5", 1777025700)]))
     return res, broker
 

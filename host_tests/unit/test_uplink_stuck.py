@@ -109,18 +109,19 @@ class _Gated(_Scripted):
 def test_a_host_closed_by_429_keeps_the_records_and_the_uplink_waits_it_out():
     cloud = _Gated([], gated=False)
     a, root = _app(cloud, records=2)
-    waits: list = []
-    real_wait = a.link.wait
+    pauses: list = []
 
-    async def spy(ms=None):
-        waits.append(ms)
-        return await real_wait(1)  # the test does not sit the 30 s out
+    async def spy(backoff, delay_ms, floor_ms):
+        pauses.append((delay_ms, floor_ms))
+        await asyncio.sleep_ms(1)  # the test does not sit the 30 s out
 
-    a.link.wait = spy
+    a._pause = spy
 
     async def judge():
-        await _until(lambda: waits, "the uplink's wait")
+        await _until(lambda: pauses, "the uplink's wait")
 
     _run([("uplink", a.uplink)], judge)
-    assert waits[0] >= 30000 and a.outbox.pending_count() == 2
+    # the gate's wait is the floor: slept in full, not ended by a success elsewhere
+    assert pauses[0][0] >= 30000 and pauses[0][1] >= 30000, pauses
+    assert a.outbox.pending_count() == 2
     support.rmtree(root)
