@@ -88,7 +88,6 @@ class RealerMqtt:
 
     # -- what the app uses, shared with RealerHttps -------------------------------------
 
-    @property
     # Token and catalog calls run in the inner HTTPS adapter (also in HTTPS fallback): the
     # app's hook must reach it, or a success there would not end the uplink's backoff.
     @property
@@ -99,6 +98,7 @@ class RealerMqtt:
     def on_reached(self, hook):
         self.https.on_reached = hook
 
+    @property
     def batch_max(self):
         return self.https.batch_max
 

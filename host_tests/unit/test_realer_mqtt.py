@@ -314,3 +314,5 @@ def test_a_token_success_reaches_the_apps_hook_through_the_inner_https_adapter()
     cloud.on_reached = lambda: reached.append(1)
     support.run(cloud.authenticate())
     assert reached == [1], reached
+    # the app reads these as plain values, whatever RealerMqtt forwards to RealerHttps
+    assert isinstance(cloud.batch_max, int) and isinstance(cloud.renewals, int)
