@@ -63,7 +63,8 @@ from micropython import const
 from firmware import clock, log
 
 _TAG = "outbox"
-_G = const(16)  # slots per bucket
+_G = const(32)  # slots per bucket (space: one metadata pair, two blocks, per bucket)
+SLOTS_PER_BUCKET = _G
 _MAX_PAYLOAD = const(1024)
 _VERSION = const(2)
 _F_BIGT = const(1)  # t did not fit u32: it is the JSON list's 7th item
@@ -128,6 +129,11 @@ def _unseal(data):
             data[:-2]):
         return None
     return data[:-2]
+
+
+def _parity(body, n):
+    # pad (JSON allows a trailing space) so the sealed size has the parity of n's bucket
+    return body + b" " if (len(body) + 2 - n // _G) % 2 else body
 
 
 def _newer(a, b):
@@ -246,6 +252,8 @@ class Outbox:
                     self._oo.append(n)
             self._count = max(0, self._end - self.head - len(self._oo) - (
                 self._marks if self._marks < 0xFFFF else 0))
+        elif self._top < 0 and not idx_seen:
+            self._write_index(self.head, 0, 0, [])  # a new store
         else:
             if self._top >= 0:
                 self._marks = 0xFFFF  # unknown: check slots while advancing
@@ -276,23 +284,23 @@ class Outbox:
         self._low, self._top = low, top
 
     def _find_end(self):
-        # the queue ends after the last slot of the top bucket written in this lap
+        # the queue ends after the last slot of the top bucket written in this lap: one
+        # listing, no file read. Every slot file written under bucket number B has a size of
+        # B's parity, and a bucket is renamed only to a number of the other parity, so the
+        # slots left from its previous lap never look fresh.
         self._end = 0
         if self._top < 0:
             return
         self._end = self._top * _G
-        damaged = -1
-        for s in range(_G):
-            n = self._top * _G + s
-            data = self._read_file(self._slot(n))
-            if data and _unseal(data) is not None and struct.unpack_from("<I", data, 1)[0] == n:
+        path = self._bucket(self._top)
+        for name, size in _sizes(path):
+            try:
+                n = self._top * _G + int(name, 16)
+            except ValueError:
+                continue
+            if size > 0 and size % 2 == self._top % 2 and n >= self._end and name == "%x" % (
+                    n % _G):
                 self._end = n + 1
-            elif data and _unseal(data) is None:
-                damaged = n
-        if damaged >= self._end:
-            # rotted, or torn on a filesystem without atomic commits: its id may have been
-            # handed out, so the queue goes past it (reported and skipped by pending())
-            self._end = damaged + 1
 
     # ---- records
     def _encode(self, n, mid, kind, source, value, t, desired_id, report_status):
@@ -306,7 +314,7 @@ class Outbox:
         while fields[-1] is None:
             fields.pop()
         body = json.dumps(fields, separators=(",", ":")).encode()
-        return _seal(struct.pack("<BII", flags, n, t) + body)
+        return _seal(_parity(struct.pack("<BII", flags, n, t) + body, n))
 
     def _read(self, n):
         # the Record in slot n; False for a resolution marker; None when the slot is missing,
@@ -377,7 +385,7 @@ class Outbox:
     def _new_bucket(self, b):
         # reuse the lowest bucket when all its records are resolved (a rename: one commit),
         # else make one (mkdir: LittleFS allocates and erases a metadata pair)
-        if 0 <= self._low < self.head // _G and self._low < self._top:
+        if 0 <= self._low < self.head // _G and self._low < self._top and (b - self._low) % 2:
             os.rename(self._bucket(self._low), self._bucket(b))
             self._low += 1
         else:
@@ -476,7 +484,7 @@ class Outbox:
                 oo.sort()
             else:  # far out of order (overflow drops behind a stuck report): mark the slot
                 with open(self._slot(n), "wb") as f:
-                    f.write(_seal(struct.pack("<BI", _F_DONE, n)))
+                    f.write(_seal(_parity(struct.pack("<BI", _F_DONE, n), n)))
                 marks = min(marks + 1, 0xFFFF)
             self._write_index(head, delivered, marks, oo)
         except OSError as e:
@@ -563,6 +571,19 @@ def _names(path):
             yield entry[0]
     else:  # CPython (host tests)
         yield from os.listdir(path)
+
+
+def _sizes(path):
+    # (name, size) of the files in a directory, from the listing alone on MicroPython
+    if hasattr(os, "ilistdir"):
+        for entry in os.ilistdir(path):
+            if len(entry) > 3:  # LittleFS, FAT
+                yield entry[0], entry[3]
+            else:  # the unix port's host filesystem lists no sizes
+                yield entry[0], os.stat(path + "/" + entry[0])[6]
+    else:  # CPython (host tests)
+        for name in os.listdir(path):
+            yield name, os.stat(path + "/" + name)[6]
 
 
 def _is_dir(path):
