@@ -538,10 +538,12 @@ class Outbox:
         from firmware import outbox_v1  # imported only on the boot that converts
 
         log.info(_TAG, "converting %s from the v1 layout", self.root)
-        _remove_buckets(self.root)  # a conversion cut short before its commit starts over
         old = outbox_v1.Outbox(self.root, max_records=1 << 30)
-        self.epoch = old.boot + 1  # above every v1 id: order and uniqueness both hold
-        self._low = self._top = -1
+        # a conversion cut short before its commit starts over in the buckets it made (the
+        # same records go to the same slots), under the epoch it chose: no v1 id has it
+        self._scan_buckets()
+        if self._top < 0:
+            self.epoch = old.boot + 1  # above every v1 id: order and uniqueness both hold
         self._end = self.head = self._count = 0
         keep, self.max_records = self.max_records, 1 << 30  # carry everything, drop nothing
         carried = []
@@ -612,21 +614,6 @@ def _v1_remove(root):
         elif name in ("state.json", "state.tmp") or (name.endswith(".seg") and
                                                       name.startswith("s") and len(name) == 17):
             os.remove(path)
-
-
-def _remove_buckets(root):
-    for name in list(_names(root)):
-        if name.startswith("b") and len(name) > 10 and name[9] == "_" and _is_dir(
-                root + "/" + name):
-            path = root + "/" + name
-            for e in list(_names(path)):
-                os.remove(path + "/" + e)
-            os.rmdir(path)
-    for name in ("a0", "a1"):
-        try:
-            os.remove(root + "/" + name)
-        except OSError:
-            pass
 
 
 def _mkdirs(path):
