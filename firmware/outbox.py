@@ -70,6 +70,8 @@ _VERSION = const(2)
 _F_BIGT = const(1)  # t did not fit u32: it is the JSON list's 7th item
 _F_DONE = const(0x80)  # a resolution marker written over a record resolved far out of order
 _OO_MAX = const(6)  # out-of-order resolutions kept in the index (keeps it one 64-byte commit)
+_META = "<BBIIIIii"  # generation, version, dead, dropped, expired, epoch, low, top bucket
+_META_LEN = const(26)
 _KINDS = ("sensor", "command", "reading", "report", "state")
 _STATUS_NAMES = {"D": "delivered", "X": "dead", "P": "dropped", "E": "expired"}
 
@@ -163,7 +165,7 @@ class Outbox:
         return self.root + "/" + name
 
     def _bucket(self, b):
-        return self._p("b%08x_%x" % (self.epoch, b))
+        return self._p("b%08x_%06x" % (self.epoch, b))  # sorted like the queue
 
     def _slot(self, n):
         return "%s/%x" % (self._bucket(n // _G), n % _G)
@@ -208,16 +210,19 @@ class Outbox:
         self._igen = gen
 
     def _write_meta(self):
+        if self._converting:  # the meta file is the conversion's commit point
+            return
         gen = (self._mgen + 1) & 0xFF
         s = self._stats
-        self._write_pair("m", gen, struct.pack("<BBIII", gen, _VERSION, s["dead"],
-                                               s["dropped"], s["expired"]))
+        self._write_pair("m", gen, struct.pack(_META, gen, _VERSION, s["dead"], s["dropped"],
+                                               s["expired"], self.epoch, self._low, self._top))
         self._mgen = gen
 
     # ---- open
     def _open(self):
         self._stats = {"delivered": 0, "dead": 0, "dropped": 0, "expired": 0}
         self._igen = self._mgen = 0
+        self._converting = False
         self._oo: list = []  # record numbers resolved beyond head, ascending
         self._marks = 0  # slots marked resolved beyond head (0: acks need no read)
         meta, meta_seen = self._read_pair("m")
@@ -226,12 +231,14 @@ class Outbox:
             meta, meta_seen = self._read_pair("m")
         elif meta is not None:
             _v1_remove(self.root)  # leftovers of a conversion cut short after its commit
-        self._scan_buckets()
-        if meta is not None and meta[1][1] == _VERSION:
+        if meta is not None and len(meta[1]) == _META_LEN and meta[1][1] == _VERSION:
             self._mgen = meta[0]
-            _, _, dead, dropped, expired = struct.unpack("<BBIII", meta[1])
+            (_, _, dead, dropped, expired, self.epoch, self._low,
+             self._top) = struct.unpack(_META, meta[1])
             self._stats.update(dead=dead, dropped=dropped, expired=expired)
+            self._check_range()
         else:
+            self._scan_buckets()  # lists the root: only when the meta file is lost
             if meta_seen or self._top >= 0:
                 log.error(_TAG, "meta missing or corrupt in %s: dead/dropped/expired counts "
                           "restart at 0", self.root)
@@ -258,8 +265,20 @@ class Outbox:
             if self._top >= 0:
                 self._marks = 0xFFFF  # unknown: check slots while advancing
             if idx_seen or self._top >= 0:
-                    log.error(_TAG, "ack index missing or corrupt in %s: every intact record is "
+                log.error(_TAG, "ack index missing or corrupt in %s: every intact record is "
                           "pending again; resolved records may be delivered again", self.root)
+
+    def _check_range(self):
+        # the meta file may lag one bucket behind a cut (it is written after mkdir / rename /
+        # rmdir): one lookup each way settles it
+        moved = False
+        while _is_dir(self._bucket(self._top + 1)):
+            self._top += 1
+            moved = True
+        if self._low < 0 <= self._top:
+            self._low = 0 if moved and _is_dir(self._bucket(0)) else self._top
+        while 0 <= self._low < self._top and not _is_dir(self._bucket(self._low)):
+            self._low += 1
 
     def _scan_buckets(self):
         # low..top bucket numbers and the epoch, from the bucket names (no file is opened)
@@ -397,6 +416,7 @@ class Outbox:
             if self._low < 0:
                 self._low = b
         self._top = b
+        self._write_meta()  # where the buckets are: opening needs no listing
 
     def pending(self, limit: int = 10) -> list:
         out: list = []
@@ -452,6 +472,7 @@ class Outbox:
                 os.remove(path + "/" + name)
             os.rmdir(path)
             self._low += 1
+            self._write_meta()
 
     # ---- resolutions
     def _resolve(self, mid, status):
@@ -539,6 +560,7 @@ class Outbox:
 
         log.info(_TAG, "converting %s from the v1 layout", self.root)
         old = outbox_v1.Outbox(self.root, max_records=1 << 30)
+        self._converting = True
         # a conversion cut short before its commit starts over in the buckets it made (the
         # same records go to the same slots), under the epoch it chose: no v1 id has it
         self._scan_buckets()
@@ -560,6 +582,7 @@ class Outbox:
             self._new_bucket(0)  # the epoch lives in bucket names: keep it above the v1 ids
         self._stats = dict(old._stats)
         self._write_index(0, self._stats["delivered"], 0, [])
+        self._converting = False
         self._write_meta()  # the commit point: from here on the store is v2
         self.max_records = keep
         _v1_remove(self.root)
