@@ -1,45 +1,52 @@
 """The outbox: a persistent, crash-safe queue of records waiting for delivery (flash, LittleFS).
 
 Layout v2 (bench/outbox-wear.md has the measurements behind it). Every durable operation is
-ONE small LittleFS metadata commit, never a data-block copy:
+one small LittleFS metadata commit, never a data-block copy:
 
-    b<E:08x>_<B:x>/<s:x>  record slots: record number n = B * 16 + s lives in bucket B, slot s
-    a0, a1                ack index, written alternately: head, delivered count, acks past head
-    m0, m1                meta, written alternately: layout version, dead/dropped/expired counts
+    b<E:08x>_<B:06x>/<s:x>  record slots: record number n = B * 32 + s is slot s of bucket B
+    a0, a1                  ack index, written alternately: head, delivered count, the few
+                            records resolved out of order, how many slots are marked resolved
+    m0, m1                  meta, written alternately: version, dead/dropped/expired counts,
+                            epoch E, lowest and top bucket number, boot counter
 
-- A record is a small file (typically 20-28 bytes, so one 64-byte commit with LittleFS's mtime
-  attribute) OVERWRITTEN into an existing slot. Creating files costs two commits and mkdir
-  costs an erase, so slots are reused: a bucket whose 16 records are all resolved is renamed
-  to the next bucket number (one commit per 16 records) instead of being deleted and made anew.
-  Buckets therefore form one contiguous range low..top; the space a drained backlog used
-  stays for the next one (compact() gives it back).
-- Record numbers n are dense: the next append always takes the next slot; a failed append
-  retries the same slot (its id was never handed out). message_id = "<E hex>-<n hex>", where E
-  is the store's epoch, random at creation (a wiped board never repeats its ids) and kept in
-  every bucket name. Ids are ordered like the queue.
-- A resolution (delivered / dead / dropped / expired) rewrites the ack index: the first
-  unresolved n (head), the count of delivered records and the few n resolved out of order
-  beyond head (bounded by the uplink's in-flight window): one 64-byte commit, no file created
-  or deleted, and no read at all for an id of this store. Dead/dropped/expired counts go to
-  the meta file right after (a power cut in between undercounts by one, never loses a record).
-- The alternating a0/a1 (and m0/m1) files each end in a CRC and a generation byte: the newer
-  valid one wins, so a write torn on a filesystem without atomic commits (host tests) falls back
-  to the previous state, which is still the state before the torn call returned.
+- A record is a small file (typically 20-28 bytes: one 64-byte commit with MicroPython's mtime
+  attribute) OVERWRITTEN into an existing slot. Creating a file costs two commits and mkdir an
+  erase, so slots are reused: a bucket whose 32 records are all resolved is renamed to the next
+  bucket number (one commit per 32 records) instead of being deleted and made anew. Buckets
+  form one contiguous range low..top; the space a drained backlog used stays for the next one
+  (compact() gives it back). One bucket is one metadata pair (two blocks).
+- Record numbers n are dense: the next append takes the next slot; a failed append retries the
+  same slot (its id was never handed out). message_id = "<boot hex>-<n hex>": n makes it
+  unique, the boot counter (persisted in the meta file at each open, before any id of that boot
+  is handed out) tells the boots apart. The epoch E, the first boot counter, is random at
+  creation (a wiped board never repeats its ids) and kept in the bucket names; an id whose
+  boot is below E is a v1 id. A slot keeps the low 16 bits of its boot. Ids are ordered like
+  the queue.
+- A resolution (delivered / dead / dropped / expired) rewrites the ack index: one 64-byte
+  commit, no file created or deleted, no record read for an id of this store. A record
+  resolved further out of order than the index holds (overflow drops behind a stuck report)
+  gets a resolution marker written over its slot first. Dead/dropped/expired counts go to the
+  meta file right after (a power cut in between undercounts by one, never loses a record).
+- a0/a1 and m0/m1 each end in a CRC and carry a generation byte: the newer valid one wins, so
+  a write torn on a filesystem without atomic commits (host tests) falls back to the state
+  before the torn call, which had returned.
 
-Slot file: flags u8, n u32 LE, t u32 LE, JSON [kind, source, value, desired_id,
-report_status, message_id] (kind as a small int for the usual kinds, trailing nulls and
-message_id dropped unless the record was migrated from v1), CRC-32 low 16 bits LE. A slot
-whose n is not its position is stale (an earlier lap of a renamed bucket); one whose CRC or
-shape is wrong is reported, skipped and resolved, and the records around it stay.
+Slot file: flags u8, n u32 LE, t u32 LE, boot u16 LE, JSON [kind, source, value, desired_id,
+report_status, message_id] (kind as a small int for the usual kinds; trailing nulls and
+message_id left out unless the record came from v1), CRC-32 low 16 bits LE. Its size has the
+parity of its bucket number (a trailing JSON space pads it), and a bucket is renamed only to a
+number of the other parity, so the slots of its previous lap never look fresh. A slot whose n
+is not its position is stale; one whose CRC or shape is wrong is reported, skipped and
+resolved, and the records around it stay.
 
-Open (boot): read a0/a1, m0/m1, list the root (bucket names only), and read the 16 slots of
-the top bucket to find where the queue ends; nothing else, whatever the backlog. pending()
-reads slots from head on, an ack of an id of this store writes without reading, RAM holds the
-counters, one buffer and the out-of-order set only.
+Open (boot): read m0/m1 and a0/a1, check the bucket range with one lookup each way, list the
+top bucket (names and sizes) to find where the queue ends; nothing grows with the backlog but
+LittleFS's own walk of the outbox directory. pending() reads slots from head on. RAM holds the
+counters, one buffer and the out-of-order list.
 
 A store in the v1 layout (segments, state.json, k/ markers; firmware/outbox_v1.py) is
 converted on the first open: every pending record keeps its message_id and the stats carry
-over; the meta file is the commit point, so a power cut during the conversion repeats it.
+over; the meta file is the commit point, so a conversion cut short is done again.
 
 Overflow: at most max_records records are pending. Appending one more first drops the oldest
 pending sensor reading (a record without desired_id and report_status); only when every pending
@@ -51,7 +58,8 @@ t <= 0 (clock was unset) never expire.
 
 A corrupt or missing ack index is logged as an error: every intact record from the lowest
 bucket on is pending again (possible re-delivery, which the cloud's idempotency absorbs; never
-silent loss). A missing meta file loses only the dead/dropped/expired counts (logged).
+silent loss). A corrupt or missing meta file loses the dead/dropped/expired counts (logged);
+the buckets are then found by listing the outbox directory.
 """
 import json
 import os
@@ -70,8 +78,8 @@ _VERSION = const(2)
 _F_BIGT = const(1)  # t did not fit u32: it is the JSON list's 7th item
 _F_DONE = const(0x80)  # a resolution marker written over a record resolved far out of order
 _OO_MAX = const(6)  # out-of-order resolutions kept in the index (keeps it one 64-byte commit)
-_META = "<BBIIIIii"  # generation, version, dead, dropped, expired, epoch, low, top bucket
-_META_LEN = const(26)
+_META = "<BBIIIIiiI"  # generation, version, dead, dropped, expired, epoch, low, top, boot
+_META_LEN = const(30)
 _KINDS = ("sensor", "command", "reading", "report", "state")
 _STATUS_NAMES = {"D": "delivered", "X": "dead", "P": "dropped", "E": "expired"}
 
@@ -152,7 +160,7 @@ class Outbox:
         self.now = clock.unix_time  # replaceable (tests); called only when clock.is_set()
         self._buf = bytearray(_MAX_PAYLOAD + 16)
         self._mv = memoryview(self._buf)
-        self.epoch = 0
+        self.epoch = self.boot = 0
         self._igen = self._mgen = 0  # generation of the newer a/m file
         try:
             _mkdirs(self.root)
@@ -215,7 +223,8 @@ class Outbox:
         gen = (self._mgen + 1) & 0xFF
         s = self._stats
         self._write_pair("m", gen, struct.pack(_META, gen, _VERSION, s["dead"], s["dropped"],
-                                               s["expired"], self.epoch, self._low, self._top))
+                                               s["expired"], self.epoch, self._low, self._top,
+                                               self.boot))
         self._mgen = gen
 
     # ---- open
@@ -233,16 +242,20 @@ class Outbox:
             _v1_remove(self.root)  # leftovers of a conversion cut short after its commit
         if meta is not None and len(meta[1]) == _META_LEN and meta[1][1] == _VERSION:
             self._mgen = meta[0]
-            (_, _, dead, dropped, expired, self.epoch, self._low,
-             self._top) = struct.unpack(_META, meta[1])
+            (_, _, dead, dropped, expired, self.epoch, self._low, self._top,
+             boot) = struct.unpack(_META, meta[1])
             self._stats.update(dead=dead, dropped=dropped, expired=expired)
             self._check_range()
+            self.boot = boot + 1
         else:
             self._scan_buckets()  # lists the root: only when the meta file is lost
             if meta_seen or self._top >= 0:
                 log.error(_TAG, "meta missing or corrupt in %s: dead/dropped/expired counts "
                           "restart at 0", self.root)
-            self._write_meta()
+            # above every earlier boot, and pending records keep their ids (records carry
+            # their boot's low 16 bits) unless the store saw 65535 boots
+            self.boot = self.epoch + 0xFFFF if self._top >= 0 else self.epoch
+        self._write_meta()  # the boot counter is durable before this boot hands out an id
         self._find_end()
         self.head = self._low * _G if self._top >= 0 else self._end
         self._count = self._end - self.head  # exact from the index; else until a full scan
@@ -333,7 +346,7 @@ class Outbox:
         while fields[-1] is None:
             fields.pop()
         body = json.dumps(fields, separators=(",", ":")).encode()
-        return _seal(_parity(struct.pack("<BII", flags, n, t) + body, n))
+        return _seal(_parity(struct.pack("<BIIH", flags, n, t, self.boot & 0xFFFF) + body, n))
 
     def _read(self, n):
         # the Record in slot n; False for a resolution marker; None when the slot is missing,
@@ -345,8 +358,8 @@ class Outbox:
                 raise ValueError("crc or position")
             if body[0] & _F_DONE:
                 return False
-            flags, _, t = struct.unpack_from("<BII", body)
-            f = json.loads(body[9:])
+            flags, _, t, b16 = struct.unpack_from("<BIIH", body)
+            f = json.loads(body[11:])
             if not isinstance(f, list) or not 3 <= len(f) <= 7:
                 raise ValueError("shape")
             while len(f) < 6:
@@ -354,7 +367,9 @@ class Outbox:
             if flags & _F_BIGT:
                 t = f[6]
             kind = _KINDS[f[0]] if isinstance(f[0], int) else f[0]
-            mid = f[5] if f[5] is not None else "%x-%x" % (self.epoch, n)
+            # the boot that appended it: the latest one with these low 16 bits
+            b = self.boot - ((self.boot - b16) & 0xFFFF)
+            mid = f[5] if f[5] is not None else "%x-%x" % (b, n)
             if not isinstance(kind, str) or not isinstance(f[2], str) or _key(mid) is None:
                 raise ValueError("fields")
             return Record(mid, kind, f[1], f[2], t, f[3], f[4])
@@ -399,7 +414,7 @@ class Outbox:
             raise OutboxError("append failed: %s" % log.describe(e))
         self._end = n + 1
         self._count += 1
-        return mid or "%x-%x" % (self.epoch, n)
+        return mid or "%x-%x" % (self.boot, n)
 
     def _new_bucket(self, b):
         # reuse the lowest bucket when all its records are resolved (a rename: one commit),
@@ -479,14 +494,14 @@ class Outbox:
         k = _key(mid)
         if k is None:
             return False
-        if k[0] == self.epoch:
+        if self.epoch <= k[0] <= self.boot:  # an id of this store (v1 ids are below epoch)
             return self._resolve_n(k[1], status)
         found: list = []
 
         def look(n, rec):  # records carried over from v1 keep their ids: they come first
             if rec is not None and rec.message_id == mid:
                 found.append(n)
-            return bool(found) or (rec is not None and _key(rec.message_id)[0] == self.epoch)
+            return bool(found) or (rec is not None and _key(rec.message_id)[0] >= self.epoch)
 
         self._scan(look)
         return bool(found) and self._resolve_n(found[0], status)
@@ -566,6 +581,7 @@ class Outbox:
         self._scan_buckets()
         if self._top < 0:
             self.epoch = old.boot + 1  # above every v1 id: order and uniqueness both hold
+        self.boot = self.epoch
         self._end = self.head = self._count = 0
         keep, self.max_records = self.max_records, 1 << 30  # carry everything, drop nothing
         carried = []

@@ -107,6 +107,8 @@ def test_ids_unique_across_reopen_and_acks_persist():
         ob = Outbox(root)
     pend = [r.message_id for r in _all(ob)]
     assert len(pend) == 5 * 18 == ob.pending_count()
+    assert set(pend) == seen - set(delivered) - set(dead)  # each kept the id append gave it
+    assert len({mid.split("-")[0] for mid in seen}) == 5  # the prefix tells the boots apart
     assert not (set(pend) & set(delivered)) and not (set(pend) & set(dead))
     st = ob.stats()
     assert st == {"pending": 90, "delivered": 50, "dead": 10, "dropped": 0, "expired": 0}, st
@@ -331,6 +333,34 @@ def test_memory_flat_with_thousands_pending():
         finally:
             micropython.heap_unlock()
         assert n == 2540
+    support.rmtree(root.rsplit("/", 1)[0])
+
+
+def test_acks_read_no_record_and_opening_reads_a_fixed_number_of_files():
+    root, ob = _fresh("cost", max_records=5000)
+    ids = _fill(ob, 1000)
+    reads = []
+    real = ob._read_file
+
+    def counting(path):
+        reads.append(path)
+        return real(path)
+
+    ob._read_file = counting
+    for mid in ids[:40]:
+        ob.delivered(mid)
+    ob.dead_letter(ids[40], "test")
+    assert reads == [], reads[:5]  # the index is written; no slot is read
+    assert ob.pending_count() == 959
+    opened = []
+    Outbox._read_file, real_cls = (lambda self, path: opened.append(path) or real_cls(self, path),
+                                   Outbox._read_file)
+    try:
+        ob = Outbox(root, max_records=5000)
+    finally:
+        Outbox._read_file = real_cls
+    assert len(opened) == 4, opened  # a0, a1, m0, m1: no record, whatever the backlog
+    assert ob.pending_count() == 959
     support.rmtree(root.rsplit("/", 1)[0])
 
 
