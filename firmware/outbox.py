@@ -78,8 +78,10 @@ _VERSION = const(2)
 _F_BIGT = const(1)  # t did not fit u32: it is the JSON list's 7th item
 _F_DONE = const(0x80)  # a resolution marker written over a record resolved far out of order
 _OO_MAX = const(6)  # out-of-order resolutions kept in the index (keeps it one 64-byte commit)
-_META = "<BBIIIIiiI"  # generation, version, dead, dropped, expired, epoch, low, top, boot
-_META_LEN = const(30)
+# generation, version, dead, dropped, expired, epoch, top bucket, top - low, boot: 28 bytes,
+# so with its CRC one 64-byte commit
+_META = "<BBIIIIiHI"
+_META_LEN = const(28)
 _KINDS = ("sensor", "command", "reading", "report", "state")
 _STATUS_NAMES = {"D": "delivered", "X": "dead", "P": "dropped", "E": "expired"}
 
@@ -222,8 +224,9 @@ class Outbox:
             return
         gen = (self._mgen + 1) & 0xFF
         s = self._stats
+        span = self._top - self._low if self._low >= 0 else 0xFFFF
         self._write_pair("m", gen, struct.pack(_META, gen, _VERSION, s["dead"], s["dropped"],
-                                               s["expired"], self.epoch, self._low, self._top,
+                                               s["expired"], self.epoch, self._top, span,
                                                self.boot))
         self._mgen = gen
 
@@ -242,8 +245,9 @@ class Outbox:
             _v1_remove(self.root)  # leftovers of a conversion cut short after its commit
         if meta is not None and len(meta[1]) == _META_LEN and meta[1][1] == _VERSION:
             self._mgen = meta[0]
-            (_, _, dead, dropped, expired, self.epoch, self._low, self._top,
+            (_, _, dead, dropped, expired, self.epoch, self._top, span,
              boot) = struct.unpack(_META, meta[1])
+            self._low = self._top - span if span != 0xFFFF and self._top >= 0 else -1
             self._stats.update(dead=dead, dropped=dropped, expired=expired)
             self._check_range()
             self.boot = boot + 1
