@@ -20,8 +20,9 @@ import sys
 import vfs
 
 sys.path.append("host_tests/unit")
-from firmware.outbox import Outbox  # noqa: E402
 from outbox_v1_frozen import Outbox as OutboxV1  # noqa: E402
+
+from firmware.outbox import Outbox  # noqa: E402
 
 BS = 4096
 NBLOCKS = 48
