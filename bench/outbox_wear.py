@@ -1,34 +1,47 @@
-# Flash wear of firmware/outbox.py vs a naive file-per-record store, on vfs.VfsLfs2 over a RAM
-# block device that counts block erases and programmed bytes (run under micropython):
-#   MICROPYPATH=.:host_tests/shims:lib .venv/bin/micropython -X heapsize=4M \
-#       bench/outbox_wear.py [records]
-# Workload for both: append N sensor records; after every 10th append, take the 10 oldest
-# pending records and mark each delivered (the uplink's batch of 10); compact at the end.
+# Flash work of firmware/outbox.py (v2), the v1 outbox it replaces (firmware/outbox_v1.py) and
+# a naive file-per-record store, on vfs.VfsLfs2 (MicroPython's defaults: read/prog size 32,
+# mtime on) over a RAM block device that counts block erases, programs, programmed bytes and
+# bytes read. Run under micropython:
+#   MICROPYPATH=.:host_tests/shims:lib .venv/bin/micropython -X heapsize=24M \
+#       bench/outbox_wear.py [records] [pending counts, comma separated]
+# Part 1, per 1000 records, the same records in three workloads (every append and every ack is
+# durable when it returns, in every store):
+#   steady   append; after every 10th append take the 10 oldest and mark each delivered
+#   single   append one reading, take it, mark it delivered (one reading per request)
+#   backlog  append all records first, then drain them in batches of 20
+# floor = bytes of record payload (the naive store's JSON of each record) / erase-block size.
+# Part 2, the outbox with P records pending: flash bytes read and host time per ack, per
+# pending(10), per open (boot) against the live log (bytes of the pending records' files),
+# and the heap in use after opening it.
+import gc
+import json
+import os
 import sys
 import time
 
 import vfs
 
+from firmware import outbox_v1
 from firmware.outbox import Outbox
 
 BS = 4096
-NBLOCKS = 128  # 512 KB of LittleFS
 T0 = 1800000000
 _FF = b"\xff" * BS
 
 
 class CountingDevice:
-    def __init__(self, ram):
-        self.ram = ram
-        for b in range(NBLOCKS):
-            ram[b * BS:(b + 1) * BS] = _FF
-        self.erases = 0
-        self.progs = 0
-        self.prog_bytes = 0
+    def __init__(self, nblocks):
+        self.nblocks = nblocks
+        self.ram = bytearray(_FF * nblocks)
+        self.zero()
+
+    def zero(self):
+        self.erases = self.progs = self.prog_bytes = self.read_bytes = 0
 
     def readblocks(self, n, buf, off=0):
         start = n * BS + off
         buf[:] = memoryview(self.ram)[start:start + len(buf)]
+        self.read_bytes += len(buf)
 
     def writeblocks(self, n, buf, off=None):
         start = n * BS + (off or 0)
@@ -39,7 +52,7 @@ class CountingDevice:
 
     def ioctl(self, op, arg):
         if op == 4:
-            return NBLOCKS
+            return self.nblocks
         if op == 5:
             return BS
         if op == 6:
@@ -48,67 +61,231 @@ class CountingDevice:
         return 0
 
 
-_RAM = bytearray(BS * NBLOCKS)  # one image, reset per run
-
-
-def mounted():
-    dev = CountingDevice(_RAM)
+def mounted(nblocks):
+    dev = CountingDevice(nblocks)
     vfs.VfsLfs2.mkfs(dev)
     vfs.mount(vfs.VfsLfs2(dev), "/flash")
-    dev.erases = dev.progs = dev.prog_bytes = 0  # count the workload only
+    dev.zero()  # count the workload only
     return dev
 
 
-def run_outbox(n):
-    ob = Outbox("/flash/ob", max_records=2000)
-    for i in range(n):
-        ob.append("reading", i % 4, "%d.%d" % (20 + i % 7, i % 10), T0 + i)
-        if i % 10 == 9:
-            for r in ob.pending(10):
-                ob.delivered(r.message_id)
-    ob.compact()
-    if ob.pending_count():
-        raise RuntimeError("outbox left records pending")
+def reading(i):
+    return ("sensor", i % 4, "%d.%d" % (20 + i % 7, i % 10), T0 + i)
 
 
-def run_naive(n):
+class OutboxStore:
+    def __init__(self, cls=Outbox):
+        self.ob = cls("/flash/ob", max_records=100000)
+
+    def append(self, i):
+        self.ob.append(*reading(i))
+
+    def take(self, k):
+        return [r.message_id for r in self.ob.pending(k)]
+
+    def ack(self, mid):
+        self.ob.delivered(mid)
+
+
+class V1Store(OutboxStore):
+    def __init__(self):
+        super().__init__(outbox_v1.Outbox)
+
+
+class NaiveStore:
     # one JSON file per record, named by its sequence number; delivered = file deleted
-    import json
-    import os
+    def __init__(self):
+        os.mkdir("/flash/naive")
+        self.payload = 0
 
-    os.mkdir("/flash/naive")
-    for i in range(n):
+    def append(self, i):
+        kind, source, value, t = reading(i)
+        data = json.dumps({"id": "n-%d" % i, "kind": kind, "source": source, "value": value,
+                           "t": t})
+        self.payload += len(data)
         with open("/flash/naive/%08d.json" % i, "w") as f:
-            f.write(json.dumps({"id": "n-%d" % i, "kind": "reading", "source": i % 4,
-                                "value": "%d.%d" % (20 + i % 7, i % 10), "t": T0 + i}))
+            f.write(data)
+
+    def take(self, k):
+        out = []
+        for name in sorted(os.listdir("/flash/naive"))[:k]:
+            with open("/flash/naive/" + name) as f:
+                json.loads(f.read())
+            out.append(name)
+        return out
+
+    def ack(self, name):
+        os.remove("/flash/naive/" + name)
+
+
+class RawNorStore:
+    # Item 5 of the issue, figures only (not the firmware's store): records written in place
+    # into a raw partition (esp32.Partition.writeblocks with an offset), as NOR flash allows:
+    # a frame [0xA5, len, ack 0xFF, payload, crc16] is programmed at the write pointer; an
+    # ack programs its ack byte to 0x00 (bits only go 1 -> 0, no erase); a block is erased
+    # only when the write pointer wraps onto it. Payload: the naive store's JSON.
+    NB = 64  # a 256 KB partition
+
+    def __init__(self):
+        self.dev = CountingDevice(self.NB)  # counts here: the partition is not LittleFS
+        self.w = 0  # write pointer (bytes)
+        self.frames = []  # (offset, length) of pending frames, oldest first (RAM model only)
+        self.dev.ioctl(6, 0)
+
+    def append(self, i):
+        kind, source, value, t = reading(i)
+        body = json.dumps({"id": "n-%d" % i, "kind": kind, "source": source, "value": value,
+                           "t": t}).encode()
+        frame = bytes([0xA5, len(body), 0xFF]) + body + b"\0\0"
+        if self.w // BS != (self.w + len(frame) - 1) // BS:  # frames never straddle blocks
+            self.w = (self.w // BS + 1) * BS
+        if self.w >= self.NB * BS:
+            self.w = 0
+        if self.w % BS == 0 and self.w:
+            self.dev.ioctl(6, self.w // BS)
+        elif self.w == 0 and self.dev.erases > 1:
+            self.dev.ioctl(6, 0)
+        self.dev.writeblocks(self.w // BS, frame, self.w % BS)
+        self.frames.append((self.w, len(frame)))
+        self.w += len(frame)
+
+    def take(self, k):
+        out = []
+        for off, ln in self.frames[:k]:
+            buf = bytearray(ln)
+            self.dev.readblocks(off // BS, buf, off % BS)
+            out.append(off)
+        return out
+
+    def ack(self, off):
+        self.dev.writeblocks(off // BS, b"\0", off % BS + 2)
+        self.frames = [f for f in self.frames if f[0] != off]
+
+
+def steady(st, n):
+    for i in range(n):
+        st.append(i)
         if i % 10 == 9:
-            for name in sorted(os.listdir("/flash/naive"))[:10]:
-                with open("/flash/naive/" + name) as f:
-                    json.loads(f.read())
-                os.remove("/flash/naive/" + name)
-    if os.listdir("/flash/naive"):
-        raise RuntimeError("naive store left records")
+            for m in st.take(10):
+                st.ack(m)
 
 
-def measure(fn, n):
-    dev = mounted()
-    t = time.ticks_ms()
-    fn(n)
-    ms = time.ticks_diff(time.ticks_ms(), t)
-    vfs.umount("/flash")
+def single(st, n):
+    for i in range(n):
+        st.append(i)
+        for m in st.take(1):
+            st.ack(m)
+
+
+def backlog(st, n):
+    for i in range(n):
+        st.append(i)
+    while True:
+        batch = st.take(20)
+        if not batch:
+            break
+        for m in batch:
+            st.ack(m)
+
+
+def wear(n):
+    print("Part 1: flash work per 1000 records (%d-record runs), LittleFS 256 x %d B blocks"
+          % (n, BS))
+    print("%-8s %-16s %8s %12s %9s %9s %8s" % ("workload", "store", "erases", "bytes written",
+                                                "programs", "MB read", "ms host"))
     k = 1000 / n
-    return dev.erases * k, dev.prog_bytes * k, dev.progs * k, ms * k
+    for wl in (steady, single, backlog):
+        rows = {}
+        payload = 0
+        for name, cls in (("outbox v2", OutboxStore), ("outbox v1", V1Store),
+                          ("file-per-record", NaiveStore)):
+            dev = mounted(256)
+            st = cls()
+            t = time.ticks_ms()
+            wl(st, n)
+            ms = time.ticks_diff(time.ticks_ms(), t)
+            vfs.umount("/flash")
+            if name == "file-per-record":
+                payload = st.payload
+            rows[name] = (dev.erases * k, dev.prog_bytes * k, dev.progs * k,
+                          dev.read_bytes * k / 1e6, ms * k)
+            print("%-8s %-16s %8.1f %12.0f %9.1f %9.1f %8.0f" % ((wl.__name__, name) +
+                                                                  rows[name]))
+        raw = RawNorStore()
+        raw.dev.zero()
+        wl(raw, n)
+        d = raw.dev
+        print("%-8s %-16s %8.1f %12.0f %9.1f %9.1f %8s" % (
+            wl.__name__, "raw NOR (item 5)", d.erases * k, d.prog_bytes * k, d.progs * k,
+            d.read_bytes * k / 1e6, "-"))
+        floor = payload * k / BS
+        v2, v1, nv = rows["outbox v2"], rows["outbox v1"], rows["file-per-record"]
+        print("%-8s floor %.1f erases (%.0f payload bytes); v2/naive: erases %.2f, bytes %.2f; "
+              "v2/floor %.1f; v1/naive erases %.1f; raw/floor %.2f" % (
+                  wl.__name__, floor, payload * k, v2[0] / nv[0], v2[1] / nv[1], v2[0] / floor,
+                  v1[0] / nv[0], raw.dev.erases * k / floor))
+
+
+def _heap():
+    gc.collect()
+    return gc.mem_alloc()
+
+
+def scaling(counts):
+    print("Part 2: outbox v2 with P pending (reads in bytes from flash, host time)")
+    print("%7s %10s %9s %11s %9s %11s %11s %9s" % (
+        "pending", "read/ack", "us/ack", "read/pend10", "us/pend10", "read/open",
+        "live log", "heap B"))  # live log: bytes of the pending records' slot files;
+    # heap B: gc.mem_alloc() after the acks less the RAM image of the flash (flat: same for any P)
+    for p in counts:
+        dev = mounted(max(256, p * 300 // BS + 128))  # a 32-slot bucket: 2 blocks
+        ob = Outbox("/flash/ob", max_records=p + 100)
+        for i in range(p):
+            ob.append(*reading(i))
+        live = 0
+        for name in os.listdir("/flash/ob"):
+            if name.startswith("b"):
+                for slot in os.listdir("/flash/ob/" + name):
+                    live += os.stat("/flash/ob/%s/%s" % (name, slot))[6]
+        ob = name = slot = None
+        gc.collect()
+        dev.zero()
+        t = time.ticks_us()
+        ob = Outbox("/flash/ob", max_records=p + 100)
+        us_open = time.ticks_diff(time.ticks_us(), t)
+        read_open = dev.read_bytes
+        rounds = 5
+        rp = ra = tp = ta = 0
+        for _ in range(rounds):
+            dev.zero()
+            t = time.ticks_us()
+            recs = ob.pending(10)
+            tp += time.ticks_diff(time.ticks_us(), t)
+            rp += dev.read_bytes
+            dev.zero()
+            t = time.ticks_us()
+            for r in recs:
+                ob.delivered(r.message_id)
+            ta += time.ticks_diff(time.ticks_us(), t)
+            ra += dev.read_bytes
+        acks = rounds * 10
+        recs = r = None
+        heap = _heap() - len(dev.ram)  # heap in use after 50 acks, less the RAM flash image
+        print("%7d %10.0f %9.0f %11.0f %9.0f %11d %11d %9d   (open %d ms)" % (
+            p, ra / acks, ta / acks, rp / rounds, tp / rounds, read_open, live, heap,
+            us_open // 1000))
+        ob = None
+        vfs.umount("/flash")
+        dev = None
+        gc.collect()
 
 
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    rows = [("outbox", measure(run_outbox, n)), ("file-per-record", measure(run_naive, n))]
-    print("per 1000 records (%d run), LittleFS %d x %d B blocks:" % (n, NBLOCKS, BS))
-    print("%-16s %10s %14s %10s %10s" % ("store", "erases", "bytes written", "programs", "ms"))
-    for name, (er, by, pr, ms) in rows:
-        print("%-16s %10.1f %14.0f %10.1f %10.0f" % (name, er, by, pr, ms))
-    o, b = rows[0][1], rows[1][1]
-    print("ratio outbox/naive: erases %.3f, bytes written %.3f" % (o[0] / b[0], o[1] / b[1]))
+    counts = [int(x) for x in sys.argv[2].split(",") if x] if len(sys.argv) > 2 else [
+        1000, 10000, 50000]
+    wear(n)
+    scaling(counts)
 
 
 main()

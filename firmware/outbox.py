@@ -1,48 +1,65 @@
-"""The outbox: a persistent, crash-safe log of records waiting for delivery (flash, LittleFS).
+"""The outbox: a persistent, crash-safe queue of records waiting for delivery (flash, LittleFS).
 
-It owns every file under its root directory:
+Layout v2 (bench/outbox-wear.md has the measurements behind it). Every durable operation is
+one small LittleFS metadata commit, never a data-block copy:
 
-    s<boot:08x><part:04x>.seg   segments: append-only framed records, oldest name first (~4 KB)
-    k/k<gen:x>_<S><message_id>  ack markers: empty files, one per resolution since the checkpoint
-    state.json                  checkpoint, always replaced by write-temp-then-rename
+    b<E:08x>_<B:06x>/<s:x>  record slots: record number n = B * 32 + s is slot s of bucket B
+    a0, a1                  ack index, written alternately: head, delivered count, the few
+                            records resolved out of order, how many slots are marked resolved
+    m0, m1                  meta, written alternately: version, dead/dropped/expired counts,
+                            epoch E, lowest and top bucket number, boot counter
 
-Segment frame: 0xA5, u16 LE payload length, payload, u32 LE CRC-32 of (magic + length +
-payload). The payload is JSON [message_id, kind, source, value, t, desired_id, report_status]
-(JSON keeps `source` an int or a str). A reader stops at a frame whose length or CRC is wrong
-and resynchronises on the next valid frame, so a torn tail after power loss is dropped (and
-logged) and never parsed as a record, and garbage in the middle never hides the intact records
-after it. Each open starts a new segment, so nothing is ever appended after a torn tail.
+- A record is a small file (typically 20-28 bytes: one 64-byte commit with MicroPython's mtime
+  attribute) OVERWRITTEN into an existing slot. Creating a file costs two commits and mkdir an
+  erase, so slots are reused: a bucket whose 32 records are all resolved is renamed to the next
+  bucket number (one commit per 32 records) instead of being deleted and made anew. Buckets
+  form one contiguous range low..top; the space a drained backlog used stays for the next one
+  (compact() gives it back). One bucket is one metadata pair (two blocks).
+- Record numbers n are dense: the next append takes the next slot; a failed append retries the
+  same slot (its id was never handed out). message_id = "<boot hex>-<n hex>": n makes it
+  unique, the boot counter (persisted in the meta file at each open, before any id of that boot
+  is handed out) tells the boots apart. The epoch E, the first boot counter, is random at
+  creation (a wiped board never repeats its ids) and kept in the bucket names; an id whose
+  boot is below E is a v1 id. A slot keeps the low 16 bits of its boot. Ids are ordered like
+  the queue.
+- A resolution (delivered / dead / dropped / expired) rewrites the ack index: one 64-byte
+  commit, no file created or deleted, no record read for an id of this store. A record
+  resolved further out of order than the index holds (overflow drops behind a stuck report)
+  gets a resolution marker written over its slot first. Dead/dropped/expired counts go to the
+  meta file right after (a power cut in between undercounts by one, never loses a record).
+- a0/a1 and m0/m1 each end in a CRC and carry a generation byte: the newer valid one wins, so
+  a write torn on a filesystem without atomic commits (host tests) falls back to the state
+  before the torn call, which had returned.
 
-message_id = "<boot hex>-<seq hex>" (at most 17 chars of [0-9a-f-]); a new (or wiped) outbox
-starts its boot counter at a random value so an erased board never repeats old ids. The boot
-counter is persisted once per open (state.json, before the first id is issued); seq counts in
-RAM, so there is no write per id. Ids are ordered like the log, which lets an ack find its record by
-streaming from the head. The newest segment is never deleted: its name carries the last boot
-that handed out ids, so even a lost state.json cannot make ids repeat.
+Slot file: flags u8, n u32 LE, t u32 LE, boot u16 LE, JSON [kind, source, value, desired_id,
+report_status, message_id] (kind as a small int for the usual kinds; trailing nulls and
+message_id left out unless the record came from v1), CRC-32 low 16 bits LE. Its size has the
+parity of its bucket number (a trailing JSON space pads it), and a bucket is renamed only to a
+number of the other parity, so the slots of its previous lap never look fresh. A slot whose n
+is not its position is stale; one whose CRC or shape is wrong is reported, skipped and
+resolved, and the records around it stay.
 
-A resolution (S = D delivered, X dead letter, P dropped, E expired) is one empty marker file,
-durable when delivered()/dead_letter() returns (on LittleFS a metadata commit, no data block
-rewritten). state.json holds the boot counter, the head (first unresolved frame: segment,
-offset), the resolved ids beyond the head (acks out of order; bounded by the uplink's
-in-flight window), the stats counters and the marker generation. Every _CKPT_ACKS
-resolutions, and on compact(), the head goes into a new state.json and that generation's
-markers are deleted; compaction then deletes segments wholly before the head. RAM holds no
-records: pending(), the acks and the open scan stream frames from flash through one
-preallocated buffer, so RAM stays flat with thousands of records pending.
+Open (boot): read m0/m1 and a0/a1, check the bucket range with one lookup each way, list the
+top bucket (names and sizes) to find where the queue ends; nothing grows with the backlog but
+LittleFS's own walk of the outbox directory. pending() reads slots from head on. RAM holds the
+counters, one buffer and the out-of-order list.
+
+A store in the v1 layout (segments, state.json, k/ markers; firmware/outbox_v1.py) is
+converted on the first open: every pending record keeps its message_id and the stats carry
+over; the meta file is the commit point, so a conversion cut short is done again.
 
 Overflow: at most max_records records are pending. Appending one more first drops the oldest
 pending sensor reading (a record without desired_id and report_status); only when every pending
-record is a command report is the oldest report dropped. Dropped records count in
-stats()["dropped"] (persisted).
+record is a command report is the oldest report dropped (stats()["dropped"]).
 
 TTL: with ttl_s set and the wall clock set, pending() resolves records whose event time t is
 older than now - ttl_s as expired (stats()["expired"]) instead of returning them. Records with
 t <= 0 (clock was unset) never expire.
 
-A corrupt or missing state.json is logged as an error and rebuilt from the files: the boot
-counter continues after the newest segment, markers of every generation are replayed, and
-every intact record they do not resolve is pending again (possible re-delivery, which the
-cloud's idempotency absorbs; never silent loss).
+A corrupt or missing ack index is logged as an error: every intact record from the lowest
+bucket on is pending again (possible re-delivery, which the cloud's idempotency absorbs; never
+silent loss). A corrupt or missing meta file loses the dead/dropped/expired counts (logged);
+the buckets are then found by listing the outbox directory.
 """
 import json
 import os
@@ -54,12 +71,18 @@ from micropython import const
 from firmware import clock, log
 
 _TAG = "outbox"
-_MAGIC = const(0xA5)
-_HDR = const(3)
+_G = const(32)  # slots per bucket (space: one metadata pair, two blocks, per bucket)
+SLOTS_PER_BUCKET = _G
 _MAX_PAYLOAD = const(1024)
-_SEG_BYTES = const(4096)  # one LittleFS block: a segment is deleted as a whole
-_CKPT_ACKS = const(64)
-_STATE = "state.json"
+_VERSION = const(2)
+_F_BIGT = const(1)  # t did not fit u32: it is the JSON list's 7th item
+_F_DONE = const(0x80)  # a resolution marker written over a record resolved far out of order
+_OO_MAX = const(6)  # out-of-order resolutions kept in the index (keeps it one 64-byte commit)
+# generation, version, dead, dropped, expired, epoch, top bucket, top - low, boot: 28 bytes,
+# so with its CRC one 64-byte commit
+_META = "<BBIIIIiHI"
+_META_LEN = const(28)
+_KINDS = ("sensor", "command", "reading", "report", "state")
 _STATUS_NAMES = {"D": "delivered", "X": "dead", "P": "dropped", "E": "expired"}
 
 
@@ -85,7 +108,7 @@ class Record:
 
 
 def _key(mid):
-    # message_id -> (boot, seq), or None for anything that is not one of ours
+    # message_id -> (epoch or v1 boot, n or v1 seq), or None for anything that is not one of ours
     if not isinstance(mid, str) or len(mid) > 40:
         return None
     parts = mid.split("-")
@@ -97,24 +120,36 @@ def _key(mid):
         return None
 
 
-def _frame(payload):
-    head = struct.pack("<BH", _MAGIC, len(payload))
-    return head + payload + struct.pack("<I", crc32(payload, crc32(head)))
-
-
-def _fresh_boot():
-    """A random starting boot counter for a brand-new (or wiped) outbox. A board whose flash
-    was erased must not hand out the ids it used before: the cloud would call them conflicts
-    (Realer 409) and the readings would be dead-lettered. 31 random bits leave room for 2**31
-    boots before the 8-hex-digit segment names would wrap."""
+def _fresh_epoch():
+    """A random epoch for a brand-new (or wiped) outbox. A board whose flash was erased must not
+    hand out the ids it used before: the cloud would call them conflicts (Realer 409) and the
+    readings would be dead-lettered."""
     return (int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF) | 0x100
 
 
-def _size(path):
-    try:
-        return os.stat(path)[6]
-    except OSError:
-        return -1
+def _crc16(data):
+    return crc32(data) & 0xFFFF
+
+
+def _seal(body):
+    return body + struct.pack("<H", _crc16(body))
+
+
+def _unseal(data):
+    # the body of a sealed file, or None when it is short or its CRC is wrong
+    if len(data) < 3 or struct.unpack_from("<H", data, len(data) - 2)[0] != _crc16(
+            data[:-2]):
+        return None
+    return data[:-2]
+
+
+def _parity(body, n):
+    # pad (JSON allows a trailing space) so the sealed size has the parity of n's bucket
+    return body + b" " if (len(body) + 2 - n // _G) % 2 else body
+
+
+def _newer(a, b):
+    return ((a - b) & 0xFF) < 128
 
 
 class Outbox:
@@ -125,228 +160,286 @@ class Outbox:
         self.max_records = max_records
         self.ttl_s = ttl_s
         self.now = clock.unix_time  # replaceable (tests); called only when clock.is_set()
-        self._buf = bytearray(_HDR + _MAX_PAYLOAD + 4)
+        self._buf = bytearray(_MAX_PAYLOAD + 16)
         self._mv = memoryview(self._buf)
-        self._opening = True
-        _mkdirs(self.root + "/k")  # ack markers: their own directory keeps listings short
+        self.epoch = self.boot = 0
+        self._igen = self._mgen = 0  # generation of the newer a/m file
         try:
+            _mkdirs(self.root)
             self._open()
         except OSError as e:  # unreadable directory, a file where a directory belongs, ...
             raise OutboxError("cannot open outbox %s: %s" % (self.root, log.describe(e)))
 
-    # ---- paths and files
+    # ---- paths and small files
     def _p(self, name):
         return self.root + "/" + name
 
-    def _segments(self):
-        return sorted(n for n in os.listdir(self.root) if n.startswith("s") and
-                      n.endswith(".seg") and len(n) == 17 and _is_hex(n[1:13]))
+    def _bucket(self, b):
+        return self._p("b%08x_%06x" % (self.epoch, b))  # sorted like the queue
 
-    def _write_state(self):
-        st = {"v": 1, "boot": self.boot, "head": [self._hseg, self._hoff], "ackgen": self._gen,
-              "acked": ["%x-%x" % k for k in self._acked], "stats": self._stats}
-        tmp = self._p("state.tmp")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(st))
-        os.rename(tmp, self._p(_STATE))
+    def _slot(self, n):
+        return "%s/%x" % (self._bucket(n // _G), n % _G)
 
-    def _markers(self):
-        # (generation, status letter, message_id) of every ack marker file
-        out = []
-        for name in os.listdir(self._p("k")):
-            if name.startswith("k") and "_" in name:
-                gen, rest = name[1:].split("_", 1)
-                try:
-                    out.append((int(gen, 16), rest[:1], rest[1:]))
-                except ValueError:
-                    log.error(_TAG, "stray file %s ignored", name)
-        return out
-
-    def _remove_markers(self, keep_gen):
-        # markers already merged into state.json, and a state.tmp left by a crash
-        for name in os.listdir(self._p("k")):
-            if not name.startswith("k%x_" % keep_gen):
-                os.remove(self._p("k/" + name))
-        if _size(self._p("state.tmp")) >= 0:
-            os.remove(self._p("state.tmp"))
-
-    # ---- open: state, ack replay, boot bump, pending scan
-    def _open(self):
-        segs = self._segments()
-        st = self._read_state()
-        seg_boot = int(segs[-1][1:9], 16) if segs else 0
-        self._stats = {"delivered": 0, "dead": 0, "dropped": 0, "expired": 0}
-        self._acked = {}
-        if st is None:
-            self.boot = seg_boot if segs else _fresh_boot()
-            self._hseg, self._hoff = (segs[0] if segs else ""), 0
-            self._gen = -1  # replay the markers of every generation
-        else:
-            self.boot = max(st["boot"], seg_boot)
-            self._hseg, self._hoff = st["head"]
-            for mid in st["acked"]:
-                k = _key(mid)
-                if k:
-                    self._acked[k] = 0
-            self._stats = st["stats"]
-            self._gen = st["ackgen"]
-        top = self._gen
-        for gen, status, mid in self._markers():
-            top = max(top, gen)
-            k = _key(mid)
-            status = _STATUS_NAMES.get(status)
-            if (self._gen < 0 or gen == self._gen) and k and status and k not in self._acked:
-                self._acked[k] = 0
-                self._stats[status] += 1
-        self._gen = max(top, 0)
-        self.boot += 1
-        self._seq = 0
-        self._part = 0
-        self._active = None  # current segment name; None until the first append of this boot
-        self._gen += 1
-        self._nacks = 0
-        self._write_state()  # boot counter durable before any id of this boot is handed out
-        self._remove_markers(self._gen)
-        # count pending, find the newest id, move the head past resolved frames
-        self._count = 0
-        self._last = None
-        self._head_key = None
-        head: list = [self._hseg, self._hoff]
-
-        def count(seg, off, rec):
-            k = _key(rec[0])
-            self._last = k
-            if k not in self._acked:
-                if self._head_key is None:
-                    self._head_key = k
-                    head[0], head[1] = seg, off
-                self._count += 1
-
-        self._records(self._hseg, self._hoff, count)
-        self._opening = False
-        if self._head_key is None:
-            self._acked = {}
-            self._hseg, self._hoff = self._empty_head()
-        else:
-            self._hseg, self._hoff = head
-            self._drop_acked_before(self._head_key)
-
-    def _read_state(self):
+    def _read_file(self, path):
+        # bytes of a small file, or None when it does not exist or is not a file
         try:
-            with open(self._p(_STATE)) as f:
-                st = json.loads(f.read())
-            if (not isinstance(st, dict) or st.get("v") != 1 or not isinstance(st["boot"], int)
-                    or not isinstance(st["head"], list) or not isinstance(st["ackgen"], int)
-                    or not isinstance(st["acked"], list) or not isinstance(st["stats"], dict)):
-                raise ValueError("bad fields")
-            st["head"][0] + ""
-            st["head"][1] + 0
-            st["stats"] = {n: int(st["stats"].get(n, 0)) for n in _STATUS_NAMES.values()}
-            return st
+            with open(path, "rb") as f:
+                n = f.readinto(self._mv)
         except OSError:
-            if self._segments() or os.listdir(self._p("k")):
-                log.error(_TAG, "state.json missing in %s: rebuilding from segments", self.root)
             return None
-        except Exception as e:  # any shape of garbage: rebuild, never crash, keep the records
-            log.error(_TAG, "state.json corrupt in %s (%s): rebuilding from segments; "
-                      "resolved records may be delivered again", self.root, log.describe(e))
-            return None
+        return bytes(self._mv[:n])
 
-    def _drop_acked_before(self, k):
-        for a in [a for a in self._acked if a < k]:
-            del self._acked[a]
+    def _read_pair(self, name):
+        # (generation, body) of the newer valid one of name0/name1, or None; and whether any
+        # of the two exists
+        best = None
+        seen = False
+        for i in (0, 1):
+            data = self._read_file(self._p("%s%d" % (name, i)))
+            if data is None:
+                continue
+            seen = True
+            body = _unseal(data)
+            if body is None:
+                continue
+            if best is None or _newer(body[0], best[0]):
+                best = (body[0], body)
+        return best, seen
 
-    # ---- frame streaming (callbacks, not generators: every file is closed when a scan stops)
-    def _frames_in(self, name, off, fn):
-        # fn(offset, payload bytes) for every valid frame from off on; True from fn stops.
-        path = self._p(name)
-        size = _size(path)
-        if size < 0:
-            return False
-        buf, mv = self._buf, self._mv
-        with open(path, "rb") as f:
-            bad = -1
-            while off + _HDR + 4 <= size:
-                f.seek(off)
-                f.readinto(mv[:_HDR])
-                n = buf[1] | (buf[2] << 8)
-                ok = False
-                if buf[0] == _MAGIC and n <= _MAX_PAYLOAD and off + _HDR + n + 4 <= size:
-                    f.readinto(mv[_HDR:_HDR + n + 4])
-                    crc = crc32(mv[_HDR:_HDR + n], crc32(mv[:_HDR]))
-                    ok = crc == struct.unpack_from("<I", buf, _HDR + n)[0]
-                if ok:
-                    if bad >= 0 and self._opening:
-                        log.error(_TAG, "%s: skipped %d corrupt bytes at %d", name, off - bad, bad)
-                    bad = -1
-                    if fn(off, bytes(mv[_HDR:_HDR + n])):
-                        return True
-                    off += _HDR + n + 4
-                else:
-                    if bad < 0:
-                        bad = off
-                    off += 1
-            if (bad >= 0 or off < size) and self._opening:
-                at = bad if bad >= 0 else off
-                log.warn(_TAG, "%s: dropped torn tail at %d (%d bytes)", name, at, size - at)
-        return False
+    def _write_pair(self, name, gen, body):
+        # body[0] is the generation; generation g goes to file g % 2, the other one stays
+        with open(self._p("%s%d" % (name, gen & 1)), "wb") as f:
+            f.write(_seal(body))
 
-    def _records(self, seg, off, fn):
-        # fn(segment, offset, record list) from (seg, off) to the end of the log; True stops.
-        def each(start, payload):
+    def _write_index(self, head, delivered, marks, oo):
+        gen = (self._igen + 1) & 0xFF
+        body = struct.pack("<BIIH", gen, head, delivered, marks)
+        for n in oo:
+            body += struct.pack("<H", n - head)
+        self._write_pair("a", gen, body)
+        self._igen = gen
+
+    def _write_meta(self):
+        if self._converting:  # the meta file is the conversion's commit point
+            return
+        gen = (self._mgen + 1) & 0xFF
+        s = self._stats
+        span = self._top - self._low if self._low >= 0 else 0xFFFF
+        self._write_pair("m", gen, struct.pack(_META, gen, _VERSION, s["dead"], s["dropped"],
+                                               s["expired"], self.epoch, self._top, span,
+                                               self.boot))
+        self._mgen = gen
+
+    # ---- open
+    def _open(self):
+        self._stats = {"delivered": 0, "dead": 0, "dropped": 0, "expired": 0}
+        self._igen = self._mgen = 0
+        self._converting = False
+        self._oo: list = []  # record numbers resolved beyond head, ascending
+        self._marks = 0  # slots marked resolved beyond head (0: acks need no read)
+        meta, meta_seen = self._read_pair("m")
+        if meta is None and _v1_present(self.root):
+            self._migrate_v1()
+            meta, meta_seen = self._read_pair("m")
+        elif meta is not None:
+            _v1_remove(self.root)  # leftovers of a conversion cut short after its commit
+        if meta is not None and len(meta[1]) == _META_LEN and meta[1][1] == _VERSION:
+            self._mgen = meta[0]
+            (_, _, dead, dropped, expired, self.epoch, self._top, span,
+             boot) = struct.unpack(_META, meta[1])
+            self._low = self._top - span if span != 0xFFFF and self._top >= 0 else -1
+            self._stats.update(dead=dead, dropped=dropped, expired=expired)
+            self._check_range()
+            self.boot = boot + 1
+        else:
+            self._scan_buckets()  # lists the root: only when the meta file is lost
+            if meta_seen or self._top >= 0:
+                log.error(_TAG, "meta missing or corrupt in %s: dead/dropped/expired counts "
+                          "restart at 0", self.root)
+            # above every earlier boot, and pending records keep their ids (records carry
+            # their boot's low 16 bits) unless the store saw 65535 boots
+            self.boot = self.epoch + 0xFFFF if self._top >= 0 else self.epoch
+        self._write_meta()  # the boot counter is durable before this boot hands out an id
+        self._find_end()
+        self.head = self._low * _G if self._top >= 0 else self._end
+        self._count = self._end - self.head  # exact from the index; else until a full scan
+        idx, idx_seen = self._read_pair("a")
+        if idx is not None and len(idx[1]) >= 11 and (len(idx[1]) - 11) % 2 == 0:
+            self._igen = idx[0]
+            _, head, delivered, self._marks = struct.unpack_from("<BIIH", idx[1])
+            self._stats["delivered"] = delivered
+            if head > self.head:
+                self.head = min(head, self._end)
+            for i in range(11, len(idx[1]), 2):
+                n = head + struct.unpack_from("<H", idx[1], i)[0]
+                if self.head < n < self._end:
+                    self._oo.append(n)
+            self._count = max(0, self._end - self.head - len(self._oo) - (
+                self._marks if self._marks < 0xFFFF else 0))
+        elif self._top < 0 and not idx_seen:
+            self._write_index(self.head, 0, 0, [])  # a new store
+        else:
+            if self._top >= 0:
+                self._marks = 0xFFFF  # unknown: check slots while advancing
+            if idx_seen or self._top >= 0:
+                log.error(_TAG, "ack index missing or corrupt in %s: every intact record is "
+                          "pending again; resolved records may be delivered again", self.root)
+
+    def _check_range(self):
+        # the meta file may lag one bucket behind a cut (it is written after mkdir / rename /
+        # rmdir): one lookup each way settles it
+        moved = False
+        while _is_dir(self._bucket(self._top + 1)):
+            self._top += 1
+            moved = True
+        if self._low < 0 <= self._top:
+            self._low = 0 if moved and _is_dir(self._bucket(0)) else self._top
+        while 0 <= self._low < self._top and not _is_dir(self._bucket(self._low)):
+            self._low += 1
+
+    def _scan_buckets(self):
+        # low..top bucket numbers and the epoch, from the bucket names (no file is opened)
+        epoch = -1
+        low = top = -1
+        for name in _names(self.root):
+            if not (name.startswith("b") and len(name) > 10 and name[9] == "_"):
+                continue
             try:
-                rec = json.loads(payload)
-                if not isinstance(rec, list) or len(rec) != 7 or _key(rec[0]) is None:
-                    raise ValueError("shape")
+                e, b = int(name[1:9], 16), int(name[10:], 16)
             except ValueError:
-                if self._opening:
-                    log.error(_TAG, "%s@%d: frame with valid CRC but bad record, skipped",
-                              name, start)
-                return False
-            return fn(name, start, rec)
+                continue
+            if epoch >= 0 and e != epoch:
+                log.error(_TAG, "bucket %s of another epoch ignored", name)
+                if e < epoch:
+                    continue
+                low = top = -1
+            epoch = e
+            low = b if low < 0 else min(low, b)
+            top = max(top, b)
+        self.epoch = epoch if epoch >= 0 else _fresh_epoch()
+        self._low, self._top = low, top
 
-        for name in self._segments():
-            if name >= seg and self._frames_in(name, off if name == seg else 0, each):
-                return True
+    def _find_end(self):
+        # the queue ends after the last slot of the top bucket written in this lap: one
+        # listing, no file read. Every slot file written under bucket number B has a size of
+        # B's parity, and a bucket is renamed only to a number of the other parity, so the
+        # slots left from its previous lap never look fresh.
+        self._end = 0
+        if self._top < 0:
+            return
+        self._end = self._top * _G
+        path = self._bucket(self._top)
+        for name, size in _sizes(path):
+            try:
+                n = self._top * _G + int(name, 16)
+            except ValueError:
+                continue
+            if size > 0 and size % 2 == self._top % 2 and n >= self._end and name == "%x" % (
+                    n % _G):
+                self._end = n + 1
+
+    # ---- records
+    def _encode(self, n, mid, kind, source, value, t, desired_id, report_status):
+        k = _KINDS.index(kind) if kind in _KINDS else kind
+        fields = [k, source, value, desired_id, report_status, mid]
+        flags = 0
+        if not 0 <= t <= 0xFFFFFFFF:
+            fields.append(t)
+            flags = _F_BIGT
+            t = 0
+        while fields[-1] is None:
+            fields.pop()
+        body = json.dumps(fields, separators=(",", ":")).encode()
+        return _seal(_parity(struct.pack("<BIIH", flags, n, t, self.boot & 0xFFFF) + body, n))
+
+    def _read(self, n):
+        # the Record in slot n; False for a resolution marker; None when the slot is missing,
+        # damaged or stale
+        data = self._read_file(self._slot(n))
+        body = _unseal(data) if data else None
+        try:
+            if body is None or struct.unpack_from("<I", body, 1)[0] != n:
+                raise ValueError("crc or position")
+            if body[0] & _F_DONE:
+                return False
+            flags, _, t, b16 = struct.unpack_from("<BIIH", body)
+            f = json.loads(body[11:])
+            if not isinstance(f, list) or not 3 <= len(f) <= 7:
+                raise ValueError("shape")
+            while len(f) < 6:
+                f.append(None)
+            if flags & _F_BIGT:
+                t = f[6]
+            kind = _KINDS[f[0]] if isinstance(f[0], int) else f[0]
+            # the boot that appended it: the latest one with these low 16 bits
+            b = self.boot - ((self.boot - b16) & 0xFFFF)
+            mid = f[5] if f[5] is not None else "%x-%x" % (b, n)
+            if not isinstance(kind, str) or not isinstance(f[2], str) or _key(mid) is None:
+                raise ValueError("fields")
+            return Record(mid, kind, f[1], f[2], t, f[3], f[4])
+        except (ValueError, TypeError, IndexError, KeyError):
+            log.error(_TAG, "record %d damaged (%s), skipped", n,
+                      "missing" if data is None else "%d bytes" % len(data))
+            return None
+
+    def _scan(self, fn):
+        # fn(n, Record or None) for every unresolved n from head; True from fn stops
+        n = self.head
+        while n < self._end:
+            if n not in self._oo:
+                rec = self._read(n)
+                if rec is not False and fn(n, rec):
+                    return True
+            n += 1
         return False
 
     # ---- public API
     def append(self, kind: str, source, value: str, t: int, desired_id=None,
                report_status=None) -> str:
+        return self._append(kind, source, value, t, desired_id, report_status, None)
+
+    def _append(self, kind, source, value, t, desired_id, report_status, mid):
         if not isinstance(kind, str) or not isinstance(value, str) or not isinstance(t, int):
             raise OutboxError("kind and value must be str, t int")
         if not isinstance(source, (int, str)):
             raise OutboxError("source must be int or str")
+        n = self._end
+        data = self._encode(n, mid, kind, source, value, t, desired_id, report_status)
+        if len(data) > _MAX_PAYLOAD:
+            raise OutboxError("record too large (%d bytes)" % len(data))
         if self._count >= self.max_records:
             self._drop_one()
-        mid = "%x-%x" % (self.boot, self._seq)
-        payload = json.dumps([mid, kind, source, value, t, desired_id, report_status]).encode()
-        if len(payload) > _MAX_PAYLOAD:
-            raise OutboxError("record too large (%d bytes)" % len(payload))
-        if self._active is None or _size(self._p(self._active)) >= _SEG_BYTES:
-            self._active = "s%08x%04x.seg" % (self.boot, self._part)
-            self._part += 1
-            if self._head_key is None:
-                self._hseg, self._hoff = self._active, 0
-        self._seq += 1  # consumed even if the write fails: an id is never handed out twice
         try:
-            with open(self._p(self._active), "ab") as f:
-                f.write(_frame(payload))
-        except OSError as e:
-            self._active = None  # never append after a possibly torn frame
+            if n // _G > self._top:
+                self._new_bucket(n // _G)
+            with open(self._slot(n), "wb") as f:
+                f.write(data)
+        except OSError as e:  # the slot is taken again by the next append: no id was handed out
             raise OutboxError("append failed: %s" % log.describe(e))
-        k = _key(mid)
-        self._last = k
+        self._end = n + 1
         self._count += 1
-        if self._head_key is None:
-            self._head_key = k
-            self._hseg = self._active
-            self._hoff = _size(self._p(self._active)) - len(payload) - _HDR - 4
-        return mid
+        return mid or "%x-%x" % (self.boot, n)
+
+    def _new_bucket(self, b):
+        # reuse the lowest bucket when all its records are resolved (a rename: one commit),
+        # else make one (mkdir: LittleFS allocates and erases a metadata pair)
+        if 0 <= self._low < self.head // _G and self._low < self._top and (b - self._low) % 2:
+            os.rename(self._bucket(self._low), self._bucket(b))
+            self._low += 1
+        else:
+            try:
+                os.mkdir(self._bucket(b))
+            except OSError:
+                if not _is_dir(self._bucket(b)):
+                    raise
+            if self._low < 0:
+                self._low = b
+        self._top = b
+        self._write_meta()  # where the buckets are: opening needs no listing
 
     def pending(self, limit: int = 10) -> list:
         out: list = []
-        if self._head_key is None or limit <= 0:
+        if limit <= 0:
             return out
         cutoff = None
         if self.ttl_s:
@@ -354,20 +447,24 @@ class Outbox:
                 cutoff = self.now() - self.ttl_s
             except clock.ClockUnset:  # no wall time, no expiry
                 pass
-        expired = []
+        expired: list = []
+        bad: list = []
 
-        def take(_, __, rec):
-            if _key(rec[0]) in self._acked:
-                return False
-            if cutoff is not None and isinstance(rec[4], int) and 0 < rec[4] < cutoff:
-                expired.append(rec[0])
-                return False
-            out.append(Record(*rec))
+        def take(n, rec):
+            if rec is None:
+                bad.append(n)
+            elif cutoff is not None and isinstance(rec.t, int) and 0 < rec.t < cutoff:
+                expired.append(n)
+            else:
+                out.append(rec)
             return len(out) >= limit
 
-        self._records(self._hseg, self._hoff, take)
-        for mid in expired:  # after the scan: resolving moves the head the scan stands on
-            self._resolve(mid, "E")
+        if not self._scan(take):  # the whole queue was read: the count is exact now
+            self._count = len(out) + len(bad) + len(expired)
+        for n in bad:  # after the scan: resolving moves the head the scan stands on
+            self._resolve_n(n, None)
+        for n in expired:
+            self._resolve_n(n, "E")
         return out
 
     def delivered(self, message_id: str) -> None:
@@ -386,111 +483,180 @@ class Outbox:
         return s
 
     def compact(self) -> None:
-        self._checkpoint()
-        if self._head_key is None:
-            self._active = None  # fully resolved: let the next append start a fresh segment
-            self._hseg, self._hoff = self._empty_head()
-            self._write_state()
-        segs = self._segments()
-        for name in segs[:-1]:  # the newest stays: its name carries the boot counter
-            if name < self._hseg and name != self._active:
-                os.remove(self._p(name))
+        """Give back the space of fully resolved buckets (a drained backlog), keeping a few for
+        reuse. Costs one delete per slot; the queue never needs it to stay correct."""
+        while self._low >= 0 and self._low < self.head // _G - 2 and self._low < self._top:
+            path = self._bucket(self._low)
+            for name in list(_names(path)):
+                os.remove(path + "/" + name)
+            os.rmdir(path)
+            self._low += 1
+            self._write_meta()
 
-    # ---- internals
+    # ---- resolutions
     def _resolve(self, mid, status):
         k = _key(mid)
-        if (k is None or self._head_key is None or k < self._head_key or k in self._acked
-                or k > self._last):
+        if k is None:
             return False
-        found = []
+        if self.epoch <= k[0] <= self.boot:  # an id of this store (v1 ids are below epoch)
+            return self._resolve_n(k[1], status)
+        found: list = []
 
-        def look(_, __, rec):
-            rk = _key(rec[0])
-            if rk == k:
-                found.append(rk)
-            return rk >= k
+        def look(n, rec):  # records carried over from v1 keep their ids: they come first
+            if rec is not None and rec.message_id == mid:
+                found.append(n)
+            return bool(found) or (rec is not None and _key(rec.message_id)[0] >= self.epoch)
 
-        self._records(self._hseg, self._hoff, look)
-        if not found:
+        self._scan(look)
+        return bool(found) and self._resolve_n(found[0], status)
+
+    def _resolve_n(self, n, status):
+        # status None: a damaged record skipped (no counter)
+        if n < self.head or n >= self._end or n in self._oo:
             return False
-        self._write_ack(status, mid)
-        self._mark(k, status)
-        return True
-
-    def _write_ack(self, status, mid):
-        # an empty file: on LittleFS one metadata commit, no data block to copy and erase
+        head, oo, marks = self.head, list(self._oo), self._marks
+        delivered = self._stats["delivered"] + (status == "D")
         try:
-            with open(self._p("k/k%x_%s%s" % (self._gen, status, mid)), "w"):
-                pass
+            if n == head:
+                head, marks = self._advance(head + 1, oo, marks)
+            elif len(oo) < _OO_MAX and n - head <= 0xFFFF:
+                oo.append(n)
+                oo.sort()
+            else:  # far out of order (overflow drops behind a stuck report): mark the slot
+                with open(self._slot(n), "wb") as f:
+                    f.write(_seal(_parity(struct.pack("<BI", _F_DONE, n), n)))
+                marks = min(marks + 1, 0xFFFF)
+            self._write_index(head, delivered, marks, oo)
         except OSError as e:
             raise OutboxError("ack failed: %s" % log.describe(e))
+        self.head, self._oo, self._marks = head, oo, marks
+        self._stats["delivered"] = delivered
+        self._count = max(0, self._count - 1)
+        if status is not None and status != "D":
+            self._stats[_STATUS_NAMES[status]] += 1
+            try:
+                self._write_meta()
+            except OSError as e:  # the record is resolved; only its counter is not durable
+                log.error(_TAG, "counter not saved: %s", log.describe(e))
+        return True
 
-    def _mark(self, k, status):
-        self._acked[k] = 0
-        self._stats[_STATUS_NAMES[status]] += 1
-        self._count -= 1
-        self._nacks += 1
-        if k == self._head_key:
-            self._advance()
-        if self._nacks >= _CKPT_ACKS:
-            self.compact()
-
-    def _advance(self):
-        # move the head to the first unresolved frame; forget acks it passes
-        self._head_key = None
-        head = list(self._empty_head())
-
-        def step(seg, off, rec):
-            k = _key(rec[0])
-            if k in self._acked:
-                del self._acked[k]
-                return False
-            self._head_key = k
-            head[0], head[1] = seg, off
-            return True
-
-        self._records(self._hseg, self._hoff, step)
-        if self._head_key is None:
-            self._acked = {}
-        self._hseg, self._hoff = head
-
-    def _empty_head(self):
-        # where the next record will go: nothing pending, and no record is ever before it
-        if self._active is None:
-            return "s%08x%04x.seg" % (self.boot, self._part), 0
-        return self._active, _size(self._p(self._active))
-
-    def _checkpoint(self):
-        self._gen += 1
-        self._write_state()
-        self._nacks = 0
-        self._remove_markers(self._gen)
+    def _advance(self, head, oo, marks):
+        # the first unresolved n from head on, past acks in oo and marked slots; reads slots
+        # only while marks say some lie ahead
+        while head < self._end:
+            if oo and oo[0] == head:
+                oo.pop(0)
+            elif not marks or self._read(head) is not False:
+                break
+            elif marks < 0xFFFF:
+                marks -= 1
+            head += 1
+        if head >= self._end:
+            marks = 0
+        return head, marks
 
     def _drop_one(self):
         victim: list = []
 
-        def pick(_, __, rec):
-            if _key(rec[0]) in self._acked:
+        def pick(n, rec):
+            if rec is None:
                 return False
-            if rec[5] is None and rec[6] is None:  # a sensor reading: the first choice
-                victim[:] = [rec[0]]
+            if rec.desired_id is None and rec.report_status is None:  # a reading: first choice
+                victim[:] = [n, rec.message_id]
                 return True
             if not victim:
-                victim.append(rec[0])  # the oldest report, if no reading is pending
+                victim[:] = [n, rec.message_id]  # the oldest report, if no reading is pending
             return False
 
-        self._records(self._hseg, self._hoff, pick)
+        self._scan(pick)
         if victim:
-            log.warn(_TAG, "full (%d): dropping %s", self.max_records, victim[0])
-            self._resolve(victim[0], "P")
+            log.warn(_TAG, "full (%d): dropping %s", self.max_records, victim[1])
+            self._resolve_n(victim[0], "P")
+
+    # ---- v1 conversion
+    def _migrate_v1(self):
+        from firmware import outbox_v1  # imported only on the boot that converts
+
+        log.info(_TAG, "converting %s from the v1 layout", self.root)
+        old = outbox_v1.Outbox(self.root, max_records=1 << 30)
+        self._converting = True
+        # a conversion cut short before its commit starts over in the buckets it made (the
+        # same records go to the same slots), under the epoch it chose: no v1 id has it
+        self._scan_buckets()
+        if self._top < 0:
+            self.epoch = old.boot + 1  # above every v1 id: order and uniqueness both hold
+        self.boot = self.epoch
+        self._end = self.head = self._count = 0
+        keep, self.max_records = self.max_records, 1 << 30  # carry everything, drop nothing
+        carried = []
+
+        def carry(_, __, rec):
+            if outbox_v1._key(rec[0]) not in old._acked:
+                self._append(rec[1], rec[2], rec[3], rec[4], rec[5], rec[6], rec[0])
+                carried.append(1)
+            return False
+
+        old._opening = True
+        old._records(old._hseg, old._hoff, carry)
+        if self._top < 0:
+            self._new_bucket(0)  # the epoch lives in bucket names: keep it above the v1 ids
+        self._stats = dict(old._stats)
+        self._write_index(0, self._stats["delivered"], 0, [])
+        self._converting = False
+        self._write_meta()  # the commit point: from here on the store is v2
+        self.max_records = keep
+        _v1_remove(self.root)
+        log.info(_TAG, "converted: %d pending records kept with their ids", len(carried))
 
 
-def _is_hex(text):
+def _names(path):
+    # names in a directory, streamed on MicroPython (RAM stays flat with many entries)
+    if hasattr(os, "ilistdir"):
+        for entry in os.ilistdir(path):
+            yield entry[0]
+    else:  # CPython (host tests)
+        yield from os.listdir(path)
+
+
+def _sizes(path):
+    # (name, size) of the files in a directory, from the listing alone on MicroPython
+    if hasattr(os, "ilistdir"):
+        for entry in os.ilistdir(path):
+            if len(entry) > 3:  # LittleFS, FAT
+                yield entry[0], entry[3]
+            else:  # the unix port's host filesystem lists no sizes
+                yield entry[0], os.stat(path + "/" + entry[0])[6]
+    else:  # CPython (host tests)
+        for name in os.listdir(path):
+            yield name, os.stat(path + "/" + name)[6]
+
+
+def _is_dir(path):
     try:
-        int(text, 16)
-        return True
-    except ValueError:
+        return bool(os.stat(path)[0] & 0x4000)
+    except OSError:
         return False
+
+
+def _v1_present(root):
+    for name in _names(root):
+        if name in ("state.json", "state.tmp") or (name.endswith(".seg") and
+                                                    name.startswith("s")) or (
+                name == "k" and _is_dir(root + "/k")):
+            return True
+    return False
+
+
+def _v1_remove(root):
+    for name in list(_names(root)):
+        path = root + "/" + name
+        if name == "k" and _is_dir(path):
+            for e in list(_names(path)):
+                os.remove(path + "/" + e)
+            os.rmdir(path)
+        elif name in ("state.json", "state.tmp") or (name.endswith(".seg") and
+                                                      name.startswith("s") and len(name) == 17):
+            os.remove(path)
 
 
 def _mkdirs(path):

@@ -1,10 +1,12 @@
-"""firmware/outbox.py on both runtimes: order, ids across reopen, acks persisted, torn tails,
-corrupt state, overflow policy, TTL, flat memory with thousands of pending records."""
+"""firmware/outbox.py on both runtimes: order, ids across reopen, acks persisted, damaged slots,
+corrupt index and meta, bucket reuse, the v1 conversion, overflow policy, TTL, flat memory with
+thousands of pending records."""
 import gc
 import os
 
 import support
 from firmware import log
+from firmware.outbox import SLOTS_PER_BUCKET as G
 from firmware.outbox import Outbox, OutboxError
 
 T0 = 1_800_000_000
@@ -19,8 +21,27 @@ def _all(ob):
     return ob.pending(100000)
 
 
-def _segs(root):
-    return sorted(n for n in os.listdir(root) if n.endswith(".seg"))
+def _buckets(root):
+    return sorted(n for n in os.listdir(root) if n.startswith("b"))
+
+
+def _slot_paths(root):
+    # every slot file, oldest bucket first, in slot order
+    out = []
+    for name in sorted(_buckets(root), key=lambda n: int(n.split("_")[1], 16)):
+        for slot in sorted(os.listdir(root + "/" + name), key=lambda x: int(x, 16)):
+            out.append(root + "/" + name + "/" + slot)
+    return out
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _write(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def _fill(ob, n, kind="reading", start=0):
@@ -86,6 +107,8 @@ def test_ids_unique_across_reopen_and_acks_persist():
         ob = Outbox(root)
     pend = [r.message_id for r in _all(ob)]
     assert len(pend) == 5 * 18 == ob.pending_count()
+    assert set(pend) == seen - set(delivered) - set(dead)  # each kept the id append gave it
+    assert len({mid.split("-")[0] for mid in seen}) == 5  # the prefix tells the boots apart
     assert not (set(pend) & set(delivered)) and not (set(pend) & set(dead))
     st = ob.stats()
     assert st == {"pending": 90, "delivered": 50, "dead": 10, "dropped": 0, "expired": 0}, st
@@ -98,114 +121,139 @@ def test_ids_unique_across_reopen_and_acks_persist():
     support.rmtree(root.rsplit("/", 1)[0])
 
 
-def test_out_of_order_acks_and_compaction_deletes_acked_segments():
+def test_out_of_order_acks_and_buckets_are_reused_not_remade():
     root, ob = _fresh("ooo")
     ids = _fill(ob, 400)
-    assert len(_segs(root)) > 3
+    made = len(_buckets(root))
+    assert made == (400 + G - 1) // G
     for mid in ids[1:300]:
         ob.delivered(mid)
     assert ob.pending_count() == 101
-    ob.compact()
-    assert len(_segs(root)) > 3  # the head still holds ids[0] in the first segment
+    ob = Outbox(root)
+    assert [r.message_id for r in _all(ob)] == [ids[0]] + ids[300:]
     ob.delivered(ids[0])
-    ob.compact()
-    segs_after = _segs(root)
+    more = _fill(ob, 250, start=400)  # resolved buckets are renamed and refilled
+    assert len(_buckets(root)) == made, _buckets(root)
+    assert not (set(more) & set(ids))
     ob = Outbox(root)
-    assert [r.message_id for r in _all(ob)] == ids[300:]
-    assert len(segs_after) < 4
-    for mid in ids[300:]:
+    assert [r.message_id for r in _all(ob)] == ids[300:] + more
+    for mid in ids[300:] + more:
         ob.delivered(mid)
-    ob.compact()
-    assert len(_segs(root)) == 1  # the newest segment stays: it carries the boot counter
+    ob.compact()  # gives the space back, keeps a few buckets for reuse
+    assert len(_buckets(root)) <= 4, _buckets(root)
     ob = Outbox(root)
-    assert ob.pending_count() == 0 and ob.stats()["delivered"] == 400
+    assert ob.pending_count() == 0 and ob.stats()["delivered"] == 650
     new = ob.append("reading", 1, "x", T0)
-    assert new not in ids
+    assert new not in ids and new not in more
     assert [r.message_id for r in ob.pending()] == [new]
     support.rmtree(root.rsplit("/", 1)[0])
 
 
-def _last_seg(root):
-    return root + "/" + _segs(root)[-1]
-
-
-def test_torn_tail_is_dropped_not_parsed():
-    for cut in (1, 3, 7, 12):
-        root, ob = _fresh("torn")
+def test_rotted_last_slot_is_skipped_and_its_id_not_reused():
+    for at in (0, 3, 9, -1):
+        root, ob = _fresh("rot")
         ids = _fill(ob, 6)
-        path = _last_seg(root)
-        with open(path, "rb") as f:
-            data = f.read()
-        with open(path, "wb") as f:
-            f.write(data[:-cut])
+        path = _slot_paths(root)[-1]
+        data = bytearray(_read(path))
+        data[at] ^= 0x21
+        _write(path, data)
         lines = _capture()
         try:
             ob = Outbox(root)
+            got = [r.message_id for r in _all(ob)]
         finally:
             log.set_sink(None)
-        assert [r.message_id for r in _all(ob)] == ids[:5], cut
-        assert any("torn" in ln for ln in lines)
+        assert got == ids[:5], at
+        assert any("damaged" in ln for ln in lines), lines
         more = ob.append("reading", 1, "after", T0)
         assert more not in ids
         assert [r.message_id for r in _all(Outbox(root))] == ids[:5] + [more]
         support.rmtree(root.rsplit("/", 1)[0])
 
 
-def test_garbled_bytes_lose_only_the_garbled_record():
-    root, ob = _fresh("garble")
-    ids = _fill(ob, 6)
-    path = _last_seg(root)
-    with open(path, "rb") as f:
-        data = bytearray(f.read())
-    tail = bytearray(data)
-    tail[-2] ^= 0xFF  # CRC of the last record
-    with open(path, "wb") as f:
-        f.write(tail)
-    assert [r.message_id for r in _all(Outbox(root))] == ids[:5]
-    mid = bytearray(data)
-    third = len(data) * 2 // 6 + 5  # inside the third record's payload
-    mid[third] ^= 0x5A
-    with open(path, "wb") as f:
-        f.write(mid)
-    lines = _capture()
-    try:
-        got = [r.message_id for r in _all(Outbox(root))]
-    finally:
-        log.set_sink(None)
-    assert got == ids[:2] + ids[3:], got  # resynchronised on the next intact frame
-    assert any("corrupt" in ln for ln in lines)
-    support.rmtree(root.rsplit("/", 1)[0])
-
-
-def test_corrupt_state_logged_no_loss_no_id_reuse():
-    bad_stats = ('{"v":1,"boot":1,"head":["",0],"ackgen":0,"acked":[],'
-                 '"stats":{"delivered":"many"}}')
-    for garbage in ("", "{", "[1,2]", '{"v":1}', '{"v":1,"boot":"x","head":1}', "\x00\xff",
-                    bad_stats):
-        root, ob = _fresh("state")
-        ids = _fill(ob, 5)
-        ob.delivered(ids[0])
-        with open(root + "/state.json", "w") as f:
-            f.write(garbage)
-        lines = _capture()
-        try:
-            ob = Outbox(root)
-        finally:
-            log.set_sink(None)
-        assert any(ln.startswith("E") or "corrupt" in ln for ln in lines), lines
-        pend = [r.message_id for r in _all(ob)]
-        assert pend == ids[1:], (garbage, pend)  # the ack log survived: ids[0] stays delivered
-        new = ob.append("reading", 1, "x", T0)
-        assert new not in ids
+def test_torn_append_keeps_the_records_before_it():
+    # a host filesystem can tear a write (SIGKILL): that append never returned its id
+    for cut in (1, 2, 7, 12, 100):
+        root, ob = _fresh("torn")
+        ids = _fill(ob, 6)
+        path = _slot_paths(root)[-1]
+        _write(path, _read(path)[:-cut])
+        ob = Outbox(root)
+        assert [r.message_id for r in _all(ob)] == ids[:5], cut
+        more = ob.append("reading", 1, "after", T0)
+        assert more not in ids[:5]
+        assert [r.message_id for r in _all(Outbox(root))] == ids[:5] + [more]
         support.rmtree(root.rsplit("/", 1)[0])
 
 
-def test_missing_state_keeps_every_intact_record():
+def test_garbled_bytes_lose_only_the_garbled_record():
+    root, ob = _fresh("garble")
+    ids = _fill(ob, 2 * G + 8)  # three buckets
+    paths = _slot_paths(root)
+    for i in (2, G + 4, 2 * G + 7):
+        data = bytearray(_read(paths[i]))
+        data[len(data) // 2] ^= 0x5A  # inside the payload
+        _write(paths[i], data)
+    lines = _capture()
+    try:
+        ob = Outbox(root)
+        got = [r.message_id for r in _all(ob)]
+    finally:
+        log.set_sink(None)
+    assert got == [m for i, m in enumerate(ids) if i not in (2, G + 4, 2 * G + 7)], got
+    assert sum("damaged" in ln for ln in lines) == 3, lines
+    assert ob.pending_count() == 2 * G + 5
+    assert ob.append("reading", 1, "x", T0) not in ids
+    support.rmtree(root.rsplit("/", 1)[0])
+
+
+def test_torn_ack_index_falls_back_to_the_previous_one():
+    root, ob = _fresh("index")
+    ids = _fill(ob, 5)
+    ob.delivered(ids[0])
+    ob.delivered(ids[1])
+    newer = max(("a0", "a1"), key=lambda n: _read(root + "/" + n)[0])  # generation byte
+    _write(root + "/" + newer, _read(root + "/" + newer)[:-3])  # torn as a host FS can tear
+    ob = Outbox(root)
+    assert [r.message_id for r in _all(ob)] == ids[1:]
+    assert ob.stats()["delivered"] == 1
+    support.rmtree(root.rsplit("/", 1)[0])
+
+
+def test_corrupt_index_and_meta_logged_no_loss_no_id_reuse():
+    for garbage in (b"", b"{", b"\x00\xff", b"\x01" * 40):
+        for names in (("a0", "a1"), ("m0", "m1"), ("a0", "a1", "m0", "m1")):
+            root, ob = _fresh("state")
+            ids = _fill(ob, 20)
+            ob.delivered(ids[0])
+            ob.delivered(ids[1])
+            ob.dead_letter(ids[2])
+            for name in names:
+                _write(root + "/" + name, garbage)
+            lines = _capture()
+            try:
+                ob = Outbox(root)
+            finally:
+                log.set_sink(None)
+            assert any(" E outbox" in ln for ln in lines), lines
+            pend = [r.message_id for r in _all(ob)]
+            if "a0" in names:
+                assert pend == ids, (garbage, pend)  # re-delivery possible, never loss
+            else:
+                assert pend == ids[3:], (garbage, pend)
+                assert ob.stats()["delivered"] == 2
+            new = ob.append("reading", 1, "x", T0)
+            assert new not in ids
+            support.rmtree(root.rsplit("/", 1)[0])
+
+
+def test_missing_index_keeps_every_intact_record():
     root, ob = _fresh("nostate")
-    ids = _fill(ob, 70)  # past one checkpoint: acks are in state.json only
+    ids = _fill(ob, 70)
     for mid in ids[:65]:
         ob.delivered(mid)
-    os.remove(root + "/state.json")
+    for name in ("a0", "a1"):
+        os.remove(root + "/" + name)
     ob = Outbox(root)
     pend = [r.message_id for r in _all(ob)]
     assert set(ids[65:]) <= set(pend)  # possibly re-delivered, never lost
@@ -288,6 +336,34 @@ def test_memory_flat_with_thousands_pending():
     support.rmtree(root.rsplit("/", 1)[0])
 
 
+def test_acks_read_no_record_and_opening_reads_a_fixed_number_of_files():
+    root, ob = _fresh("cost", max_records=5000)
+    ids = _fill(ob, 1000)
+    reads = []
+    real = ob._read_file
+
+    def counting(path):
+        reads.append(path)
+        return real(path)
+
+    ob._read_file = counting
+    for mid in ids[:40]:
+        ob.delivered(mid)
+    ob.dead_letter(ids[40], "test")
+    assert reads == [], reads[:5]  # the index is written; no slot is read
+    assert ob.pending_count() == 959
+    opened = []
+    Outbox._read_file, real_cls = (lambda self, path: opened.append(path) or real_cls(self, path),
+                                   Outbox._read_file)
+    try:
+        ob = Outbox(root, max_records=5000)
+    finally:
+        Outbox._read_file = real_cls
+    assert len(opened) == 4, opened  # a0, a1, m0, m1: no record, whatever the backlog
+    assert ob.pending_count() == 959
+    support.rmtree(root.rsplit("/", 1)[0])
+
+
 def test_random_operations_match_a_model():
     # random appends / acks / dead letters / drops / reopens / compactions against a plain
     # list model; the seed is printed so a failure can be replayed
@@ -342,13 +418,11 @@ def test_unusable_root_is_a_named_error_and_stray_files_are_ignored():
     support.write(base + "/plain", "x")
     support.raises(OutboxError, Outbox, base + "/plain")  # a file where the directory goes
     os.mkdir(base + "/ob")
-    support.write(base + "/ob/k", "not a directory")
-    support.raises(OutboxError, Outbox, base + "/ob")
-    os.remove(base + "/ob/k")
     ob = Outbox(base + "/ob")
     mid = ob.append("reading", 1, "x", T0)
-    support.write(base + "/ob/szzzzzzzzzzzz.seg", "junk")
+    support.write(base + "/ob/bzzzzzzzz_zz", "junk")
     support.write(base + "/ob/notes.txt", "junk")
+    support.write(base + "/ob/k", "junk")
     assert [r.message_id for r in Outbox(base + "/ob").pending()] == [mid]
     support.rmtree(base)
 
@@ -368,3 +442,92 @@ def test_wiped_outbox_never_reuses_earlier_ids():
         assert len(seen) == 12
     finally:
         support.rmtree(root)
+
+
+def _copytree(src, dst):
+    os.mkdir(dst)
+    for name in os.listdir(src):
+        if os.stat(src + "/" + name)[0] & 0x4000:
+            _copytree(src + "/" + name, dst + "/" + name)
+        else:
+            _write(dst + "/" + name, _read(src + "/" + name))
+
+
+def _v1_store(root):
+    # a store written by the code devices run today, with every kind of resolution in it
+    from outbox_v1_frozen import Outbox as V1
+
+    ob = V1(root, max_records=90)
+    seen = []
+    for _ in range(3):  # three boots
+        for i in range(70):
+            if i % 9 == 0:
+                mid = ob.append("report", "relay/%d" % i, "on", T0 + i, desired_id="d%d" % i,
+                                report_status="applied")
+            else:
+                mid = ob.append("sensor", i, "%d.5" % i, T0 + i)
+            seen.append(mid)
+        recs = ob.pending(30)
+        for n, r in enumerate(recs):
+            if n % 5 == 4:
+                continue  # left pending: out-of-order acks around it
+            (ob.dead_letter if n % 7 == 3 else ob.delivered)(r.message_id)
+        ob = V1(root, max_records=90)
+    ob.ttl_s = 3600
+    ob.now = lambda: T0 + 3600 + 40  # the oldest few expire
+    ob.pending(3)
+    return seen
+
+
+def _fields(recs):
+    return [(r.message_id, r.kind, r.source, r.value, r.t, r.desired_id, r.report_status)
+            for r in recs]
+
+
+def test_v1_store_is_converted_with_every_pending_record_and_id():
+    from outbox_v1_frozen import Outbox as V1
+
+    base = support.tmpdir("v1")
+    root = base + "/ob"
+    seen = _v1_store(root)
+    old = V1(root, max_records=90)
+    want = _fields(old.pending(100000))
+    want_stats = old.stats()
+    assert len(want) > 50 and want_stats["dropped"] > 0 and want_stats["dead"] > 0, want_stats
+    assert want_stats["expired"] > 0, want_stats
+    _copytree(root, base + "/backup")
+    lines = _capture()
+    try:
+        ob = Outbox(root, max_records=90)
+    finally:
+        log.set_sink(None)
+    assert any("converted" in ln for ln in lines), lines
+    assert _fields(_all(ob)) == want
+    assert ob.stats() == want_stats, (ob.stats(), want_stats)
+    left = [n for n in os.listdir(root) if n.endswith(".seg") or n in ("k", "state.json")]
+    assert left == [], left
+    new = ob.append("sensor", 1, "x", T0)
+    assert new not in seen
+    ob.delivered(want[0][0])
+    ob.dead_letter(want[1][0], "test")
+    ob = Outbox(root, max_records=90)
+    assert _fields(_all(ob)) == want[2:] + [(new, "sensor", 1, "x", T0, None, None)]
+    assert ob.stats()["dead"] == want_stats["dead"] + 1
+
+    # a conversion cut short before its commit (the meta file): v1 files and a partial v2 store
+    support.rmtree(root)
+    _copytree(base + "/backup", root)
+    Outbox(root, max_records=90)
+    for name in ("m0", "m1"):
+        if name in os.listdir(root):
+            os.remove(root + "/" + name)
+    for name in os.listdir(base + "/backup"):
+        if name not in os.listdir(root):
+            if name == "k":
+                _copytree(base + "/backup/k", root + "/k")
+            else:
+                _write(root + "/" + name, _read(base + "/backup/" + name))
+    ob = Outbox(root, max_records=90)
+    got = _fields(_all(ob))
+    assert got == want, got[:3]
+    support.rmtree(base)

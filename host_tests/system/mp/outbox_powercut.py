@@ -8,13 +8,21 @@
 # littlefs turns into an OSError, so the scripted sequence stops at the first failed call and
 # nothing more ever reaches the RAM. Then a fresh VfsLfs2 is mounted on the same RAM, the
 # outbox is reopened and checked.
+#
+# The image starts with a store written by the v1 outbox (host_tests/unit/outbox_v1_frozen.py,
+# not counted): the first open converts it, so the cuts land inside the conversion too. The
+# second life acknowledges in reverse order, past the ack index's out-of-order list, so
+# resolution markers in slots are cut as well.
 import gc
 import json
 import sys
 
 import vfs
 
-from firmware.outbox import Outbox
+sys.path.append("host_tests/unit")
+from outbox_v1_frozen import Outbox as OutboxV1  # noqa: E402
+
+from firmware.outbox import Outbox  # noqa: E402
 
 BS = 4096
 NBLOCKS = 48
@@ -67,7 +75,7 @@ def sequence(st):
     # returned: accepted ids with their content, ids whose ack returned.
     ob = Outbox("/flash/ob", max_records=1000)
     i = 0
-    for count in (60, 16, 16):  # the first life rolls over to a second segment (4 KB each)
+    for life, count in enumerate((60, 40, 16)):  # past buckets of 32: renamed for reuse
         for _ in range(count):
             st["current"] = ["a", i]
             src = i if i % 2 else "s%d" % i
@@ -76,6 +84,8 @@ def sequence(st):
             st["ok"][mid] = i
             i += 1
         recs = ob.pending(18)
+        if life == 1:
+            recs.reverse()
         for n, r in enumerate(recs):
             st["current"] = ["d", r.message_id]
             if n % 7 == 3:
@@ -140,17 +150,38 @@ def check(ram, st):
     return bad
 
 
+V1_FIRST = 1000
+
+
 def fresh_image():
+    # a v1 store: 30 records, the first 8 acknowledged (what a device brings to the upgrade)
     ram = bytearray(b"\xff" * (BS * NBLOCKS))
-    vfs.VfsLfs2.mkfs(CutDevice(ram))
+    dev = CutDevice(ram)
+    vfs.VfsLfs2.mkfs(dev)
+    vfs.mount(vfs.VfsLfs2(dev), "/flash")
+    ob = OutboxV1("/flash/ob", max_records=1000)
+    st = {"ok": {}, "acked": [], "current": None}
+    for i in range(V1_FIRST, V1_FIRST + 30):
+        src = i if i % 2 else "s%d" % i
+        mid = ob.append("reading" if i % 3 else "report", src, "v%d" % i, T0 + i,
+                        desired_id=("d%d" % i) if i % 3 == 0 else None)
+        st["ok"][mid] = i
+    for r in ob.pending(8):
+        ob.delivered(r.message_id)
+        st["acked"].append(r.message_id)
+    vfs.umount("/flash")
+    TEMPLATE_ST.update(st)
     return ram
+
+
+TEMPLATE_ST: dict = {}
 
 
 def run(template, ram, cut):
     ram[:] = template  # one RAM image reused: a fresh 192 KB per k fragments the heap
     dev = CutDevice(ram, cut)
     vfs.mount(vfs.VfsLfs2(dev), "/flash")
-    st = {"ok": {}, "acked": [], "current": None}
+    st = {"ok": dict(TEMPLATE_ST["ok"]), "acked": list(TEMPLATE_ST["acked"]), "current": None}
     try:
         sequence(st)
     except Exception:  # the power cut: the first failing call ends this "life"
