@@ -16,9 +16,10 @@ PLATFORM ?= realer
 	build deploy provision console
 
 # The firmware (sim board) against a local cloud, live status until Ctrl-C.
-# PLATFORM=realer|nubison|devicehive|xyte; TRANSPORT=https|mqtt picks Realer's transport.
+# PLATFORM=realer|nubison|devicehive|xyte; TRANSPORT=https|mqtt picks Realer's transport;
+# each keeps its own run/<name>/ (cloud, device, log); FRESH=1 starts that one over.
 run: deps
-	$(PY) -m tools.run_local --platform $(PLATFORM) --transport $(TRANSPORT)
+	$(PY) -m tools.run_local --platform $(PLATFORM) --transport $(TRANSPORT) $(if $(FRESH),--fresh)
 
 deps: $(DEPS_STAMP) $(MOSQUITTO)
 
