@@ -82,7 +82,9 @@ deploy: build
 provision: $(DEPS_STAMP)
 	$(need-port)
 	@test -n "$(CONFIG)" || { echo "set CONFIG=path/config.json (see examples/)"; exit 2; }
-	$(PY) -m tools.deploy provision --port $(PORT) --config $(CONFIG)
+	$(PY) -m tools.deploy provision --port $(PORT) --config $(CONFIG) \
+		$(if $(SECRETS),--secrets $(SECRETS)) \
+		--ota-key $(or $(OTA_KEY),$(wildcard $(OTA_KEYS)/ota_public_key.bin),none)
 
 console: $(DEPS_STAMP)
 	$(need-port)
@@ -90,3 +92,14 @@ console: $(DEPS_STAMP)
 
 clean:
 	rm -rf build .pytest_cache
+
+# --- setup and visibility (issue 16): help, config schema, Wi-Fi over serial, logs, status ---
+.PHONY: help schema
+
+# This list: every target with the comment above it.
+help:
+	@python3 -m tools.make_help Makefile
+
+# Regenerate examples/config.schema.json (the JSON Schema for config.json) from the validator.
+schema: $(DEPS_STAMP)
+	$(PY) -m tools.config_schema

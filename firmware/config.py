@@ -5,6 +5,11 @@ the key and the fix; a bad config never half-starts the firmware. Unknown keys a
 Every secret in the file is registered with log.secret() before anything can log it.
 The checks live in firmware/config_check.py, loaded for the check and dropped after it.
 
+Secrets can live in their own file: `"secrets_file": "secrets.json"` in config.json names a
+JSON object of the same shape (e.g. `{"cloud": {"client_secret": ...}, "wifi": {...}}`) that
+is merged over config.json before the checks. Every string in it except a Wi-Fi network name
+is registered with log.secret(), so none reaches a log line; config.json can then be shared.
+
 `Config` is the parsed dict with defaults filled in: `cfg.get("cloud.platform")` reads a dotted
 path, `cfg.raw` is the dict, `cfg.root` the data root and `cfg.ca_path` the CA file's full path.
 """
@@ -13,6 +18,8 @@ import os
 import sys
 
 FILE = "config.json"
+SECRETS_KEY = "secrets_file"
+SECRETS_FILE = "secrets.json"  # the name `make provision` and Improv Wi-Fi use by default
 PLATFORMS = ("realer", "nubison", "devicehive", "xyte")
 
 
@@ -69,7 +76,56 @@ def load(root=None):
     except ValueError as e:
         raise ConfigError(["%s: not valid JSON (%s); check quotes, commas and braces" %
                            (FILE, e)])
+    merge_secrets(raw, root)
     return validate(raw, root)
+
+
+def merge_secrets(raw, root, path=None):
+    """Merge the file config.json's `secrets_file` names over raw (in place), registering its
+    values as secrets first; ConfigError when it is named but missing or not a JSON object.
+    `path` reads the file from elsewhere (the host copy `make provision` sends)."""
+    name = raw.get(SECRETS_KEY) if isinstance(raw, dict) else None
+    if name is None:
+        return
+    if not isinstance(name, str) or not name:
+        raise ConfigError(["%s: must be a file name in the data root, e.g. \"%s\"" %
+                           (SECRETS_KEY, SECRETS_FILE)])
+    try:
+        with open(path or join(root, name)) as f:
+            text = f.read()
+    except OSError:
+        raise ConfigError(["%s: %r not found in the data root; copy it with `make provision "
+                           "SECRETS=...` (Wi-Fi alone: `make wifi`)" % (SECRETS_KEY, name)])
+    try:
+        secrets = json.loads(text)
+    except ValueError:  # the parser's message could quote a secret: say where only
+        secrets = None
+    if not isinstance(secrets, dict):
+        raise ConfigError(["%s: %r is not a JSON object {...}; check quotes, commas and "
+                           "braces" % (SECRETS_KEY, name)])
+    _register(secrets)
+    _merge(raw, secrets)
+
+
+def _register(node, key=None):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _register(v, k)
+    elif isinstance(node, list):
+        for v in node:
+            _register(v, key)
+    elif isinstance(node, str) and key != "ssid":  # a network name is broadcast anyway
+        from firmware import log
+
+        log.secret(node)
+
+
+def _merge(into, extra):
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
 
 
 def validate(raw, root="."):
