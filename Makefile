@@ -94,7 +94,7 @@ clean:
 	rm -rf build .pytest_cache
 
 # --- setup and visibility (issue 16): help, config schema, Wi-Fi over serial, logs, status ---
-.PHONY: help schema
+.PHONY: help schema wifi
 
 # This list: every target with the comment above it.
 help:
@@ -103,3 +103,10 @@ help:
 # Regenerate examples/config.schema.json (the JSON Schema for config.json) from the validator.
 schema: $(DEPS_STAMP)
 	$(PY) -m tools.config_schema
+
+# Hand a board waiting for setup its Wi-Fi over the serial port (Improv Wi-Fi, as ESPHome
+# boards take it); PORT= SSID= [PASSWORD=, else a prompt]. Never echoed.
+wifi: $(DEPS_STAMP)
+	$(need-port)
+	@test -n "$(SSID)" || { echo "set SSID=network-name (and PASSWORD=, or get a prompt)"; exit 2; }
+	@$(if $(PASSWORD),WIFI_PASSWORD='$(PASSWORD)') $(PY) -m tools.improv --port $(PORT) --ssid '$(SSID)'
