@@ -91,6 +91,7 @@ def validate(raw, root="."):
     if raw["board"] not in _BOARDS:
         problems.append("board: %r is not a board; use \"sim\" or \"esp32\"" % (raw["board"],))
     _check_sections(raw, problems)
+    _check_ota_ca(raw.get("ota"), root, problems)
     _check_io(raw, problems)
     for w in warnings:
         log.warn(_TAG, w)
@@ -137,6 +138,7 @@ def _check_cloud(cloud, root, problems, warnings):
         problems.append("cloud.platform: %r is not supported; use one of %s" %
                         (platform, ", ".join(PLATFORMS)))
         return
+    log.set_cloud(platform)  # runtime errors then name this platform's credential keys
     for key in cloud:
         if key not in _CLOUD_KEYS:
             warnings.append("cloud.%s: unknown key, ignored" % key)
@@ -247,6 +249,20 @@ def _check_ota(ota, problems):
     tb = ota.get("trial_boots")
     if tb is not None and tb not in _TRIAL_BOOTS or isinstance(tb, bool):
         problems.append("ota.trial_boots: must be 1 or 2 (below safe mode's 3 crashed boots)")
+
+
+def _check_ota_ca(ota, root, problems):
+    ca = ota.get("ca_file") if isinstance(ota, dict) else None
+    if ca is None:
+        return
+    if not isinstance(ca, str) or not ca:
+        problems.append("ota.ca_file: must be a path string relative to the data root")
+        return
+    try:
+        os.stat(join(root, ca))
+    except OSError:
+        problems.append("ota.ca_file: %r not found in the data root; copy the update "
+                        "server's CA there (make ota-serve prints it)" % ca)
 
 
 def _is_num(v):

@@ -10,13 +10,27 @@ non-ASCII differently. Where registered secrets overlap in a line, the whole uni
 replaced, so no tail of a longer secret survives a shorter one. A secret shorter than 4
 characters is still redacted (mangling ordinary words is better than a leak) and a warning
 says it is too short.
+
+Lines a user has to act on say what to do: a warning or error whose text shows a known cause
+(credentials refused, unknown host, unknown device, certificate, clock not set, connection
+refused or timed out) ends with `; fix: ...` naming the config key or the action
+(`hint()`; the credential keys follow the platform config.load registered). Lines carry the
+wall-clock time (`2026-12-06T04:05:12Z`) once the clock is set, seconds since boot before.
+
+A failure that repeats (the cloud unreachable: auth, catalog and uplink all fail the same
+way, at every retry) goes through `failing()`: the first occurrence is logged, the same
+cause again is only counted (a reminder every 10 min), and `recovered()` logs once how many
+failures over how long ended. `link()` gives the status line's online/offline and the last
+error. `duration(ms)` writes times the way people read them.
 """
 import io
 import json
 import sys
-from time import ticks_ms
+from time import ticks_diff, ticks_ms
 
 from micropython import const
+
+from firmware import clock
 
 DEBUG = const(10)
 INFO = const(20)
@@ -25,6 +39,7 @@ ERROR = const(40)
 _NAMES = {DEBUG: "D", INFO: "I", WARN: "W", ERROR: "E"}
 _MIN_SECRET_LEN = const(4)  # shorter secrets also blank out ordinary words: warned
 
+_REMIND_MS = const(600000)  # a failure that goes on is mentioned again every 10 min
 _level = [INFO]
 _secrets: list = []
 _sink: list = [None]  # callable(line) or None for print
@@ -114,13 +129,162 @@ def emit(level, tag, msg, args=()):
             msg = msg % args
         except (TypeError, ValueError):
             msg = "%s %r" % (msg, args)
-    t: int = ticks_ms()  # type: ignore[assignment]  # a plain int on every port
-    line = redact("%d.%03d %s %s: %s" % (t // 1000, t % 1000, _NAMES.get(level, "?"), tag, msg))
+    if level >= WARN:
+        fix = hint(msg)
+        if fix:
+            msg = "%s; fix: %s" % (msg, fix)
+    line = redact("%s %s %s: %s" % (_stamp(), _NAMES.get(level, "?"), tag, msg))
     sink = _sink[0]
     if sink is None:
         print(line)
     else:
         sink(line)
+
+
+def _stamp():
+    if clock.is_set():
+        return clock.iso8601()
+    t: int = ticks_ms()  # type: ignore[assignment]  # a plain int on every port
+    return "%d.%03d" % (t // 1000, t % 1000)
+
+
+def duration(ms):
+    """`850 ms`, `12 s`, `5 min`, `5 min 30 s`, `2 h 5 min`."""
+    ms = int(ms)
+    if ms < 1000:
+        return "%d ms" % ms
+    s = (ms + 500) // 1000
+    if s < 60:
+        return "%d s" % s
+    if s < 3600:
+        return "%d min" % (s // 60) if s % 60 == 0 else "%d min %d s" % (s // 60, s % 60)
+    return "%d h %d min" % (s // 3600, s % 3600 // 60)
+
+
+# -- what to do about it -------------------------------------------------------------------
+
+_CREDENTIALS = {
+    "realer": "cloud.client_id and cloud.client_secret",
+    "nubison": "cloud.client_id and cloud.client_secret",
+    "devicehive": "cloud.access_token and cloud.refresh_token (provision new ones)",
+    "xyte": "cloud.hardware_key",
+}
+_cloud: list = [None]  # the platform, for the credential keys
+# (needles, fix) in order: the first needle found in a warning or error line names the fix
+_FIXES = (
+    (("401", "403", "nauthorized", "orbidden", "refused the tokens", "tokens are refused"),
+     "the cloud refused the device's credentials: check %s in secrets.json"),
+    (("addrinfo", "EAI_", "gaierror", "-202", "Name or service"),
+     "the host name does not resolve: check cloud.api_url and the network's DNS"),
+    (("404", "not_found", "not found"),
+     "the cloud does not know this device: check cloud.device_id (and the sensor and "
+     "command ids)"),
+    (("CERT", "ertificate", "X509", "x509", "verify failed"),
+     "the server's certificate does not check against cloud.ca_file: get the CA the "
+     "service uses (docs/ on your platform) and provision it"),
+    (("ClockUnset", "not set (NTP"),
+     "the clock is not set: it comes from NTP once Wi-Fi is up; check the network"),
+    (("ECONNREFUSED", "Errno 111", "(111)", "onnection refused"),
+     "nothing listens there: check cloud.api_url's host and port"),
+    (("ETIMEDOUT", "Errno 110", "Errno 116", "(110)", "(116)", "timed out"),
+     "no answer: check the network and cloud.api_url"),
+)
+
+
+def set_cloud(platform):
+    _cloud[0] = platform
+
+
+def hint(text):
+    """What a user can do about the cause `text` shows, or None when it shows none known.
+    Only the text before the first `; ` counts (after it come counts like `; 404 pending`)."""
+    if "fix:" in text:
+        return None
+    cut = text.find("; ")
+    if cut >= 0:
+        text = text[:cut]
+    for needles, fix in _FIXES:
+        for n in needles:
+            if n in text:
+                if "%s" in fix:
+                    return fix % _CREDENTIALS.get(_cloud[0],
+                                                  "the cloud credentials in config.json")
+                return fix
+    return None
+
+
+# -- failures that repeat ------------------------------------------------------------------
+
+# key -> [cause text, count, first ms, last logged ms]
+_failing: dict = {}
+_online = [False]  # something worked since boot
+
+
+def failing(key, tag, what, cause, detail=""):
+    """A failure of `key` (e.g. "cloud") with `cause` (log.describe(e)): logged the first
+    time (`what: cause detail`), then counted while the cause stays the same, with a reminder
+    every 10 min; a new cause is logged at once."""
+    now = ticks_ms()
+    st = _failing.get(key)
+    if st is None or st[0] != cause:
+        _failing[key] = [cause, 1, now, now]
+        emit(WARN, tag, "%s: %s%s" % (what, cause, detail))
+        return True
+    st[1] += 1
+    if ticks_diff(now, st[3]) >= _REMIND_MS:
+        st[3] = now
+        emit(WARN, tag, "%s: still %s (%d times in %s)%s" % (
+            what, cause, st[1], duration(ticks_diff(now, st[2])), detail))
+        return True
+    return False
+
+
+def recovered(key, tag, what="ok again"):
+    """`key` works again: say so once if it was failing, with how often and for how long."""
+    st = _failing.pop(key, None)
+    _online[0] = True
+    if st is not None:
+        emit(INFO, tag, "%s after %d failure%s over %s (%s)" % (
+            what, st[1], "" if st[1] == 1 else "s", duration(ticks_diff(ticks_ms(), st[2])),
+            st[0]))
+
+
+def link():
+    """The status line's words: `link=online`, `link=connecting`, or `link=offline(3min)
+    error=<the cause>`, each a key=value word (spaces in the cause become `_`)."""
+    if _failing:
+        first, cause = None, ""
+        for st in _failing.values():  # the oldest failure is the cause to name
+            if first is None or ticks_diff(st[2], first) < 0:
+                first, cause = st[2], st[0]
+        return "link=offline(%s) error=%s" % (
+            duration(ticks_diff(ticks_ms(), first)).replace(" ", ""),
+            cause.replace(" ", "_").replace("=", ":"))
+    return "link=online" if _online[0] else "link=connecting"
+
+
+_progress = [0, 0]  # KB logged of the download, files unpacked
+
+
+def progress(tag, stage, detail=None):
+    """OTA progress a person can follow: every 32 KB downloaded, every 10 files unpacked,
+    and the signature check (the updater's step hook; other stages log themselves)."""
+    if stage == "download":
+        kb = (detail or 0) // 1024
+        if kb < _progress[0]:  # a new download
+            _progress[0] = 0
+        if kb >= _progress[0] + 32:
+            _progress[0] = kb
+            emit(INFO, tag, "download: %d KB so far" % kb)
+    elif stage == "verified":
+        _progress[1] = 0
+        emit(INFO, tag, "bundle %s: signature and hashes check out; unpacking" % detail)
+    elif stage == "unpack":
+        _progress[1] += 1
+        if _progress[1] % 10 == 0:
+            emit(INFO, tag, "unpack: %d files (%s)" % (_progress[1], detail))
+    elif stage == "unpacked":
+        emit(INFO, tag, "unpack: done, %d files" % _progress[1])
 
 
 def debug(tag, msg, *args):

@@ -2,13 +2,14 @@
 run directory, each reaching its live status line, Ctrl-C printing a summary; `--fresh`
 (`make run FRESH=1`) starts over only the platform it names."""
 import os
+import re
 import select
 import signal
 import subprocess
 import sys
 import time
 
-from tools import run_local
+from tools import realer_cloud, run_local
 
 ROOT = run_local.ROOT
 
@@ -18,8 +19,9 @@ def _make_env():
                                                              "MAKELEVEL")}
 
 
-def run_until_status(run_dir, *args, timeout=90):
-    """Start run_local, wait for a live status line, Ctrl-C it; returns all it printed."""
+def run_until_status(run_dir, *args, timeout=90, then=None):
+    """Start run_local, wait for a live status line (then for `then`: (action, bytes to
+    wait for)), Ctrl-C it; returns all it printed."""
     if not os.access(run_local.MICROPYTHON, os.X_OK):
         raise AssertionError("MicroPython unix port missing at %s: run `make deps`"
                              % run_local.MICROPYTHON)
@@ -36,6 +38,16 @@ def run_until_status(run_dir, *args, timeout=90):
             ready, _, _ = select.select([proc.stdout], [], [], 0.5)
             if ready:
                 seen += os.read(proc.stdout.fileno(), 4096)
+            if then and b"\rreadings=" in seen:
+                then[0]()
+                seen, then = seen + b"\n", (None, then[1])
+                while then[1] not in seen:
+                    if time.monotonic() > end or proc.poll() is not None:
+                        raise AssertionError("never showed %r:\n%s" % (
+                            then[1], seen.decode(errors="replace")[-3000:]))
+                    if select.select([proc.stdout], [], [], 0.5)[0]:
+                        seen += os.read(proc.stdout.fileno(), 4096)
+                then = None
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
         return (seen + rest).decode(errors="replace")
@@ -47,9 +59,14 @@ def run_until_status(run_dir, *args, timeout=90):
 
 def test_platforms_switch_in_one_run_dir_and_fresh_is_per_platform(tmp_path):
     run_dir = str(tmp_path)
-    out = run_until_status(run_dir, "--platform", "realer")
-    assert "summary: readings " in out and ", uptime " in out, out
     realer = os.path.join(run_dir, "realer-https")
+    desired = (lambda: realer_cloud.set_desired(os.path.join(realer, "cloud"), 4, 42),
+               b"I app: command 4 desired des_")
+    out = run_until_status(run_dir, "--platform", "realer", then=desired)
+    assert "summary: readings " in out and ", uptime " in out, out
+    # the applied desired value shows above the status line, which says online
+    assert re.search(r"\n\S+ I app: command 4 desired des_\w+: applied\n", out), out
+    assert re.search(r"\rreadings=\d+ .* link=online ", out), out
     assert os.path.isfile(os.path.join(realer, "device", "config.json"))
     assert "--data %s" % os.path.relpath(os.path.join(realer, "cloud"), ROOT) in out, out
     # before: both platforms shared run/cloud/cloud.db and this died with
