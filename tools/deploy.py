@@ -8,8 +8,8 @@ safe-mode boot count (firmware.safemode.healthy): the new code gets a fresh star
 
 provision: validates the config on the host with `firmware.config.validate` first; a bad
 config prints one line per problem, exits 1 and copies nothing. A good one goes to the board
-as `config.json`, with the CA file its `cloud.ca_file` names (relative to the config's
-directory on the host, to the data root `/` on the board), the secrets file its
+as `config.json`, with the CA files its `cloud.ca_file` and `ota.ca_file` name (relative to
+the config's directory on the host, to the data root `/` on the board), the secrets file its
 `secrets_file` names (`--secrets` on the host, default: that name next to the config; never
 printed) and `ota_public_key.bin` when one lies next to the config (or `--ota-key`), then the
 board resets.
@@ -257,11 +257,12 @@ def provision(port, path, reset=True, say=print, secrets=None, ota_key=None):
         return False
     with open(path) as f:
         raw = json.load(f)
-    ca = raw.get("cloud", {}).get("ca_file")
     here = os.path.dirname(os.path.abspath(path))
     files = {"config.json": path}
-    if ca:
-        files[ca.lstrip("/")] = os.path.join(here, ca)
+    ota = raw.get("ota") if isinstance(raw.get("ota"), dict) else {}
+    for ca in (raw.get("cloud", {}).get("ca_file"), ota.get("ca_file")):
+        if ca:  # the cloud's CA and the OTA server's (make ota-serve), when it has its own
+            files[ca.lstrip("/")] = os.path.join(here, ca)
     name = raw.get("secrets_file")
     if name:
         files[name.lstrip("/")] = secrets or os.path.join(here, name)
