@@ -68,8 +68,16 @@ class App:
         self.wake.set()
 
     async def _clock_ready(self):
+        waited = 0
         while not clock.is_set():  # readings need a true timestamp; NTP comes with Wi-Fi
+            waited += 1
+            if waited == 10:  # say why nothing happens (each waiting task: logged once)
+                log.failing("clock", _TAG, "clock", "not set after 10 s; nothing is sampled "
+                            "or sent until it is", "; fix: it comes from NTP once Wi-Fi is "
+                            "up: check wifi.ssid, wifi.password and that the network reaches "
+                            "an NTP server")
             await asyncio.sleep_ms(1000)
+        log.recovered("clock", _TAG, "clock: set")
 
     # A failing sensor (error, driver bug or timeout) is logged once, then retried on its own
     # backoff, capped at twice its interval so the watchdog still sees the sampler progress;

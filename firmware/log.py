@@ -181,7 +181,7 @@ _FIXES = (
      "command ids)"),
     (("CERT", "ertificate", "X509", "x509", "verify failed"),
      "the server's certificate does not check against cloud.ca_file: get the CA the "
-     "service uses (docs/ on your platform) and provision it"),
+     "service uses (docs/ca.md, make check-ca) and provision it"),
     (("ClockUnset", "not set (NTP"),
      "the clock is not set: it comes from NTP once Wi-Fi is up; check the network"),
     (("ECONNREFUSED", "Errno 111", "(111)", "onnection refused"),

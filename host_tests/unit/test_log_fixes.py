@@ -92,3 +92,32 @@ def test_lines_carry_wall_clock_time_once_the_clock_is_set():
         cap.close()
     # the host's clock is set (test_clock_log: is_set on host)
     assert re.match(r"^\d\d\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ I t: hello$", cap.lines[0]), cap.lines
+
+
+def test_an_unset_clock_is_named_once_with_the_fix():
+    import support
+    from firmware import app, clock
+
+    state = {"set": False, "sleeps": 0}
+
+    def is_set():
+        return state["set"]
+
+    async def sleep_ms(ms):
+        state["sleeps"] += 1
+        if state["sleeps"] >= 15:  # NTP answers after 15 s
+            state["set"] = True
+
+    real = clock.is_set, app.asyncio.sleep_ms
+    clock.is_set, app.asyncio.sleep_ms = is_set, sleep_ms
+    cap = Capture()
+    try:
+        support.run(app.App._clock_ready(None))  # the sampler waiting
+        support.run(app.App._clock_ready(None))  # the uplink, once the clock is set
+    finally:
+        cap.close()
+        clock.is_set, app.asyncio.sleep_ms = real
+    assert len(cap.lines) == 2, cap.lines
+    assert " W app: clock: not set after 10 s; nothing is sampled or sent until it is; fix: " \
+        "it comes from NTP once Wi-Fi is up: check wifi.ssid, wifi.password" in cap.lines[0]
+    assert " I app: clock: set after 1 failure" in cap.lines[1], cap.lines
