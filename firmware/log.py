@@ -259,7 +259,7 @@ def link():
                 first, cause = st[2], st[0]
         return "link=offline(%s) error=%s" % (
             duration(ticks_diff(ticks_ms(), first)).replace(" ", ""),
-            cause.replace(" ", "_").replace("=", ":"))
+            "_".join(cause.split()).replace("=", ":"))
     return "link=online" if _online[0] else "link=connecting"
 
 
