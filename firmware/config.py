@@ -83,49 +83,13 @@ def load(root=None):
 def merge_secrets(raw, root, path=None):
     """Merge the file config.json's `secrets_file` names over raw (in place), registering its
     values as secrets first; ConfigError when it is named but missing or not a JSON object.
-    `path` reads the file from elsewhere (the host copy `make provision` sends)."""
-    name = raw.get(SECRETS_KEY) if isinstance(raw, dict) else None
-    if name is None:
-        return
-    if not isinstance(name, str) or not name:
-        raise ConfigError(["%s: must be a file name in the data root, e.g. \"%s\"" %
-                           (SECRETS_KEY, SECRETS_FILE)])
+    `path` reads the file from elsewhere (the host copy `make provision` sends). The code is
+    firmware/config_check.py's, loaded for this and forgotten after (start-up only)."""
+    from firmware import config_check
     try:
-        with open(path or join(root, name)) as f:
-            text = f.read()
-    except OSError:
-        raise ConfigError(["%s: %r not found in the data root; copy it with `make provision "
-                           "SECRETS=...` (Wi-Fi alone: `make wifi`)" % (SECRETS_KEY, name)])
-    try:
-        secrets = json.loads(text)
-    except ValueError:  # the parser's message could quote a secret: say where only
-        secrets = None
-    if not isinstance(secrets, dict):
-        raise ConfigError(["%s: %r is not a JSON object {...}; check quotes, commas and "
-                           "braces" % (SECRETS_KEY, name)])
-    _register(secrets)
-    _merge(raw, secrets)
-
-
-def _register(node, key=None):
-    if isinstance(node, dict):
-        for k, v in node.items():
-            _register(v, k)
-    elif isinstance(node, list):
-        for v in node:
-            _register(v, key)
-    elif isinstance(node, str) and key != "ssid":  # a network name is broadcast anyway
-        from firmware import log
-
-        log.secret(node)
-
-
-def _merge(into, extra):
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict):
-            _merge(into[k], v)
-        else:
-            into[k] = v
+        config_check.merge_secrets(raw, root, path)
+    finally:
+        unload("firmware.config_check")
 
 
 def validate(raw, root="."):

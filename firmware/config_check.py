@@ -4,12 +4,13 @@ Only `config.load()` / `config.validate()` use it, at start-up; they drop this m
 `sys.modules` afterwards so its code and tables do not stay in RAM for the device's life (on
 the unix port, and on a board running `.mpy` from the filesystem, bytecode lives in the heap).
 """
+import json
 import os
 
 from micropython import const
 
 from firmware import log
-from firmware.config import FILE, PLATFORMS, Config, ConfigError, join
+from firmware.config import FILE, PLATFORMS, SECRETS_FILE, SECRETS_KEY, Config, ConfigError, join
 
 _TAG = "config"
 _TLS_SCHEMES = ("https", "mqtts", "wss")
@@ -65,6 +66,53 @@ _DEFAULTS: dict = {
     "log": {"level": "info"},
 }
 _LEVELS = ("debug", "info", "warn", "error")
+
+
+def merge_secrets(raw, root, path=None):
+    """Merge the file config.json's `secrets_file` names over raw (in place), registering its
+    values as secrets first; ConfigError when it is named but missing or not a JSON object.
+    `path` reads the file from elsewhere (the host copy `make provision` sends)."""
+
+    name = raw.get(SECRETS_KEY) if isinstance(raw, dict) else None
+    if name is None:
+        return
+    if not isinstance(name, str) or not name:
+        raise ConfigError(["%s: must be a file name in the data root, e.g. \"%s\"" %
+                           (SECRETS_KEY, SECRETS_FILE)])
+    try:
+        with open(path or join(root, name)) as f:
+            text = f.read()
+    except OSError:
+        raise ConfigError(["%s: %r not found in the data root; copy it with `make provision "
+                           "SECRETS=...` (Wi-Fi alone: `make wifi`)" % (SECRETS_KEY, name)])
+    try:
+        secrets = json.loads(text)
+    except ValueError:  # the parser's message could quote a secret: say where only
+        secrets = None
+    if not isinstance(secrets, dict):
+        raise ConfigError(["%s: %r is not a JSON object {...}; check quotes, commas and "
+                           "braces" % (SECRETS_KEY, name)])
+    _register(secrets)
+    _merge(raw, secrets)
+
+
+def _register(node, key=None):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _register(v, k)
+    elif isinstance(node, list):
+        for v in node:
+            _register(v, key)
+    elif isinstance(node, str) and key != "ssid":  # a network name is broadcast anyway
+        log.secret(node)
+
+
+def _merge(into, extra):
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
 
 
 def validate(raw, root="."):

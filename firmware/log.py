@@ -14,7 +14,8 @@ says it is too short.
 Lines a user has to act on say what to do: a warning or error whose text shows a known cause
 (credentials refused, unknown host, unknown device, certificate, clock not set, connection
 refused or timed out) ends with `; fix: ...` naming the config key or the action
-(`hint()`; the credential keys follow the platform config.load registered). Lines carry the
+(`hint()`; the table is firmware/logfix.py, loaded at the first warning; the credential
+keys follow the platform config.load registered). Lines carry the
 wall-clock time (`2026-12-06T04:05:12Z`) once the clock is set, seconds since boot before.
 
 A failure that repeats (the cloud unreachable: auth, catalog and uplink all fail the same
@@ -130,7 +131,10 @@ def emit(level, tag, msg, args=()):
         except (TypeError, ValueError):
             msg = "%s %r" % (msg, args)
     if level >= WARN:
-        fix = hint(msg)
+        try:
+            fix = hint(msg)
+        except Exception:  # no RAM for the table: the line goes out without its fix
+            fix = None
         if fix:
             msg = "%s; fix: %s" % (msg, fix)
     line = redact("%s %s %s: %s" % (_stamp(), _NAMES.get(level, "?"), tag, msg))
@@ -161,34 +165,9 @@ def duration(ms):
     return "%d h %d min" % (s // 3600, s % 3600 // 60)
 
 
-# -- what to do about it -------------------------------------------------------------------
+# -- what to do about it (the table lives in firmware/logfix.py, loaded at the first warning)
 
-_CREDENTIALS = {
-    "realer": "cloud.client_id and cloud.client_secret",
-    "nubison": "cloud.client_id and cloud.client_secret",
-    "devicehive": "cloud.access_token and cloud.refresh_token (provision new ones)",
-    "xyte": "cloud.hardware_key",
-}
 _cloud: list = [None]  # the platform, for the credential keys
-# (needles, fix) in order: the first needle found in a warning or error line names the fix
-_FIXES = (
-    (("401", "403", "nauthorized", "orbidden", "refused the tokens", "tokens are refused"),
-     "the cloud refused the device's credentials: check %s in secrets.json"),
-    (("addrinfo", "EAI_", "gaierror", "-202", "Name or service"),
-     "the host name does not resolve: check cloud.api_url and the network's DNS"),
-    (("404", "not_found", "not found"),
-     "the cloud does not know this device: check cloud.device_id (and the sensor and "
-     "command ids)"),
-    (("CERT", "ertificate", "X509", "x509", "verify failed"),
-     "the server's certificate does not check against cloud.ca_file: get the CA the "
-     "service uses (docs/ca.md, make check-ca) and provision it"),
-    (("ClockUnset", "not set (NTP"),
-     "the clock is not set: it comes from NTP once Wi-Fi is up; check the network"),
-    (("ECONNREFUSED", "Errno 111", "(111)", "onnection refused"),
-     "nothing listens there: check cloud.api_url's host and port"),
-    (("ETIMEDOUT", "Errno 110", "Errno 116", "(110)", "(116)", "timed out"),
-     "no answer: check the network and cloud.api_url"),
-)
 
 
 def set_cloud(platform):
@@ -196,21 +175,10 @@ def set_cloud(platform):
 
 
 def hint(text):
-    """What a user can do about the cause `text` shows, or None when it shows none known.
-    Only the text before the first `; ` counts (after it come counts like `; 404 pending`)."""
-    if "fix:" in text:
-        return None
-    cut = text.find("; ")
-    if cut >= 0:
-        text = text[:cut]
-    for needles, fix in _FIXES:
-        for n in needles:
-            if n in text:
-                if "%s" in fix:
-                    return fix % _CREDENTIALS.get(_cloud[0],
-                                                  "the cloud credentials in config.json")
-                return fix
-    return None
+    """What a user can do about the cause `text` shows, or None (firmware/logfix.py)."""
+    from firmware import logfix
+
+    return logfix.hint(text, _cloud[0])
 
 
 # -- failures that repeat ------------------------------------------------------------------
@@ -263,28 +231,11 @@ def link():
     return "link=online" if _online[0] else "link=connecting"
 
 
-_progress = [0, 0]  # KB logged of the download, files unpacked
-
-
 def progress(tag, stage, detail=None):
-    """OTA progress a person can follow: every 32 KB downloaded, every 10 files unpacked,
-    and the signature check (the updater's step hook; other stages log themselves)."""
-    if stage == "download":
-        kb = (detail or 0) // 1024
-        if kb < _progress[0]:  # a new download
-            _progress[0] = 0
-        if kb >= _progress[0] + 32:
-            _progress[0] = kb
-            emit(INFO, tag, "download: %d KB so far" % kb)
-    elif stage == "verified":
-        _progress[1] = 0
-        emit(INFO, tag, "bundle %s: signature and hashes check out; unpacking" % detail)
-    elif stage == "unpack":
-        _progress[1] += 1
-        if _progress[1] % 10 == 0:
-            emit(INFO, tag, "unpack: %d files (%s)" % (_progress[1], detail))
-    elif stage == "unpacked":
-        emit(INFO, tag, "unpack: done, %d files" % _progress[1])
+    """OTA progress a person can follow (firmware/logfix.py; loaded while an update runs)."""
+    from firmware import logfix
+
+    logfix.progress(tag, stage, detail)
 
 
 def debug(tag, msg, *args):
