@@ -16,9 +16,10 @@ PLATFORM ?= realer
 	build deploy provision console
 
 # The firmware (sim board) against a local cloud, live status until Ctrl-C.
-# PLATFORM=realer|nubison|devicehive|xyte; TRANSPORT=https|mqtt picks Realer's transport.
+# PLATFORM=realer|nubison|devicehive|xyte; TRANSPORT=https|mqtt picks Realer's transport;
+# each keeps its own run/<name>/ (cloud, device, log); FRESH=1 starts that one over.
 run: deps
-	$(PY) -m tools.run_local --platform $(PLATFORM) --transport $(TRANSPORT)
+	$(PY) -m tools.run_local --platform $(PLATFORM) --transport $(TRANSPORT) $(if $(FRESH),--fresh)
 
 deps: $(DEPS_STAMP) $(MOSQUITTO)
 
@@ -81,7 +82,9 @@ deploy: build
 provision: $(DEPS_STAMP)
 	$(need-port)
 	@test -n "$(CONFIG)" || { echo "set CONFIG=path/config.json (see examples/)"; exit 2; }
-	$(PY) -m tools.deploy provision --port $(PORT) --config $(CONFIG)
+	$(PY) -m tools.deploy provision --port $(PORT) --config $(CONFIG) \
+		$(if $(SECRETS),--secrets $(SECRETS)) \
+		--ota-key $(or $(OTA_KEY),$(wildcard $(OTA_KEYS)/ota_public_key.bin),none)
 
 console: $(DEPS_STAMP)
 	$(need-port)
@@ -89,3 +92,43 @@ console: $(DEPS_STAMP)
 
 clean:
 	rm -rf build .pytest_cache
+
+# --- setup and visibility (issue 16): help, config schema, Wi-Fi over serial, logs, status ---
+.PHONY: help schema wifi logs status ota-serve check-ca
+
+# This list: every target with the comment above it.
+help:
+	@python3 -m tools.make_help Makefile
+
+# Regenerate examples/config.schema.json (the JSON Schema for config.json) from the validator.
+schema: $(DEPS_STAMP)
+	$(PY) -m tools.config_schema
+
+# Hand a board waiting for setup its Wi-Fi over the serial port (Improv Wi-Fi, as ESPHome
+# boards take it); PORT= SSID= [PASSWORD=, else a prompt]. Never echoed.
+wifi: $(DEPS_STAMP)
+	$(need-port)
+	@test -n "$(SSID)" || { echo "set SSID=network-name (and PASSWORD=, or get a prompt)"; exit 2; }
+	@$(if $(PASSWORD),WIFI_PASSWORD='$(PASSWORD)') $(PY) -m tools.improv --port $(PORT) --ssid '$(SSID)'
+
+# The board's log lines as they come, without stopping it; PORT= [SECONDS=].
+logs: $(DEPS_STAMP)
+	$(need-port)
+	@$(PY) -m tools.board_log logs --port $(PORT) $(if $(SECONDS),--seconds $(SECONDS))
+
+# The board's next status line, readably (online/offline, last error, counts); PORT=.
+status: $(DEPS_STAMP)
+	$(need-port)
+	@$(PY) -m tools.board_log status --port $(PORT)
+
+# Serve build/'s OTA bundle and manifest over HTTPS with a local CA (docs/ota.md), so a board
+# on the desk or the virtual board can update; OTA_HOST= the address the board reaches.
+OTA_HOST ?= 127.0.0.1
+OTA_PORT ?= 8443
+ota-serve: $(DEPS_STAMP)
+	$(PY) -m tools.ota_serve --dir build --host $(OTA_HOST) --port $(OTA_PORT)
+
+# Does a CA file verify a cloud's server as the firmware will? URL=https://host CA=ca.pem.
+check-ca: $(DEPS_STAMP)
+	@test -n "$(URL)" -a -n "$(CA)" || { echo "set URL=https://host[:port] and CA=path/ca.pem"; exit 2; }
+	@$(PY) -m tools.ca_check $(URL) $(CA)

@@ -62,7 +62,10 @@ def _run():
             return
         import firmware.app
 
-        firmware.app.main()
+        if firmware.app.main() == 1:  # not configured: take Wi-Fi over the serial port
+            from firmware import improv
+
+            improv.serve()
     except Exception as e:  # only a bug outside the supervised tasks gets here
         _crashed(e)
         raise SystemExit(1)

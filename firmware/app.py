@@ -83,8 +83,16 @@ class App:
         self.wake.set()
 
     async def _clock_ready(self):
+        waited = 0
         while not clock.is_set():  # readings need a true timestamp; NTP comes with Wi-Fi
+            waited += 1
+            if waited == 10:  # say why nothing happens (each waiting task: logged once)
+                log.failing("clock", _TAG, "clock", "not set after 10 s; nothing is sampled "
+                            "or sent until it is", "; fix: it comes from NTP once Wi-Fi is "
+                            "up: check wifi.ssid, wifi.password and that the network reaches "
+                            "an NTP server")
             await asyncio.sleep_ms(1000)
+        log.recovered("clock", _TAG, "clock: set")
 
     # A failing sensor (error, driver bug or timeout) is logged once, then retried on its own
     # backoff, capped at twice its interval so the watchdog still sees the sampler progress;
@@ -135,8 +143,8 @@ class App:
             try:
                 result = await self._send(records)
             except Exception as e:  # network faults: keep everything, back off
-                log.warn(_TAG, "uplink: %s; %d pending", log.describe(e),
-                         self.outbox.pending_count())
+                log.failing("uplink", _TAG, "uplink", log.describe(e),  # once, then counted
+                            "; %d pending" % self.outbox.pending_count())
                 self.board.link_failed(log.describe(e))  # actuators with a limit go safe
                 # what a server asked for (a host closed by a 429: http.RateLimited's wait_ms)
                 # is slept in full, the rest of the backoff ends with any success
@@ -144,6 +152,7 @@ class App:
                 await self._pause(backoff, backoff.next_ms(wait_ms), wait_ms)
                 continue
             self.board.link_ok()
+            log.recovered("uplink", _TAG, "uplink: delivering again")
             for mid in result.ok:
                 self.outbox.delivered(mid)
             for mid, reason in result.dead:
@@ -151,9 +160,11 @@ class App:
             self.delivered += len(result.ok)
             if result.failed:
                 delay = backoff.next_ms(result.wait_ms)
-                log.info(_TAG, "uplink: kept %d records, retry in %d ms (server asked %d)",
-                         len(records) - len(result.ok) - len(result.dead), delay,
-                         result.wait_ms)
+                log.info(_TAG, "uplink: the cloud kept %d of %d records sent (%d pending); "
+                         "retry in %s (server asked %s)",
+                         len(records) - len(result.ok) - len(result.dead), len(records),
+                         self.outbox.pending_count(), log.duration(delay),
+                         log.duration(result.wait_ms))
                 await self._pause(backoff, delay, result.wait_ms)
             else:
                 backoff.reset()
@@ -242,8 +253,9 @@ class App:
             try:
                 wait = await self.cloud.poll_catalog(self.on_desired)
                 backoff.reset()
+                log.recovered("catalog", _TAG, "catalog poll: working again")
             except Exception as e:  # a poll that failed is simply tried again later
-                log.warn(_TAG, "catalog poll: %s", log.describe(e))
+                log.failing("catalog", _TAG, "catalog poll", log.describe(e))
                 wait = backoff.next_ms()
             await asyncio.sleep_ms(max(poll_ms, wait))
 
@@ -256,12 +268,13 @@ class App:
                 try:
                     wait = await self.cloud.authenticate()
                 except Exception as e:
-                    log.warn(_TAG, "auth: %s", log.describe(e))
+                    log.failing("auth", _TAG, "auth", log.describe(e))
                     wait = backoff.next_ms()
                 if self.cloud.token_due():
                     await asyncio.sleep_ms(max(wait, backoff.next_ms()))
                     continue
                 backoff.reset()
+                log.recovered("auth", _TAG, "auth: token issued again")
                 if first:  # (re)connected: let the cloud reconcile the physical state
                     first = False
                     self.report_command_states()
@@ -323,11 +336,11 @@ class App:
             st = self.outbox.stats()
             wifi = self.wifi
             log.info("status", "readings=%d delivered=%d pending=%d dead=%d applied=%d "
-                     "renewals=%d%s%s free=%d", self.readings, self.delivered,
+                     "renewals=%d%s%s free=%d %s", self.readings, self.delivered,
                      self.outbox.pending_count(), st.get("dead", 0), self.applied,
                      self.cloud.renewals, self._transport_status(),
                      " wifi=" + wifi.status() if wifi is not None and wifi.station else "",
-                     gc.mem_free())
+                     gc.mem_free(), log.link())
 
     def confirm_update(self):
         """The cloud accepted data on this boot: keep the app (or image) on OTA trial."""

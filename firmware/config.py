@@ -5,6 +5,11 @@ the key and the fix; a bad config never half-starts the firmware. Unknown keys a
 Every secret in the file is registered with log.secret() before anything can log it.
 The checks live in firmware/config_check.py, loaded for the check and dropped after it.
 
+Secrets can live in their own file: `"secrets_file": "secrets.json"` in config.json names a
+JSON object of the same shape (e.g. `{"cloud": {"client_secret": ...}, "wifi": {...}}`) that
+is merged over config.json before the checks. Every string in it except a Wi-Fi network name
+is registered with log.secret(), so none reaches a log line; config.json can then be shared.
+
 `Config` is the parsed dict with defaults filled in: `cfg.get("cloud.platform")` reads a dotted
 path, `cfg.raw` is the dict, `cfg.root` the data root and `cfg.ca_path` the CA file's full path.
 """
@@ -13,6 +18,8 @@ import os
 import sys
 
 FILE = "config.json"
+SECRETS_KEY = "secrets_file"
+SECRETS_FILE = "secrets.json"  # the name `make provision` and Improv Wi-Fi use by default
 PLATFORMS = ("realer", "nubison", "devicehive", "xyte")
 
 
@@ -69,7 +76,20 @@ def load(root=None):
     except ValueError as e:
         raise ConfigError(["%s: not valid JSON (%s); check quotes, commas and braces" %
                            (FILE, e)])
+    merge_secrets(raw, root)
     return validate(raw, root)
+
+
+def merge_secrets(raw, root, path=None):
+    """Merge the file config.json's `secrets_file` names over raw (in place), registering its
+    values as secrets first; ConfigError when it is named but missing or not a JSON object.
+    `path` reads the file from elsewhere (the host copy `make provision` sends). The code is
+    firmware/config_check.py's, loaded for this and forgotten after (start-up only)."""
+    from firmware import config_check
+    try:
+        config_check.merge_secrets(raw, root, path)
+    finally:
+        unload("firmware.config_check")
 
 
 def validate(raw, root="."):

@@ -4,15 +4,17 @@ Only `config.load()` / `config.validate()` use it, at start-up; they drop this m
 `sys.modules` afterwards so its code and tables do not stay in RAM for the device's life (on
 the unix port, and on a board running `.mpy` from the filesystem, bytecode lives in the heap).
 """
+import json
 import os
 
 from micropython import const
 
 from firmware import log
-from firmware.config import FILE, PLATFORMS, Config, ConfigError, join
+from firmware.config import FILE, PLATFORMS, SECRETS_FILE, SECRETS_KEY, Config, ConfigError, join
 
 _TAG = "config"
 _TLS_SCHEMES = ("https", "mqtts", "wss")
+_SECURE = {"http": "https", "mqtt": "mqtts", "ws": "wss"}
 _MAX_GPIO = const(39)
 _INPUT_ONLY = (34, 35, 36, 37, 38, 39)
 _FLASH_PINS = (6, 7, 8, 9, 10, 11)
@@ -34,6 +36,11 @@ _FIX = {
     "device_id": "set the device id the cloud assigned",
     "access_token": "set the device's JWT access token",
     "refresh_token": "set the device's JWT refresh token",
+    "hardware_key": "set the model's hardware key from the Xyte console",
+    "serial_number": "set the device's serial number",
+    "name": "set the device's display name",
+    "password": "set the network's password",
+    "ssid": "set the network's name (or run `make wifi`)",
 }
 _CLOUD_KEYS = ("platform", "transport", "api_url", "device_id", "client_id", "client_secret",
                "ca_file", "scope", "batch_max", "product_code", "model_name", "device_name",
@@ -41,7 +48,15 @@ _CLOUD_KEYS = ("platform", "transport", "api_url", "device_id", "client_id", "cl
                "serial_number", "firmware_version", "command_topic", "ws_path", "name", "mac",
                "ack_timeout_s", "register_retry_s", "mqtt_catalog_s")
 _TOP_KEYS = ("cloud", "board", "sensors", "commands", "switches", "intervals", "outbox", "log",
-             "wifi", "ota", "safe_mode_pin", "watchdog_s", "lowpower")
+             "wifi", "ota", "safe_mode_pin", "watchdog_s", "lowpower", "secrets_file", "$schema")
+_BOARDS = ("sim", "esp32")
+# ranges the checks below use, and tools/config_schema.py turns into the JSON Schema
+_MAX_RECORDS = (10, 100000)
+_WATCHDOG_S = (1, 3600)
+_OTA_MIN_INTERVAL_S = 60
+_TRIAL_BOOTS = (1, 2)
+_POSITIVE_CLOUD = ("batch_max", "ack_timeout_s", "mqtt_catalog_s")
+_TRANSPORTS = ("https", "mqtt")
 _SENSOR_DRIVERS = ("sim", "dht22", "dht11", "ds18b20", "adc", "digital", "bme280")
 _COMMAND_DRIVERS = ("sim", "relay", "pwm", "gpio")
 _DEFAULTS: dict = {
@@ -51,6 +66,53 @@ _DEFAULTS: dict = {
     "log": {"level": "info"},
 }
 _LEVELS = ("debug", "info", "warn", "error")
+
+
+def merge_secrets(raw, root, path=None):
+    """Merge the file config.json's `secrets_file` names over raw (in place), registering its
+    values as secrets first; ConfigError when it is named but missing or not a JSON object.
+    `path` reads the file from elsewhere (the host copy `make provision` sends)."""
+
+    name = raw.get(SECRETS_KEY) if isinstance(raw, dict) else None
+    if name is None:
+        return
+    if not isinstance(name, str) or not name:
+        raise ConfigError(["%s: must be a file name in the data root, e.g. \"%s\"" %
+                           (SECRETS_KEY, SECRETS_FILE)])
+    try:
+        with open(path or join(root, name)) as f:
+            text = f.read()
+    except OSError:
+        raise ConfigError(["%s: %r not found in the data root; copy it with `make provision "
+                           "SECRETS=...` (Wi-Fi alone: `make wifi`)" % (SECRETS_KEY, name)])
+    try:
+        secrets = json.loads(text)
+    except ValueError:  # the parser's message could quote a secret: say where only
+        secrets = None
+    if not isinstance(secrets, dict):
+        raise ConfigError(["%s: %r is not a JSON object {...}; check quotes, commas and "
+                           "braces" % (SECRETS_KEY, name)])
+    _register(secrets)
+    _merge(raw, secrets)
+
+
+def _register(node, key=None):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _register(v, k)
+    elif isinstance(node, list):
+        for v in node:
+            _register(v, key)
+    elif isinstance(node, str) and key != "ssid":  # a network name is broadcast anyway
+        log.secret(node)
+
+
+def _merge(into, extra):
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
 
 
 def validate(raw, root="."):
@@ -73,9 +135,11 @@ def validate(raw, root="."):
         problems.append("cloud: missing or not an object; add {\"platform\": ..., ...}")
         cloud = raw["cloud"] = {}
     _check_cloud(cloud, root, problems, warnings)
-    if raw["board"] not in ("sim", "esp32"):
+    _check_placeholders(raw, "", problems)
+    if raw["board"] not in _BOARDS:
         problems.append("board: %r is not a board; use \"sim\" or \"esp32\"" % (raw["board"],))
     _check_sections(raw, problems)
+    _check_ota_ca(raw.get("ota"), root, problems)
     _check_io(raw, problems)
     for w in warnings:
         log.warn(_TAG, w)
@@ -96,21 +160,42 @@ def _register_secrets(node):
             _register_secrets(v)
 
 
+def _is_placeholder(value):
+    low = value.lower()
+    return "change-me" in low or "changeme" in low or (value[:1] == "<" and value[-1:] == ">")
+
+
+def _check_placeholders(node, where, problems):
+    """A CHANGE-ME value left from an example: the cloud would answer 401 forever."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_placeholders(v, where + "." + k if where else k, problems)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_placeholders(v, "%s[%d]" % (where, i), problems)
+    elif isinstance(node, str) and _is_placeholder(node):
+        leaf = where.rsplit(".", 1)[-1]
+        fix = _FIX.get(leaf, "set the real value")
+        problems.append("%s: still the example's placeholder; %s%s" % (
+            where, fix, " (in secrets.json)" if leaf in _SECRETS else ""))
+
+
 def _check_cloud(cloud, root, problems, warnings):
     platform = cloud.get("platform")
     if platform not in PLATFORMS:
         problems.append("cloud.platform: %r is not supported; use one of %s" %
                         (platform, ", ".join(PLATFORMS)))
         return
+    log.set_cloud(platform)  # runtime errors then name this platform's credential keys
     for key in cloud:
         if key not in _CLOUD_KEYS:
             warnings.append("cloud.%s: unknown key, ignored" % key)
     if platform == "realer":
         cloud.setdefault("transport", "https")
-        if cloud["transport"] not in ("https", "mqtt"):
+        if cloud["transport"] not in _TRANSPORTS:
             problems.append("cloud.transport: %r; use \"https\" or \"mqtt\"" %
                             (cloud["transport"],))
-    for key in ("batch_max", "ack_timeout_s", "mqtt_catalog_s"):
+    for key in _POSITIVE_CLOUD:
         value = cloud.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or value <= 0):
@@ -132,8 +217,13 @@ def _check_cloud(cloud, root, problems, warnings):
             problems.append("cloud.%s: must be a string, got %s" % (key, type(value).__name__))
     url = cloud.get("api_url") if platform != "xyte" else cloud.get("registration_url")
     scheme = url.split("://", 1)[0] if isinstance(url, str) and "://" in url else None
+    url_key = "cloud.api_url" if platform != "xyte" else "cloud.registration_url"
     if isinstance(url, str) and url and scheme is None:
-        problems.append("cloud.api_url: %r has no scheme; write https://host/..." % url)
+        problems.append("%s: %r has no scheme; write https://host/..." % (url_key, url))
+    elif scheme is not None and scheme not in _TLS_SCHEMES:
+        problems.append("%s: %s:// is not encrypted and the firmware only speaks TLS; use "
+                        "%s:// with the server's CA in cloud.ca_file" % (
+                            url_key, scheme, _SECURE.get(scheme, "https")))
     ca = cloud.get("ca_file")
     if ca is not None and not isinstance(ca, str):
         problems.append("cloud.ca_file: must be a path string relative to the data root")
@@ -157,8 +247,9 @@ def _check_sections(raw, problems):
         if not _is_num(value) or value <= 0:
             problems.append("intervals.%s: must be a number of seconds > 0" % key)
     mx = raw["outbox"].get("max_records")
-    if not isinstance(mx, int) or isinstance(mx, bool) or not 10 <= mx <= 100000:
-        problems.append("outbox.max_records: must be a whole number from 10 to 100000")
+    lo, hi = _MAX_RECORDS
+    if not isinstance(mx, int) or isinstance(mx, bool) or not lo <= mx <= hi:
+        problems.append("outbox.max_records: must be a whole number from %d to %d" % _MAX_RECORDS)
     ttl = raw["outbox"].get("ttl_s")
     if ttl is not None and (not _is_num(ttl) or ttl <= 0):
         problems.append("outbox.ttl_s: must be seconds > 0, or null for no expiry")
@@ -166,13 +257,15 @@ def _check_sections(raw, problems):
         problems.append("log.level: use one of %s" % ", ".join(_LEVELS))
     wifi = raw.get("wifi")
     if isinstance(wifi, dict) and not isinstance(wifi.get("ssid"), str):
-        problems.append("wifi.ssid: missing; set the network name (and wifi.password)")
+        problems.append("wifi.ssid: missing; set the network name (and wifi.password), or "
+                        "run `make wifi PORT=... SSID=...`")
     elif wifi is None and raw["board"] == "esp32":
-        problems.append("wifi: missing; the esp32 board needs {\"ssid\": ..., \"password\": ...}")
+        problems.append("wifi: missing; the esp32 board needs {\"ssid\": ..., \"password\": ...} "
+                        "(in secrets.json), or run `make wifi PORT=... SSID=...`")
     dog = raw.get("watchdog_s")
-    if dog is not None and (not _is_num(dog) or not 1 <= dog <= 3600):
-        problems.append("watchdog_s: must be seconds from 1 to 3600 (more than a TLS "
-                        "handshake takes), or null for no watchdog")
+    if dog is not None and (not _is_num(dog) or not _WATCHDOG_S[0] <= dog <= _WATCHDOG_S[1]):
+        problems.append("watchdog_s: must be seconds from %d to %d (more than a TLS "
+                        "handshake takes), or null for no watchdog" % _WATCHDOG_S)
     _check_lowpower(raw.get("lowpower"), problems)
     _check_ota(raw.get("ota"), problems)
 
@@ -194,16 +287,30 @@ def _check_ota(ota, problems):
     if url is not None and (not isinstance(url, str) or not url.startswith("https://")):
         problems.append("ota.manifest_url: must be an https:// URL (bundles come over TLS)")
     iv = ota.get("interval_s")
-    if iv is not None and (not _is_num(iv) or iv < 60):
-        problems.append("ota.interval_s: must be seconds >= 60")
+    if iv is not None and (not _is_num(iv) or iv < _OTA_MIN_INTERVAL_S):
+        problems.append("ota.interval_s: must be seconds >= %d" % _OTA_MIN_INTERVAL_S)
     key = ota.get("public_key")
     if key is not None and not (isinstance(key, str) and len(key) == 64 and
                                 all(c in "0123456789abcdefABCDEF" for c in key)):
         problems.append("ota.public_key: must be the Ed25519 public key as 64 hex digits "
                         "(or leave it out and provision ota_public_key.bin)")
     tb = ota.get("trial_boots")
-    if tb is not None and tb not in (1, 2) or isinstance(tb, bool):
+    if tb is not None and tb not in _TRIAL_BOOTS or isinstance(tb, bool):
         problems.append("ota.trial_boots: must be 1 or 2 (below safe mode's 3 crashed boots)")
+
+
+def _check_ota_ca(ota, root, problems):
+    ca = ota.get("ca_file") if isinstance(ota, dict) else None
+    if ca is None:
+        return
+    if not isinstance(ca, str) or not ca:
+        problems.append("ota.ca_file: must be a path string relative to the data root")
+        return
+    try:
+        os.stat(join(root, ca))
+    except OSError:
+        problems.append("ota.ca_file: %r not found in the data root; copy the update "
+                        "server's CA there (make ota-serve prints it)" % ca)
 
 
 def _is_num(v):

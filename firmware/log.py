@@ -10,13 +10,28 @@ non-ASCII differently. Where registered secrets overlap in a line, the whole uni
 replaced, so no tail of a longer secret survives a shorter one. A secret shorter than 4
 characters is still redacted (mangling ordinary words is better than a leak) and a warning
 says it is too short.
+
+Lines a user has to act on say what to do: a warning or error whose text shows a known cause
+(credentials refused, unknown host, unknown device, certificate, clock not set, connection
+refused or timed out) ends with `; fix: ...` naming the config key or the action
+(`hint()`; the table is firmware/logfix.py, loaded at the first warning; the credential
+keys follow the platform config.load registered). Lines carry the
+wall-clock time (`2026-12-06T04:05:12Z`) once the clock is set, seconds since boot before.
+
+A failure that repeats (the cloud unreachable: auth, catalog and uplink all fail the same
+way, at every retry) goes through `failing()`: the first occurrence is logged, the same
+cause again is only counted (a reminder every 10 min), and `recovered()` logs once how many
+failures over how long ended. `link()` gives the status line's online/offline and the last
+error. `duration(ms)` writes times the way people read them.
 """
 import io
 import json
 import sys
-from time import ticks_ms
+from time import ticks_diff, ticks_ms
 
 from micropython import const
+
+from firmware import clock
 
 DEBUG = const(10)
 INFO = const(20)
@@ -25,6 +40,7 @@ ERROR = const(40)
 _NAMES = {DEBUG: "D", INFO: "I", WARN: "W", ERROR: "E"}
 _MIN_SECRET_LEN = const(4)  # shorter secrets also blank out ordinary words: warned
 
+_REMIND_MS = const(600000)  # a failure that goes on is mentioned again every 10 min
 _level = [INFO]
 _secrets: list = []
 _sink: list = [None]  # callable(line) or None for print
@@ -114,13 +130,112 @@ def emit(level, tag, msg, args=()):
             msg = msg % args
         except (TypeError, ValueError):
             msg = "%s %r" % (msg, args)
-    t: int = ticks_ms()  # type: ignore[assignment]  # a plain int on every port
-    line = redact("%d.%03d %s %s: %s" % (t // 1000, t % 1000, _NAMES.get(level, "?"), tag, msg))
+    if level >= WARN:
+        try:
+            fix = hint(msg)
+        except Exception:  # no RAM for the table: the line goes out without its fix
+            fix = None
+        if fix:
+            msg = "%s; fix: %s" % (msg, fix)
+    line = redact("%s %s %s: %s" % (_stamp(), _NAMES.get(level, "?"), tag, msg))
     sink = _sink[0]
     if sink is None:
         print(line)
     else:
         sink(line)
+
+
+def _stamp():
+    if clock.is_set():
+        return clock.iso8601()
+    t: int = ticks_ms()  # type: ignore[assignment]  # a plain int on every port
+    return "%d.%03d" % (t // 1000, t % 1000)
+
+
+def duration(ms):
+    """`850 ms`, `12 s`, `5 min`, `5 min 30 s`, `2 h 5 min`."""
+    ms = int(ms)
+    if ms < 1000:
+        return "%d ms" % ms
+    s = (ms + 500) // 1000
+    if s < 60:
+        return "%d s" % s
+    if s < 3600:
+        return "%d min" % (s // 60) if s % 60 == 0 else "%d min %d s" % (s // 60, s % 60)
+    return "%d h %d min" % (s // 3600, s % 3600 // 60)
+
+
+# -- what to do about it (the table lives in firmware/logfix.py, loaded at the first warning)
+
+_cloud: list = [None]  # the platform, for the credential keys
+
+
+def set_cloud(platform):
+    _cloud[0] = platform
+
+
+def hint(text):
+    """What a user can do about the cause `text` shows, or None (firmware/logfix.py)."""
+    from firmware import logfix
+
+    return logfix.hint(text, _cloud[0])
+
+
+# -- failures that repeat ------------------------------------------------------------------
+
+# key -> [cause text, count, first ms, last logged ms]
+_failing: dict = {}
+_online = [False]  # something worked since boot
+
+
+def failing(key, tag, what, cause, detail=""):
+    """A failure of `key` (e.g. "cloud") with `cause` (log.describe(e)): logged the first
+    time (`what: cause detail`), then counted while the cause stays the same, with a reminder
+    every 10 min; a new cause is logged at once."""
+    now = ticks_ms()
+    st = _failing.get(key)
+    if st is None or st[0] != cause:
+        _failing[key] = [cause, 1, now, now]
+        emit(WARN, tag, "%s: %s%s" % (what, cause, detail))
+        return True
+    st[1] += 1
+    if ticks_diff(now, st[3]) >= _REMIND_MS:
+        st[3] = now
+        emit(WARN, tag, "%s: still %s (%d times in %s)%s" % (
+            what, cause, st[1], duration(ticks_diff(now, st[2])), detail))
+        return True
+    return False
+
+
+def recovered(key, tag, what="ok again"):
+    """`key` works again: say so once if it was failing, with how often and for how long."""
+    st = _failing.pop(key, None)
+    _online[0] = True
+    if st is not None:
+        emit(INFO, tag, "%s after %d failure%s over %s (%s)" % (
+            what, st[1], "" if st[1] == 1 else "s", duration(ticks_diff(ticks_ms(), st[2])),
+            st[0]))
+
+
+def link():
+    """The status line's words: `link=online`, `link=connecting`, or `link=offline(3min)
+    error=<the cause>`, each a key=value word (spaces in the cause become `_`)."""
+    if _failing:
+        first, cause = None, ""
+        for st in _failing.values():  # the oldest failure is the cause to name
+            if first is None or ticks_diff(st[2], first) < 0:
+                first, cause = st[2], st[0]
+        return "link=offline(%s) error=%s" % (
+            duration(ticks_diff(ticks_ms(), first)).replace(" ", ""),
+            "_".join(cause.split()).replace("=", ":"))
+    return "link=online" if _online[0] else "link=connecting"
+
+
+def progress(tag, stage, detail=None):
+    """OTA progress a person can follow (firmware/logfix.py; loaded while an update runs)."""
+    from firmware import logfix
+
+    logfix.progress(tag, stage, detail)
 
 
 def debug(tag, msg, *args):

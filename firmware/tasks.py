@@ -159,10 +159,12 @@ class Supervisor:
         t.last_delay_ms = delay
         try:
             t.last_error = log.describe(e)
-            log.exc(_TAG, "%s crashed (restart %d in %d ms)" % (t.name, t.restarts, delay), e)
+            log.exc(_TAG, "%s crashed (restart %d in %s)" % (t.name, t.restarts,
+                                                             log.duration(delay)), e)
         except Exception:
             t.last_error = type(e).__name__
-            log.error(_TAG, "%s crashed: %s (restart in %d ms)", t.name, t.last_error, delay)
+            log.error(_TAG, "%s crashed: %s (restart in %s)", t.name, t.last_error,
+                      log.duration(delay))
         if self.on_crash is not None:
             try:
                 self.on_crash(t.name, e, delay)

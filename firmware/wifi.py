@@ -91,7 +91,8 @@ class Wifi:
                     log.warn(_TAG, "link lost")
                 if not await self._connect(wlan):
                     delay = self._backoff.next_ms()
-                    log.warn(_TAG, "%s: %s; retry in %d ms", self.ssid, self.last_error, delay)
+                    log.warn(_TAG, "%s: %s; retry in %s", self.ssid, self.last_error,
+                             log.duration(delay))
                     await self._pause(delay)
                     continue
                 self._backoff.reset()
@@ -127,7 +128,7 @@ class Wifi:
                 self.last_error = why
                 return False
             if deadline.expired():
-                self.last_error = "no IP within %d ms" % self._connect_ms
+                self.last_error = "no IP within %s" % log.duration(self._connect_ms)
                 return False
             await asyncio.sleep_ms(min(_POLL_MS, self._connect_ms))
         return True

@@ -8,13 +8,16 @@ safe-mode boot count (firmware.safemode.healthy): the new code gets a fresh star
 
 provision: validates the config on the host with `firmware.config.validate` first; a bad
 config prints one line per problem, exits 1 and copies nothing. A good one goes to the board
-as `config.json`, with the CA file its `cloud.ca_file` names (relative to the config's
-directory on the host, to the data root `/` on the board) and `ota_public_key.bin` when
-one lies next to the config, then the board resets.
+as `config.json`, with the CA files its `cloud.ca_file` and `ota.ca_file` name (relative to
+the config's directory on the host, to the data root `/` on the board), the secrets file its
+`secrets_file` names (`--secrets` on the host, default: that name next to the config; never
+printed) and `ota_public_key.bin` when one lies next to the config (or `--ota-key`), then the
+board resets.
 
     python -m tools.deploy deploy --port /dev/ttyUSB0 [--build build/xtensawin] [--no-reset]
     python -m tools.deploy provision --port /dev/ttyUSB0 --config path/config.json
-    python -m tools.deploy check-config path/config.json
+                                     [--secrets path/secrets.json] [--ota-key keys/...bin]
+    python -m tools.deploy check-config path/config.json [--secrets path/secrets.json]
 """
 import argparse
 import hashlib
@@ -203,8 +206,9 @@ def deploy(port, build, reset=True, say=print):
     return copy, remove
 
 
-def check_config(path):
-    """Validate a config file on the host as the firmware would: (problems, warnings)."""
+def check_config(path, secrets=None):
+    """Validate a config file (merged with its secrets file, or `secrets`) on the host as the
+    firmware would: (problems, warnings)."""
     for p in (os.path.join(ROOT, "host_tests", "shims"), ROOT):
         if p not in sys.path:
             sys.path.insert(0, p)
@@ -225,7 +229,9 @@ def check_config(path):
     logged: list = []
     log.set_sink(logged.append)  # warnings come back in Config.warnings; keep stdout clean
     try:
-        cfg = config.validate(raw, os.path.dirname(os.path.abspath(path)))
+        here = os.path.dirname(os.path.abspath(path))
+        config.merge_secrets(raw, here, secrets)
+        cfg = config.validate(raw, here)
     except config.ConfigError as e:
         # the validator registered every secret in the file: no problem line may show one
         return [log.redact(p) for p in e.problems], []
@@ -234,10 +240,15 @@ def check_config(path):
     return [], [log.redact(w) for w in cfg.warnings]
 
 
-def provision(port, path, reset=True, say=print):
-    problems, warnings = check_config(path)
+def provision(port, path, reset=True, say=print, secrets=None, ota_key=None):
+    problems, warnings = check_config(path, secrets)
     for w in warnings:
         say("warning: %s" % w)
+    if problems and all(p.startswith(("wifi: missing", "wifi.ssid: missing")) for p in problems):
+        # Wi-Fi can follow over the serial port (Improv): the board waits for it
+        say("provision: no Wi-Fi yet; the board will wait for `make wifi PORT=%s SSID=...`"
+            % port)
+        problems = []
     if problems:
         for p in problems:
             print(p, file=sys.stderr)
@@ -245,13 +256,19 @@ def provision(port, path, reset=True, say=print):
             len(problems), "" if len(problems) == 1 else "s", path), file=sys.stderr)
         return False
     with open(path) as f:
-        ca = json.load(f).get("cloud", {}).get("ca_file")
+        raw = json.load(f)
     here = os.path.dirname(os.path.abspath(path))
     files = {"config.json": path}
-    if ca:
-        files[ca.lstrip("/")] = os.path.join(here, ca)
-    if os.path.isfile(os.path.join(here, OTA_KEY)):  # the OTA signing key's public half
-        files[OTA_KEY] = os.path.join(here, OTA_KEY)
+    ota = raw.get("ota") if isinstance(raw.get("ota"), dict) else {}
+    for ca in (raw.get("cloud", {}).get("ca_file"), ota.get("ca_file")):
+        if ca:  # the cloud's CA and the OTA server's (make ota-serve), when it has its own
+            files[ca.lstrip("/")] = os.path.join(here, ca)
+    name = raw.get("secrets_file")
+    if name:
+        files[name.lstrip("/")] = secrets or os.path.join(here, name)
+    ota_key = ota_key if ota_key and ota_key != "none" else os.path.join(here, OTA_KEY)
+    if os.path.isfile(ota_key):  # the OTA signing key's public half
+        files[OTA_KEY] = ota_key
     push(port, files, reset=reset)
     for board_path in files:
         say("  copied  %s" % board_path)
@@ -270,17 +287,23 @@ def main(argv=None):
     p = sub.add_parser("provision", help="validate a config, copy it and its CA, then reset")
     p.add_argument("--port", required=True)
     p.add_argument("--config", required=True)
+    p.add_argument("--secrets", help="the secrets file to send (default: the config's "
+                   "secrets_file next to it)")
+    p.add_argument("--ota-key", help="the OTA public key to send (default or `none`: %s "
+                   "next to the config, when there is one)" % OTA_KEY)
     p.add_argument("--no-reset", action="store_true")
     c = sub.add_parser("check-config", help="validate a config on the host only")
     c.add_argument("config")
+    c.add_argument("--secrets")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "deploy":
             deploy(a.port, os.path.abspath(a.build), reset=not a.no_reset)
         elif a.cmd == "provision":
-            return 0 if provision(a.port, a.config, reset=not a.no_reset) else 1
+            return 0 if provision(a.port, a.config, reset=not a.no_reset, secrets=a.secrets,
+                                  ota_key=a.ota_key) else 1
         else:
-            problems, warnings = check_config(a.config)
+            problems, warnings = check_config(a.config, a.secrets)
             for w in warnings:
                 print("warning: %s" % w)
             for line in problems:

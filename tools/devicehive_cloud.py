@@ -739,8 +739,11 @@ def main(argv=None):
     c.add_argument("value")
     c.add_argument("--lifetime", type=int)
     c.add_argument("--age", type=float, default=0, help="stamp it this many seconds ago")
+    c.add_argument("--wait", type=float, nargs="?", const=60, metavar="SECONDS",
+                   help="then wait (default 60 s) for the device's answer and print it")
     for name in ("list-commands", "list-notifications", "show-device"):
         sub.add_parser(name).add_argument("--data", required=True)
+    sub.choices["show-device"].add_argument("--json", action="store_true")
     k = sub.add_parser("fault")
     k.add_argument("--data", required=True)
     k.add_argument("kind", choices=FAULTS)
@@ -759,7 +762,10 @@ def main(argv=None):
             value = json.loads(a.value)
         except ValueError:
             value = a.value
-        print(send_command(a.data, a.name, value, a.lifetime, a.age))
+        from tools import operator_cli
+
+        return operator_cli.devicehive_send(sys.modules[__name__], a.data, a.name, value,
+                                            a.lifetime, a.age, a.wait)
     elif a.cmd == "list-commands":
         for cmd in commands(a.data):
             print(json.dumps(cmd))
@@ -767,7 +773,10 @@ def main(argv=None):
         for n in notifications(a.data):
             print(json.dumps(n))
     elif a.cmd == "show-device":
-        print(json.dumps(device_state(a.data), indent=2))
+        from tools import operator_cli
+
+        state = device_state(a.data)
+        print(json.dumps(state, indent=2) if a.json else operator_cli.devicehive_show(state))
     elif a.cmd == "fault":
         if a.kind == "expire-tokens":
             set_knob(a.data, "expire-tokens", time.time())

@@ -435,6 +435,7 @@ def main(argv=None):
     s.add_argument("--token-ttl", type=int, default=300)
     for name in ("list-data", "show-device", "timeline", "unregister", "expire-tokens"):
         sub.add_parser(name).add_argument("--data", required=True)
+    sub.choices["show-device"].add_argument("--json", action="store_true")
     k = sub.add_parser("fault")
     k.add_argument("--data", required=True)
     k.add_argument("kind", choices=FAULTS)
@@ -452,7 +453,10 @@ def main(argv=None):
         for row in data_rows(a.data):
             print(json.dumps(row))
     elif a.cmd == "show-device":
-        print(json.dumps(device_state(a.data), indent=2))
+        from tools import operator_cli
+
+        state = device_state(a.data)
+        print(json.dumps(state, indent=2) if a.json else operator_cli.nubison_show(state))
     elif a.cmd == "timeline":
         for row in timeline(a.data):
             print(json.dumps(row))

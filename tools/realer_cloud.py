@@ -887,10 +887,13 @@ def main(argv=None):
     d.add_argument("command", type=int)
     d.add_argument("value")
     d.add_argument("--ttl", type=int)
+    d.add_argument("--wait", type=float, nargs="?", const=60, metavar="SECONDS",
+                   help="then wait (default 60 s) for the device's answer and print it")
     f = sub.add_parser("list-feed-data")
     f.add_argument("--data", required=True)
     sd = sub.add_parser("show-device")
     sd.add_argument("--data", required=True)
+    sd.add_argument("--json", action="store_true", help="the raw state as JSON")
     k = sub.add_parser("fault")
     k.add_argument("--data", required=True)
     k.add_argument("kind", choices=("401", "429", "503", "slow") + MQTT_FAULTS)
@@ -909,13 +912,18 @@ def main(argv=None):
             if broker is not None:
                 broker.stop()
     elif a.cmd == "set-desired":
-        print(admin_call(a.data, "desired", {"command": a.command, "value": a.value,
-                                             "ttl": a.ttl})["desired_id"])
+        from tools import operator_cli
+
+        return operator_cli.realer_set_desired(sys.modules[__name__], a.data, a.command,
+                                               a.value, a.ttl, a.wait)
     elif a.cmd == "list-feed-data":
         for row in feed_rows(a.data):
             print(json.dumps(row))
     elif a.cmd == "show-device":
-        print(json.dumps(device_state(a.data), indent=2))
+        from tools import operator_cli
+
+        state = device_state(a.data)
+        print(json.dumps(state, indent=2) if a.json else operator_cli.realer_show(state))
     elif a.cmd == "fault":
         admin_call(a.data, "fault", {"kind": a.kind, "count": a.count,
                                      "retry_after": a.retry_after, "seconds": a.seconds})

@@ -1,11 +1,15 @@
 """`make run`: the firmware on the MicroPython unix port against a local cloud.
 
-Starts the platform's local cloud (tools/<platform>_cloud.py) in run/cloud, writes a data root
-in run/device with config.json (sim board) and the cloud's CA, runs `micropython main.py`
-there, and shows the firmware's status line live until Ctrl-C. Logs go to run/device.log.
+Each platform (and each Realer transport) has its own run directory, run/<name> with <name>
+one of realer-https, realer-mqtt, nubison, devicehive, xyte: switching platforms never opens
+one cloud's database with another's schema. In it: the platform's local cloud
+(tools/<platform>_cloud.py) in cloud/, the device's data root in device/ with config.json (sim
+board) and the cloud's CA, and the firmware log device.log. Runs `micropython main.py` there
+and shows the firmware's status line live until Ctrl-C. `--fresh` (`make run FRESH=1`) starts
+that run directory over (a new cloud, an empty outbox).
 
     python -m tools.run_local [--platform realer|nubison|devicehive|xyte]
-                              [--transport https|mqtt] [--fresh]
+                              [--transport https|mqtt] [--fresh] [--run-dir DIR]
 
 Contract for every local cloud module: `python -m tools.<platform>_cloud serve --data DIR
 --port 0` writes DIR/cloud.json once it listens, holding at least "ca_file" (the CA PEM the
@@ -100,18 +104,29 @@ def start_firmware(device_dir, log_file):
                             stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
 
 
-def main():
+def run_name(platform, transport="https"):
+    """The run directory's name: the platform, and for Realer its transport too (the MQTT
+    cloud keeps other tables than the HTTPS one)."""
+    return "%s-%s" % (platform, transport) if platform == "realer" else platform
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--platform", default="realer",
                     choices=("realer", "nubison", "devicehive", "xyte"))
     ap.add_argument("--transport", default="https", choices=("https", "mqtt"))
-    ap.add_argument("--fresh", action="store_true", help="forget the device's outbox and state")
-    a = ap.parse_args()
-    run = os.path.join(ROOT, "run")
+    ap.add_argument("--fresh", action="store_true",
+                    help="start this platform's run directory over (cloud, outbox, state)")
+    ap.add_argument("--run-dir", default=os.path.join(ROOT, "run"),
+                    help="where the per-platform run directories live (default: run/)")
+    a = ap.parse_args(argv)
+    run = os.path.join(os.path.abspath(a.run_dir), run_name(a.platform, a.transport))
     device = os.path.join(run, "device")
     if a.fresh:
         shutil.rmtree(run, ignore_errors=True)
-    cloud_proc, cloud = start_cloud(os.path.join(run, "cloud"), platform=a.platform,
+    os.makedirs(run, exist_ok=True)
+    cloud_dir = os.path.join(run, "cloud")
+    cloud_proc, cloud = start_cloud(cloud_dir, platform=a.platform,
                                     mqtt=a.platform == "realer" and a.transport == "mqtt")
     write_device(device, cloud, transport=a.transport)
     log_path = os.path.join(run, "device.log")
@@ -119,23 +134,17 @@ def main():
         a.platform, cloud.get("api_url", "-"), device))
     if cloud.get("mqtt_url"):
         print("local MQTT broker: %s" % cloud["mqtt_url"])
-    print(cloud.get("hint", "try: .venv/bin/python -m tools.realer_cloud set-desired "
-                            "--data run/cloud 4 42"))
+    data_arg = os.path.relpath(cloud_dir)
+    hint = cloud.get("hint", "try: .venv/bin/python -m tools.realer_cloud set-desired "
+                             "--data run/cloud 4 42")
+    print(hint.replace(cloud_dir, data_arg).replace("run/cloud", data_arg))
     print("firmware log: %s   (Ctrl-C stops both)" % log_path)
+    started = time.monotonic()
+    last = {}
     with open(log_path, "ab") as log_file:
         fw = start_firmware(device, log_file)
         try:
-            with open(log_path, "rb") as tail:
-                tail.seek(0, 2)
-                while fw.poll() is None:
-                    line = tail.readline().decode(errors="replace")
-                    if not line:
-                        time.sleep(0.2)
-                    elif " status: " in line:
-                        sys.stdout.write("\r" + line.split(" status: ", 1)[1].rstrip() + "  ")
-                        sys.stdout.flush()
-                    elif " E " in line or " W " in line:
-                        sys.stdout.write("\n" + line)
+            follow(log_path, fw, last)
             print("\nfirmware exited with %s; see %s" % (fw.returncode, log_path))
         except KeyboardInterrupt:
             print()
@@ -147,7 +156,55 @@ def main():
                         p.wait(5)
                     except subprocess.TimeoutExpired:
                         p.kill()
+        print(summary(last, time.monotonic() - started))
 
+
+# Log lines shown above the live status line: warnings, errors, and what the cloud made the
+# device do (a desired value applied, a command handled, a local switch change).
+_SHOWN = (" E ", " W ", ": command ", ": local change ", ": desired ")
+
+
+def follow(log_path, fw, last, out=sys.stdout):
+    """Tail the firmware log until it exits: the status line in place, notable lines above
+    it; `last` gets the newest status line's fields (readings=, delivered=, ...)."""
+    with open(log_path, "rb") as tail:
+        tail.seek(0, 2)
+        while fw.poll() is None:
+            line = tail.readline().decode(errors="replace")
+            if not line:
+                time.sleep(0.2)
+            elif " status: " in line:
+                text = line.split(" status: ", 1)[1].rstrip()
+                last.update(status_fields(text))
+                out.write("\r" + text + "  ")
+                out.flush()
+            elif any(s in line for s in _SHOWN):
+                out.write("\n" + line)
+                out.flush()
+
+
+def status_fields(text):
+    """{"readings": "12", ...} from a status line's `key=value` words."""
+    return dict(w.split("=", 1) for w in text.split() if "=" in w)
+
+
+def duration(seconds):
+    """A duration people read: `42 s`, `3 min 5 s`, `2 h 7 min`."""
+    s = int(seconds)
+    if s < 60:
+        return "%d s" % s
+    if s < 3600:
+        return "%d min %d s" % (s // 60, s % 60)
+    return "%d h %d min" % (s // 3600, s % 3600 // 60)
+
+
+def summary(last, uptime_s):
+    """The line printed when `make run` stops."""
+    if not last:
+        return "summary: no status line yet (nothing delivered); uptime %s" % duration(uptime_s)
+    return "summary: readings %s, delivered %s, pending %s, uptime %s" % (
+        last.get("readings", "?"), last.get("delivered", "?"), last.get("pending", "?"),
+        duration(uptime_s))
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,13 @@ Ctrl-C from mpremote reaches it as SIGINT, like the UART interrupt character on 
   REPL, from the friendly REPL it runs boot.py, main.py, then the REPL.
 - any other exit is reported on the console and the board starts again (like a crash reboot).
 
+Improv Wi-Fi packets (`IMPROV` ... checksum, tools/improv.py) carry 0x03 bytes, which the
+board's terminal would turn into SIGINT; a board's firmware switches its UART interrupt
+character off while it listens for them (firmware/improv.py). The relay plays that part: it
+writes each whole client packet with the terminal's signal characters off, until the board
+answers (or 3 s pass). The firmware's Improv service runs here because the board's
+environment says IMPROV_SERIAL=1, as its console is a serial port.
+
 While nobody has the port open, only the newest 8 KB of output is kept (the next console
 shows it first); a connected client gets everything, at its own pace.
 
@@ -50,8 +57,10 @@ exec(open(%(shim)r).read())
 
 def reset():
     import sys
-    sys.exit(%(code)d)
+    sys.stdout.write(%(mark)r)  # the relay ends the process: from inside a running main.py,
+    sys.exit(%(code)d)  # SystemExit alone would drop to the REPL (micropython -i)
 """
+_RESET_MARK = "\x1b[virtual-board-reset]"
 
 # What the board does after power-on (`main.py` only on a hard reset), then the REPL (-i).
 # The first line tells the relay the interpreter runs (and takes Ctrl-C as KeyboardInterrupt).
@@ -90,7 +99,8 @@ class VirtualBoard:
         self.heapsize = heapsize
         self.rom = tempfile.mkdtemp(prefix="vboard-rom-")
         with open(os.path.join(self.rom, "machine.py"), "w") as f:
-            f.write(_MACHINE % {"shim": os.path.join(SHIMS, "machine.py"), "code": RESET_EXIT})
+            f.write(_MACHINE % {"shim": os.path.join(SHIMS, "machine.py"), "code": RESET_EXIT,
+                                "mark": _RESET_MARK})
         self.client, client_slave = pty.openpty()
         tty.setraw(client_slave)
         self.port = os.ttyname(client_slave)
@@ -110,6 +120,10 @@ class VirtualBoard:
         self._hold = b""
         self._wait_until = 0.0
         self._seen = b""
+        self._slave = -1  # the board's terminal, kept to switch signal characters
+        self._improv = b""  # the start of a client Improv packet, waiting for its end
+        self._literal = False  # a packet went out with ISIG off; on again at the answer
+        self._reset = False  # machine.reset() asked for a hard reset
 
     def _launch(self, files, raw):
         master, slave = pty.openpty()
@@ -120,6 +134,7 @@ class VirtualBoard:
         termios.tcsetattr(slave, termios.TCSANOW, attrs)
         env = dict(os.environ, MICROPYPATH=":".join(["", self.rom, SHIMS, "lib", ".frozen"]))
         env.pop("FIRMWARE_ROOT", None)  # the data root is the board's filesystem: cwd
+        env["IMPROV_SERIAL"] = "1"  # the console is a serial port: Improv Wi-Fi listens
         cmd = [self.micropython]
         if self.heapsize:
             cmd += ["-X", "heapsize=" + self.heapsize]
@@ -131,7 +146,10 @@ class VirtualBoard:
 
         self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdin=slave, stdout=slave,
                                      stderr=slave, preexec_fn=controlling_tty)
-        os.close(slave)
+        if self._slave >= 0:
+            os.close(self._slave)
+        self._slave = slave  # kept open (not read): signal characters switch on it
+        self._literal = False
         self.board = master
         if raw:  # back to the raw REPL once the new process shows its friendly prompt
             self._hold_until(_prompt, 15.0, first=b"\r\x01")
@@ -161,6 +179,24 @@ class VirtualBoard:
         if self._wait:
             self._hold += data
             return
+        data, self._improv = self._improv + data, b""
+        at = data.find(b"IMPROV")
+        if at >= 0:
+            head, pkt = data[:at], data[at:]
+            if head:
+                self._from_client(head)
+                if self._wait:  # the head asked to wait: the packet waits with the rest
+                    self._hold += pkt
+                    return
+            end = 10 + pkt[8] if len(pkt) >= 9 else len(pkt) + 1
+            if len(pkt) < end:
+                self._improv = pkt
+                return
+            self._set_isig(False)
+            self._literal = True
+            self._write_board(pkt[:end])
+            self._hold_until(lambda seen: b"IMPROV" in seen, 3.0, first=pkt[end:])
+            return
         cut = data.find(b"\x03") + 1
         if cut:
             # after a Ctrl-C the unix port drops pending input when it gets back to a prompt:
@@ -188,8 +224,19 @@ class VirtualBoard:
         except OSError:
             pass
 
+    def _set_isig(self, on):
+        try:
+            attrs = termios.tcgetattr(self._slave)
+            attrs[3] = attrs[3] | termios.ISIG if on else attrs[3] & ~termios.ISIG
+            termios.tcsetattr(self._slave, termios.TCSANOW, attrs)
+        except (OSError, termios.error):  # the board is restarting
+            pass
+
     def _release(self):
         if self._wait(self._seen) or time.monotonic() > self._wait_until:
+            if self._literal:  # the board read the packet: Ctrl-C is a signal again
+                self._literal = False
+                self._set_isig(True)
             time.sleep(0.02)  # the prompt is printed just before the terminal flush
             data, self._hold, self._wait = self._hold, b"", None
             if data:
@@ -264,9 +311,17 @@ class VirtualBoard:
             code = self.proc.poll()
             if code is not None:
                 self._drain()
+                if self._reset:
+                    self._reset, code = False, RESET_EXIT
                 self._restart(code)
 
     def _board_output(self, data):
+        mark = _RESET_MARK.encode()
+        if mark in data:
+            data = data.replace(mark, b"")
+            self._reset = True
+            if self.proc.poll() is None:
+                self.proc.kill()
         raw_at, prompt_at = data.rfind(b"raw REPL; CTRL-B to exit"), data.rfind(b">>> ")
         if raw_at != prompt_at:  # which REPL a Ctrl-D would soft-reset from
             self._raw = raw_at > prompt_at
@@ -275,6 +330,9 @@ class VirtualBoard:
         self._to_client(data)
 
     def _drain(self):
+        if self._slave >= 0:  # else reading the ended board's terminal would block
+            os.close(self._slave)
+            self._slave = -1
         while True:
             try:
                 data = os.read(self.board, 4096)
@@ -285,6 +343,9 @@ class VirtualBoard:
             self._board_output(data)
 
     def stop(self):
+        if self._slave >= 0:
+            os.close(self._slave)
+            self._slave = -1
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()

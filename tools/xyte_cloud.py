@@ -586,11 +586,16 @@ def main(argv=None):
     sc.add_argument("--data", required=True)
     sc.add_argument("name")
     sc.add_argument("--params", default="{}")
+    sc.add_argument("--wait", type=float, nargs="?", const=60, metavar="SECONDS",
+                   help="then wait (default 60 s) for the device's answer and print it")
     cf = sub.add_parser("set-config")
     cf.add_argument("--data", required=True)
     cf.add_argument("fields")
+    cf.add_argument("--wait", type=float, nargs="?", const=60, metavar="SECONDS",
+                   help="then wait (default 60 s) for the device's answer and print it")
     sh = sub.add_parser("show")
     sh.add_argument("--data", required=True)
+    sh.add_argument("--json", action="store_true", help="the raw state as JSON")
     k = sub.add_parser("fault")
     k.add_argument("--data", required=True)
     k.add_argument("kind", choices=FAULTS)
@@ -608,11 +613,20 @@ def main(argv=None):
         finally:
             broker.stop()
     elif a.cmd == "send-command":
-        print(send_command(a.data, a.name, json.loads(a.params)))
+        from tools import operator_cli
+
+        return operator_cli.xyte_send(sys.modules[__name__], a.data, a.name,
+                                      json.loads(a.params), a.wait)
     elif a.cmd == "set-config":
-        print(set_config(a.data, json.loads(a.fields)))
+        from tools import operator_cli
+
+        return operator_cli.xyte_set_config(sys.modules[__name__], a.data,
+                                            json.loads(a.fields), a.wait)
     elif a.cmd == "show":
-        print(json.dumps(show(a.data), indent=2))
+        from tools import operator_cli
+
+        state = show(a.data)
+        print(json.dumps(state, indent=2) if a.json else operator_cli.xyte_show(state))
     elif a.cmd == "fault":
         set_fault(a.data, a.kind, a.count)
     return 0

@@ -129,6 +129,7 @@ class Updater:
                    trials=cfg.get("ota.trial_boots", 2), **kw)
 
     def _step(self, stage, detail=None):
+        log.progress(_TAG, stage, detail)  # download and unpack progress in the log
         if self.hook is not None:
             self.hook(stage, detail)
 

@@ -106,8 +106,9 @@ def board(tmp_path):
     b.stop()
 
 
-def _config(tmp, api_port, **changes):
-    """A Realer config for the sim board pointing at a port nothing listens on, with its CA."""
+def _config(tmp, api_port, secrets=None, **changes):
+    """A Realer config for the sim board pointing at a port nothing listens on, with its CA
+    and its secrets.json (examples/, placeholders filled in, no Wi-Fi: the host's network)."""
     d = os.path.join(tmp, "provision")
     certs = make_certs(os.path.join(tmp, "pki"))
     os.makedirs(d, exist_ok=True)
@@ -115,10 +116,12 @@ def _config(tmp, api_port, **changes):
     with open(os.path.join(ROOT, "examples", "config.realer.json")) as f:
         cfg = json.load(f)
     cfg["cloud"]["api_url"] = "https://127.0.0.1:%d" % api_port
+    cfg["cloud"]["client_id"] = "cdv_local-test-client"
     cfg["intervals"] = {"catalog_poll_s": 1, "status_s": 1}
     cfg["sensors"][0]["interval_s"] = 1
-    cfg.pop("wifi")
     cfg.update(changes)
+    with open(os.path.join(d, "secrets.json"), "w") as f:
+        json.dump(secrets or {"cloud": {"client_secret": "local-test-secret"}}, f)
     path = os.path.join(d, "config.json")
     with open(path, "w") as f:
         json.dump(cfg, f)
@@ -236,10 +239,10 @@ def test_deploy_provision_console_on_the_virtual_board(board, tmp_path):
     cloud_port = _closed_port()
     secret = "hunter2-wifi-password"  # pasted in the wrong place: the problem line shows ***
     bad = _config(str(tmp_path / "bad"), cloud_port, board=secret,
-                  wifi={"ssid": "net", "password": secret})
+                  secrets={"cloud": {"client_secret": ""},
+                           "wifi": {"ssid": "net", "password": secret}})
     with open(bad) as f:
         raw = json.load(f)
-    raw["cloud"]["client_secret"] = ""
     raw["cloud"]["ca_file"] = "missing.pem"
     with open(bad, "w") as f:
         json.dump(raw, f)
@@ -254,6 +257,7 @@ def test_deploy_provision_console_on_the_virtual_board(board, tmp_path):
     assert re.search(r"^board: \S*\*\*\*\S* is not a board", err, re.M), err
     assert secret not in out + err
     assert "config.json" not in board.files() and "missing.pem" not in board.files()
+    assert "secrets.json" not in board.files()
 
     # a good config and its CA arrive; the board resets and the firmware starts with them
     good = _config(str(tmp_path / "good"), cloud_port)
@@ -267,6 +271,10 @@ def test_deploy_provision_console_on_the_virtual_board(board, tmp_path):
     assert filecmp.cmp(os.path.join(os.path.dirname(good), "ca.pem"), on_board["ca.pem"],
                        shallow=False)
     assert filecmp.cmp(key, on_board["ota_public_key.bin"], shallow=False)
+    assert filecmp.cmp(os.path.join(os.path.dirname(good), "secrets.json"),
+                       on_board["secrets.json"], shallow=False)
+    assert "local-test-secret" not in out + err  # named, never shown
+    assert "  copied  secrets.json" in out, out
     board.read_console(r"I app: starting: realer over https, 2 sensors, 2 commands")
     status = board.read_console(r"status: readings=(\d+) delivered=0 pending=(\d+)")
     assert int(status.group(1)) >= 1  # sampling on the board, cloud unreachable: kept

@@ -325,8 +325,9 @@ def test_desired_published_retained(cloud):
         [run_local.sys.executable, "-m", "tools.realer_cloud", "set-desired", "--data",
          cloud.data, "3", "1", "--ttl", "30"], cwd=run_local.ROOT, capture_output=True,
         text=True, timeout=20)
-    desired_id = out.stdout.strip()
-    assert out.returncode == 0 and desired_id.startswith("des_"), out.stderr
+    found = re.search(r"desired_id (des_\w+)", out.stdout)
+    assert out.returncode == 0 and found, out.stdout + out.stderr
+    desired_id = found.group(1)
     msg = c.next_message()
     body = json.loads(msg.payload)
     assert msg.topic == topic and msg.qos == 1

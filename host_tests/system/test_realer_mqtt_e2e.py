@@ -174,8 +174,9 @@ def test_realer_mqtt_end_to_end(rig):
     # the physical state was reported again after reconnects (not only at the first token)
     assert len([r for r in rows if r["source"] == "command:4" and r["desired_id"] is None]) >= 2
     # the operator's view: desired vs reported, per transport counts (CLI: show-device)
-    out = subprocess.run([sys.executable, "-m", "tools.realer_cloud", "show-device", "--data",
-                          rig.cloud_dir], capture_output=True, text=True, cwd=run_local.ROOT)
+    out = subprocess.run([sys.executable, "-m", "tools.realer_cloud", "show-device", "--json",
+                          "--data", rig.cloud_dir], capture_output=True, text=True,
+                         cwd=run_local.ROOT)
     state = json.loads(out.stdout)
     vent = [c for c in state["commands"] if c["id"] == 4][0]
     # after the reboot the vent went to its safe value (0) and said so; the handled desired

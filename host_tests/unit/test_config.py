@@ -1,4 +1,5 @@
 import json
+import os
 
 import support
 from firmware import config, log
@@ -291,3 +292,75 @@ def test_board_keys_accepted_when_right():
         assert not [w for w in c.warnings if "unknown" in w], c.warnings
     finally:
         support.rmtree(root)
+
+
+def test_placeholders_refused_naming_the_key_never_the_secret():
+    raw = _realer(client_id="cdv_CHANGE-ME-client-id", client_secret="CHANGE-ME-very-secret")
+    raw["wifi"] = {"ssid": "changeme", "password": "<your wifi password>"}
+    root = _root(raw)
+    try:
+        problems = _problems(root)
+    finally:
+        support.rmtree(root)
+    text = "\n".join(problems)
+    assert "cloud.client_id: still the example's placeholder; set the client id issued by " \
+        "the cloud console" in text
+    assert "cloud.client_secret: still the example's placeholder; set the client secret " \
+        "issued by the cloud console (in secrets.json)" in text
+    assert "wifi.ssid: still the example's placeholder; set the network's name" in text
+    assert "wifi.password: still the example's placeholder" in text
+    assert "CHANGE-ME-very-secret" not in text and "your wifi" not in text
+    log.forget("CHANGE-ME-very-secret")
+    log.forget("<your wifi password>")
+
+
+def test_unencrypted_cloud_urls_refused_with_the_tls_scheme_to_use():
+    for platform, key, url, fix in (
+            ("realer", "api_url", "http://api.example.com", "use https://"),
+            ("devicehive", "api_url", "ws://dh.example", "use wss://"),
+            ("nubison", "api_url", "mqtt://x.example", "use mqtts://"),
+            ("xyte", "registration_url", "http://entry.xyte.io", "use https://")):
+        raw = _realer() if platform == "realer" else {"cloud": {"platform": platform}}
+        raw["cloud"][key] = url
+        root = _root(raw)
+        try:
+            text = "\n".join(_problems(root))
+        finally:
+            support.rmtree(root)
+        assert "cloud.%s: %s:// is not encrypted" % (key, url.split(":")[0]) in text, text
+        assert fix in text, text
+    for url in ("https://a.example", "wss://a.example", "mqtts://a.example"):
+        root = _root(_realer(api_url=url))
+        try:
+            assert config.load(root).get("cloud.api_url") == url
+        finally:
+            support.rmtree(root)
+
+
+def test_secrets_file_merged_registered_and_named_when_missing():
+    raw = _realer()
+    del raw["cloud"]["client_secret"]
+    raw["secrets_file"] = "secrets.json"
+    root = _root(raw)
+    try:
+        support.write(root + "/secrets.json", json.dumps(
+            {"cloud": {"client_secret": "from-the-secrets-file"},
+             "wifi": {"ssid": "HomeNet", "password": "wifi-pass-123"}}))
+        cfg = config.load(root)
+        assert cfg.get("cloud.client_secret") == "from-the-secrets-file"
+        assert cfg.get("cloud.device_id") == 12345  # config.json's keys stay
+        assert cfg.get("wifi.password") == "wifi-pass-123" and cfg.warnings == []
+        line = log.redact("s=from-the-secrets-file p=wifi-pass-123 net=HomeNet")
+        assert line == "s=*** p=*** net=HomeNet", line
+        support.write(root + "/secrets.json", '{"cloud": {"client_secret": "abc-top"')
+        problems = _problems(root)
+        assert problems == ["secrets_file: 'secrets.json' is not a JSON object {...}; check "
+                            "quotes, commas and braces"], problems
+        os.remove(root + "/secrets.json")
+        problems = _problems(root)
+        assert problems[0].startswith("secrets_file: 'secrets.json' not found in the data "
+                                      "root; copy it with `make provision"), problems
+    finally:
+        support.rmtree(root)
+        for s in ("from-the-secrets-file", "wifi-pass-123"):
+            log.forget(s)

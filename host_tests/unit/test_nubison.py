@@ -327,7 +327,9 @@ def test_app_builds_the_adapter_from_a_validated_config():
     from firmware import app, config
 
     root = support.tmpdir("nb")
-    cfg = config.validate({"cloud": {"platform": "nubison", "api_url": "http://127.0.0.1:9",
+    support.write(root + "/ca.pem", "-----BEGIN CERTIFICATE-----\n")
+    cfg = config.validate({"cloud": {"platform": "nubison", "api_url": "https://127.0.0.1:9",
+                                     "ca_file": "ca.pem",
                                      "client_id": "cli-abc", "client_secret": "nb-secret-xyz",
                                      "product_code": "PRD7", "device_id": 42,
                                      "model_name": "ESP32-SIM", "device_name": "gh"}}, root)

@@ -1,0 +1,77 @@
+"""What a log line's reader can do about it, and OTA progress: the tables behind
+log.hint() and log.progress(), kept out of firmware/log.py so they take RAM only once a
+warning is logged or an update runs.
+
+`hint(text, platform)` names the config key or action for a cause it recognises (credentials
+refused, unknown host, unknown device, certificate, clock not set, connection refused or
+timed out), looking only at the text before the first `; `.
+"""
+from firmware import log
+
+_CREDENTIALS = {
+    "realer": "cloud.client_id and cloud.client_secret",
+    "nubison": "cloud.client_id and cloud.client_secret",
+    "devicehive": "cloud.access_token and cloud.refresh_token (provision new ones)",
+    "xyte": "cloud.hardware_key",
+}
+# (needles, fix) in order: the first needle found in a warning or error line names the fix
+_FIXES = (
+    (("401", "403", "nauthorized", "orbidden", "refused the tokens", "tokens are refused"),
+     "the cloud refused the device's credentials: check %s in secrets.json"),
+    (("addrinfo", "EAI_", "gaierror", "-202", "Name or service"),
+     "the host name does not resolve: check cloud.api_url and the network's DNS"),
+    (("404", "not_found", "not found"),
+     "the cloud does not know this device: check cloud.device_id (and the sensor and "
+     "command ids)"),
+    (("CERT", "ertificate", "X509", "x509", "verify failed"),
+     "the server's certificate does not check against cloud.ca_file: get the CA the "
+     "service uses (docs/ca.md, make check-ca) and provision it"),
+    (("ClockUnset", "not set (NTP"),
+     "the clock is not set: it comes from NTP once Wi-Fi is up; check the network"),
+    (("ECONNREFUSED", "Errno 111", "(111)", "onnection refused"),
+     "nothing listens there: check cloud.api_url's host and port"),
+    (("ETIMEDOUT", "Errno 110", "Errno 116", "(110)", "(116)", "timed out"),
+     "no answer: check the network and cloud.api_url"),
+)
+
+
+def hint(text, platform=None):
+    """What a user can do about the cause `text` shows, or None when it shows none known.
+    Only the text before the first `; ` counts (after it come counts like `; 404 pending`)."""
+    if "fix:" in text:
+        return None
+    cut = text.find("; ")
+    if cut >= 0:
+        text = text[:cut]
+    for needles, fix in _FIXES:
+        for n in needles:
+            if n in text:
+                if "%s" in fix:
+                    return fix % _CREDENTIALS.get(platform,
+                                                  "the cloud credentials in config.json")
+                return fix
+    return None
+
+
+_progress = [0, 0]  # KB logged of the download, files unpacked
+
+
+def progress(tag, stage, detail=None):
+    """Every 32 KB downloaded, every 10 files unpacked, and the signature check (the OTA
+    updater's step hook; other stages log themselves)."""
+    if stage == "download":
+        kb = (detail or 0) // 1024
+        if kb < _progress[0]:  # a new download
+            _progress[0] = 0
+        if kb >= _progress[0] + 32:
+            _progress[0] = kb
+            log.info(tag, "download: %d KB so far", kb)
+    elif stage == "verified":
+        _progress[1] = 0
+        log.info(tag, "bundle %s: signature and hashes check out; unpacking", detail)
+    elif stage == "unpack":
+        _progress[1] += 1
+        if _progress[1] % 10 == 0:
+            log.info(tag, "unpack: %d files (%s)", _progress[1], detail)
+    elif stage == "unpacked":
+        log.info(tag, "unpack: done, %d files", _progress[1])
