@@ -17,8 +17,10 @@ PLATFORM ?= realer
 
 # The firmware (sim board) against a local cloud, live status until Ctrl-C.
 # PLATFORM=realer|nubison|devicehive|xyte; TRANSPORT=https|mqtt picks Realer's transport.
-run: deps
-	$(PY) -m tools.run_local --platform $(PLATFORM) --transport $(TRANSPORT)
+# FROZEN=1: on the frozen 32-bit image (`make frozen`) instead of firmware/ from source.
+run: deps $(if $(FROZEN),frozen)
+	$(PY) -m tools.run_local --platform $(PLATFORM) --transport $(TRANSPORT) \
+		$(if $(FROZEN),--micropython $(FROZEN_MP))
 
 deps: $(DEPS_STAMP) $(MOSQUITTO)
 
@@ -89,3 +91,55 @@ console: $(DEPS_STAMP)
 
 clean:
 	rm -rf build .pytest_cache
+
+# ---- frozen firmware image (issue 13; docs/flashing.md, bench/memory.md) ----------------------
+# manifest.py is the one input: `make frozen` builds the MicroPython unix port 32-bit (objects
+# the size of the ESP32's) with the firmware frozen in; `make image` the ESP32 firmware.
+# MPY_DIR: a MicroPython source tree of the pinned interpreter. Default: the vendored tarball
+# beside the repo (../shared/vendor) unpacked under build/, else a clone of MPY_REF with the
+# submodules the unix port needs (needs the internet once).
+MPY_TARBALL ?= ../shared/vendor/micropython-src.tar.gz
+MPY_REPO ?= https://github.com/micropython/micropython.git
+MPY_REF ?= 1c3c201149
+MPY_DIR ?= $(if $(wildcard $(MPY_TARBALL)),build/micropython,build/micropython-git)
+MPY_SRC_STAMP := $(if $(filter build/micropython build/micropython-git,$(MPY_DIR)),$(MPY_DIR)/.ready)
+FROZEN_MP := build/frozen-32/micropython
+FROZEN_SRC := manifest.py boot.py main.py $(shell find firmware -name '*.py' 2>/dev/null)
+MULTILIB := /usr/lib32/crt1.o
+FROZEN_MAKE_ARGS := VARIANT=standard MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 CC="gcc -m32" \
+	BUILD=build-32 FROZEN_MANIFEST=$(CURDIR)/manifest.py \
+	MICROPY_MANIFEST_PORT_MANIFEST=$(abspath $(MPY_DIR))/ports/unix/variants/standard/manifest.py
+
+.PHONY: frozen mpy-src memory image
+
+frozen: $(FROZEN_MP)
+
+mpy-src: $(MPY_SRC_STAMP)
+
+build/micropython/.ready: $(MPY_TARBALL)
+	rm -rf build/micropython && mkdir -p build
+	tar xzf $(MPY_TARBALL) -C build/
+	touch $@
+
+build/micropython-git/.ready:
+	rm -rf build/micropython-git
+	git clone --filter=blob:none $(MPY_REPO) build/micropython-git
+	git -C build/micropython-git checkout -q $(MPY_REF)
+	$(MAKE) -C build/micropython-git/ports/unix VARIANT=standard submodules
+	touch $@
+
+# 32-bit objects need Debian's multilib gcc (installed like mosquitto above)
+$(MULTILIB):
+	@command -v apt-get >/dev/null || { echo "gcc -m32 needs gcc-multilib: install it"; exit 1; }
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) \
+		apt-get install -y -qq gcc-multilib >/dev/null
+
+# rebuilt when manifest.py, boot.py, main.py or any firmware/*.py changes
+$(FROZEN_MP): $(FROZEN_SRC) $(MPY_SRC_STAMP) | $(MULTILIB)
+	@test -f $(MPY_DIR)/ports/unix/Makefile || { echo "MPY_DIR=$(MPY_DIR) is not a MicroPython source tree"; exit 2; }
+	$(MAKE) -C $(MPY_DIR)/mpy-cross
+	$(MAKE) -C $(MPY_DIR)/ports/unix $(FROZEN_MAKE_ARGS)
+	mkdir -p $(dir $@)
+	cp $(MPY_DIR)/ports/unix/build-32/micropython $@
+# ---- end frozen firmware image ------------------------------------------------------------------

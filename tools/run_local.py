@@ -94,9 +94,20 @@ def firmware_env(device_dir):
                 MICROPYPATH=":".join([ROOT, os.path.join(ROOT, "lib"), ".frozen"]))
 
 
-def start_firmware(device_dir, log_file):
-    return subprocess.Popen([MICROPYTHON, os.path.join(ROOT, "main.py")], cwd=ROOT,
-                            env=firmware_env(device_dir), stdout=log_file,
+def frozen_cmd(device_dir, micropython, heap=None):
+    """(argv, cwd, env) to run a frozen image (`make frozen`): firmware/, boot.py and main.py
+    are in the binary; from the data root with only `.frozen` on the path nothing on the
+    filesystem can shadow them (an import that is not frozen fails)."""
+    argv = [os.path.abspath(micropython)] + (["-X", "heapsize=" + heap] if heap else []) + ["-m", "main"]
+    return argv, device_dir, dict(os.environ, FIRMWARE_ROOT=device_dir, MICROPYPATH=".frozen")
+
+
+def start_firmware(device_dir, log_file, micropython=None):
+    argv, cwd, env = ([MICROPYTHON, os.path.join(ROOT, "main.py")], ROOT,
+                      firmware_env(device_dir))
+    if micropython:
+        argv, cwd, env = frozen_cmd(device_dir, micropython)
+    return subprocess.Popen(argv, cwd=cwd, env=env, stdout=log_file,
                             stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
 
 
@@ -106,6 +117,7 @@ def main():
                     choices=("realer", "nubison", "devicehive", "xyte"))
     ap.add_argument("--transport", default="https", choices=("https", "mqtt"))
     ap.add_argument("--fresh", action="store_true", help="forget the device's outbox and state")
+    ap.add_argument("--micropython", help="a frozen image to run (make run FROZEN=1)")
     a = ap.parse_args()
     run = os.path.join(ROOT, "run")
     device = os.path.join(run, "device")
@@ -123,7 +135,7 @@ def main():
                             "--data run/cloud 4 42"))
     print("firmware log: %s   (Ctrl-C stops both)" % log_path)
     with open(log_path, "ab") as log_file:
-        fw = start_firmware(device, log_file)
+        fw = start_firmware(device, log_file, a.micropython)
         try:
             with open(log_path, "rb") as tail:
                 tail.seek(0, 2)
