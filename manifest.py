@@ -1,3 +1,4 @@
+# ruff: noqa: F821  (metadata, include, package, module: the manifest API MicroPython provides)
 # The firmware image: what every MicroPython build of this firmware freezes (`make frozen`,
 # the unix port; `make image`, the ESP32 board in boards/ESP32_WROOM_FW). Frozen bytecode runs
 # from the image (flash on the ESP32), so the GC heap holds only the firmware's data, not its

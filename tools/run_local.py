@@ -98,7 +98,8 @@ def frozen_cmd(device_dir, micropython, heap=None):
     """(argv, cwd, env) to run a frozen image (`make frozen`): firmware/, boot.py and main.py
     are in the binary; from the data root with only `.frozen` on the path nothing on the
     filesystem can shadow them (an import that is not frozen fails)."""
-    argv = [os.path.abspath(micropython)] + (["-X", "heapsize=" + heap] if heap else []) + ["-m", "main"]
+    heap_arg = ["-X", "heapsize=" + heap] if heap else []
+    argv = [os.path.abspath(micropython)] + heap_arg + ["-m", "main"]
     return argv, device_dir, dict(os.environ, FIRMWARE_ROOT=device_dir, MICROPYPATH=".frozen")
 
 
