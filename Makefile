@@ -141,9 +141,12 @@ $(FROZEN_MP): $(FROZEN_SRC) $(MPY_SRC_STAMP) | $(MULTILIB)
 	$(MAKE) -C $(MPY_DIR)/mpy-cross
 	$(MAKE) -C $(MPY_DIR)/ports/unix $(FROZEN_MAKE_ARGS)
 	mkdir -p $(dir $@)
-	cp $(MPY_DIR)/ports/unix/build-32/micropython $@
+	cp $(MPY_DIR)/ports/unix/build-32/micropython $@.tmp && mv -f $@.tmp $@  # may be running
 # Smallest working GC heap of every configuration on the frozen 32-bit image: 1-minute search,
 # then 3-minute trials at the sizes found (2 trials at a time); the last line sums up.
 memory: deps frozen
 	$(PY) -m tools.heapcheck --frozen $(FROZEN_MP) --all --minutes 1 --confirm-minutes 3 --width 2
+# make test builds the image first (cached): host_tests/system/test_frozen_image.py runs it
+pytest: frozen
+
 # ---- end frozen firmware image ------------------------------------------------------------------

@@ -120,7 +120,6 @@ class Trial:
             mqtt=self.platform == "realer" and self.transport == "mqtt")
         device = os.path.join(tmp, "device")
         run_local.write_device(device, cloud, transport=self.transport)
-        env = dict(run_local.firmware_env(device), MICROPYPATH=self.tree + ":.frozen")
         stored = 0
         cmd = [run_local.MICROPYTHON, "-X", "heapsize=%dK" % self.heap_k]
         if self.threshold:
@@ -128,6 +127,8 @@ class Trial:
         else:
             cmd += ["main.py"]
         cwd = self.tree
+        env = None if self.frozen else dict(run_local.firmware_env(device),
+                                            MICROPYPATH=self.tree + ":.frozen")
         if self.frozen:
             cmd, cwd, env = run_local.frozen_cmd(device, self.frozen, "%dK" % self.heap_k)
         log_path = os.path.join(tmp, "device.log")
