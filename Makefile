@@ -59,7 +59,7 @@ ota-keygen: deps
 # The app only: boot.py and main.py stay the factory's (an app bundle cannot replace them).
 ota-bundle: deps
 	$(PY) tools/ota_tool.py build --version $(VERSION) --key $(OTA_KEYS)/ota_signing_key.pem \
-		--out build/bundle-$(VERSION).bin --src firmware
+		--out build/bundle-$(VERSION).bin $(if $(IMAGE),$(OTA_IMAGE_ARGS),--src firmware)
 
 # The JSON a board polls (config ota.manifest_url): version, url, sha256, size of the bundle.
 ota-manifest: deps
@@ -110,11 +110,12 @@ FROZEN_MAKE_ARGS := VARIANT=standard MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 CC="gcc
 	BUILD=build-32 FROZEN_MANIFEST=$(CURDIR)/manifest.py \
 	MICROPY_MANIFEST_PORT_MANIFEST=$(abspath $(MPY_DIR))/ports/unix/variants/standard/manifest.py
 
-.PHONY: frozen mpy-src memory image
+.PHONY: frozen mpy-src memory image idf-check
 
 frozen: $(FROZEN_MP)
 
 mpy-src: $(MPY_SRC_STAMP)
+	@echo "MPY_DIR=$(MPY_DIR)"
 
 build/micropython/.ready: $(MPY_TARBALL)
 	rm -rf build/micropython && mkdir -p build
@@ -146,6 +147,35 @@ $(FROZEN_MP): $(FROZEN_SRC) $(MPY_SRC_STAMP) | $(MULTILIB)
 # then 3-minute trials at the sizes found (2 trials at a time); the last line sums up.
 memory: deps frozen
 	$(PY) -m tools.heapcheck --frozen $(FROZEN_MP) --all --minutes 1 --confirm-minutes 3 --width 2
+# The ESP32 firmware (boards/ESP32_WROOM_FW: 4 MB flash, no PSRAM) from the same manifest.py.
+# Needs ESP-IDF (the version $(MPY_DIR)/ports/esp32/README.md names) with its export.sh sourced.
+# Output: $(IMAGE_BUILD)/firmware.bin (flash at 0x1000) and micropython.bin (the app image
+# that `make ota-bundle IMAGE=1` signs). Steps: docs/flashing.md.
+ESP32_BOARD_DIR := $(CURDIR)/boards/ESP32_WROOM_FW
+IMAGE_BUILD := $(CURDIR)/build/esp32-wroom-fw
+IMAGE_APP := $(IMAGE_BUILD)/micropython.bin
+
+image: idf-check $(MPY_SRC_STAMP)
+	$(MAKE) -C $(MPY_DIR)/mpy-cross
+	$(MAKE) -C $(MPY_DIR)/ports/esp32 BOARD_DIR=$(ESP32_BOARD_DIR) BUILD=$(IMAGE_BUILD) submodules
+	$(MAKE) -C $(MPY_DIR)/ports/esp32 BOARD_DIR=$(ESP32_BOARD_DIR) BUILD=$(IMAGE_BUILD)
+	@echo "image: $(IMAGE_BUILD)/firmware.bin (esptool write-flash 0x1000), app $(IMAGE_APP)"
+
+idf-check:
+	@test -n "$$IDF_PATH" && command -v idf.py >/dev/null || { \
+		echo "make image needs ESP-IDF: install the version $(MPY_DIR)/ports/esp32/README.md names,"; \
+		echo "source its export.sh, then: make image MPY_DIR=<a MicroPython checkout> (docs/flashing.md)"; \
+		exit 2; }
+
+# `make ota-bundle IMAGE=1`: an image bundle (one file, the app image of `make image`) for
+# boards on the frozen image; they refuse app bundles (docs/ota.md)
+OTA_IMAGE_ARGS = --no-compile --src $(IMAGE_APP) --root $(IMAGE_BUILD)
+ifdef IMAGE
+ota-bundle: $(IMAGE_APP)
+endif
+$(IMAGE_APP):
+	@echo "no $(IMAGE_APP): run make image first (docs/flashing.md)"; exit 2
+
 # make test builds the image first (cached): host_tests/system/test_frozen_image.py runs it
 pytest: frozen
 
