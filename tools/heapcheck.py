@@ -131,6 +131,9 @@ class Trial:
                                             MICROPYPATH=self.tree + ":.frozen")
         if self.frozen:
             cmd, cwd, env = run_local.frozen_cmd(device, self.frozen, "%dK" % self.heap_k)
+            if self.threshold:  # after app.py's own gc.threshold; -1 turns it off
+                cmd[-2:] = ["-c", "import gc, firmware.app; gc.threshold(%d); import main" %
+                            self.threshold]
         log_path = os.path.join(tmp, "device.log")
         try:
             with open(log_path, "wb") as logf:
@@ -306,7 +309,7 @@ micropython.mem_info()
 """
 
 
-def breakdown(tree, transport):
+def breakdown(tree, transport, frozen=None):
     tmp = tempfile.mkdtemp(prefix="heapcheck-")
     cloud_dir = os.path.join(tmp, "cloud")
     cloud_proc, cloud = run_local.start_cloud(cloud_dir, mqtt=transport == "mqtt")
@@ -322,10 +325,14 @@ def breakdown(tree, transport):
     where = "HOST = %r\nPORT = %s\nCA = %r\n" % (host_port.group(1), host_port.group(2),
                                                    cloud["ca_file"])
     env = dict(run_local.firmware_env(device), MICROPYPATH=tree + ":.frozen")
+    mp, cwd = run_local.MICROPYTHON, tree
+    if frozen:  # the image's own modules, from the data root (nothing to shadow them)
+        _, cwd, env = run_local.frozen_cmd(device, frozen)
+        mp = frozen
     try:
         for script in ("MODULES = %r\n" % mods + BREAKDOWN, where + TLS_COST):
-            out = subprocess.run([run_local.MICROPYTHON, "-X", "heapsize=512K", "-c", script],
-                                 cwd=tree, env=env, capture_output=True, timeout=60)
+            out = subprocess.run([mp, "-X", "heapsize=512K", "-c", script],
+                                 cwd=cwd, env=env, capture_output=True, timeout=60)
             print(out.stdout.decode(errors="replace") + out.stderr.decode(errors="replace"))
     finally:
         cloud_proc.kill()
@@ -375,7 +382,7 @@ def main():
           ("; frozen image " + a.frozen if a.frozen else "") +
           ("; main.py at " + a.main_rev if a.main_rev else ""), flush=True)
     if a.breakdown:
-        breakdown(tree, a.transport)
+        breakdown(tree, a.transport, a.frozen)
         return
     seconds = a.minutes * 60
     if a.all:
