@@ -7,8 +7,14 @@ fresh data root for `--minutes`, while the operator sends a new desired value ev
 (Realer desired state, a DeviceHive command "4", a Xyte command "set_4"; NUBISON has no
 desired-state channel). A size passes when the firmware kept running, delivered readings (the
 device says so and the cloud stored rows), applied desired values where the platform has
-them, ran over MQTT when asked to, and logged no MemoryError. The search tests several sizes
-at once (one cloud and one firmware each) and narrows down to `--step`.
+them, ran over MQTT when asked to, drained its outbox back to its steady level, and logged
+neither `MemoryError` nor `memory allocation failed`. The search tests several sizes at once
+(one cloud and one firmware each) and narrows down to `--step`.
+
+`--frozen build/frozen-32/micropython` runs the frozen image (`make frozen`) instead, from the
+data root with only `.frozen` on the path; `--all` (`make memory`) searches every configuration
+with `--minutes` trials, holds each result for `--confirm-minutes` and ends with one line
+`memory 32-bit frozen: realer-https=NK realer-mqtt=NK nubison=NK devicehive=NK xyte=NK`.
 
 The firmware's status line (every 2 s) logs gc.mem_free() after gc.collect(); heap in use is
 the GC's total at that heapsize (heapsize less its block tables) - free, read at 1 minute and
@@ -22,6 +28,7 @@ cloud hold in the MicroPython heap.
     .venv/bin/python -m tools.heapcheck [--platform realer|nubison|devicehive|xyte]
         [--transport https|mqtt] [--minutes M]
         [--heaps 128K,112K] [--lo K --hi K --step K] [--threshold BYTES] [--breakdown]
+        [--frozen MICROPYTHON] [--all --confirm-minutes M]
 """
 import argparse
 import os
