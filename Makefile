@@ -143,10 +143,12 @@ $(FROZEN_MP): $(FROZEN_SRC) $(MPY_SRC_STAMP) | $(MULTILIB)
 	$(MAKE) -C $(MPY_DIR)/ports/unix $(FROZEN_MAKE_ARGS)
 	mkdir -p $(dir $@)
 	cp $(MPY_DIR)/ports/unix/build-32/micropython $@.tmp && mv -f $@.tmp $@  # may be running
+
 # Smallest working GC heap of every configuration on the frozen 32-bit image: 1-minute search,
 # then 3-minute trials at the sizes found (2 trials at a time); the last line sums up.
 memory: deps frozen
 	$(PY) -m tools.heapcheck --frozen $(FROZEN_MP) --all --minutes 1 --confirm-minutes 3 --width 2
+
 # The ESP32 firmware (boards/ESP32_WROOM_FW: 4 MB flash, no PSRAM) from the same manifest.py.
 # Needs ESP-IDF (the version $(MPY_DIR)/ports/esp32/README.md names) with its export.sh sourced.
 # Output: $(IMAGE_BUILD)/firmware.bin (flash at 0x1000) and micropython.bin (the app image
@@ -157,7 +159,8 @@ IMAGE_APP := $(IMAGE_BUILD)/micropython.bin
 
 image: idf-check $(MPY_SRC_STAMP)
 	$(MAKE) -C $(MPY_DIR)/mpy-cross
-	$(MAKE) -C $(MPY_DIR)/ports/esp32 BOARD_DIR=$(ESP32_BOARD_DIR) BUILD=$(IMAGE_BUILD) submodules
+	$(if $(wildcard $(MPY_DIR)/.git),$(MAKE) -C $(MPY_DIR)/ports/esp32 BOARD_DIR=$(ESP32_BOARD_DIR) \
+		BUILD=$(IMAGE_BUILD) submodules)
 	$(MAKE) -C $(MPY_DIR)/ports/esp32 BOARD_DIR=$(ESP32_BOARD_DIR) BUILD=$(IMAGE_BUILD)
 	@echo "image: $(IMAGE_BUILD)/firmware.bin (esptool write-flash 0x1000), app $(IMAGE_APP)"
 
