@@ -18,8 +18,10 @@ PLATFORM ?= realer
 # The firmware (sim board) against a local cloud, live status until Ctrl-C.
 # PLATFORM=realer|nubison|devicehive|xyte; TRANSPORT=https|mqtt picks Realer's transport;
 # each keeps its own run/<name>/ (cloud, device, log); FRESH=1 starts that one over.
-run: deps
-	$(PY) -m tools.run_local --platform $(PLATFORM) --transport $(TRANSPORT) $(if $(FRESH),--fresh)
+# FROZEN=1: on the frozen 32-bit image (`make frozen`) instead of firmware/ from source.
+run: deps $(if $(FROZEN),frozen)
+	$(PY) -m tools.run_local --platform $(PLATFORM) --transport $(TRANSPORT) $(if $(FRESH),--fresh) \
+		$(if $(FROZEN),--micropython $(FROZEN_MP))
 
 deps: $(DEPS_STAMP) $(MOSQUITTO)
 
@@ -58,7 +60,7 @@ ota-keygen: deps
 # The app only: boot.py and main.py stay the factory's (an app bundle cannot replace them).
 ota-bundle: deps
 	$(PY) tools/ota_tool.py build --version $(VERSION) --key $(OTA_KEYS)/ota_signing_key.pem \
-		--out build/bundle-$(VERSION).bin --src firmware
+		--out build/bundle-$(VERSION).bin $(if $(IMAGE),$(OTA_IMAGE_ARGS),--src firmware)
 
 # The JSON a board polls (config ota.manifest_url): version, url, sha256, size of the bundle.
 ota-manifest: deps
@@ -132,3 +134,95 @@ ota-serve: $(DEPS_STAMP)
 check-ca: $(DEPS_STAMP)
 	@test -n "$(URL)" -a -n "$(CA)" || { echo "set URL=https://host[:port] and CA=path/ca.pem"; exit 2; }
 	@$(PY) -m tools.ca_check $(URL) $(CA)
+
+# ---- frozen firmware image (issue 13; docs/flashing.md, bench/memory.md) ----------------------
+# manifest.py is the one input: `make frozen` builds the MicroPython unix port 32-bit (objects
+# the size of the ESP32's) with the firmware frozen in; `make image` the ESP32 firmware.
+# MPY_DIR: a MicroPython source tree of the pinned interpreter. Default: the vendored tarball
+# beside the repo (../shared/vendor) unpacked under build/, else a clone of MPY_REF with the
+# submodules the unix port needs (needs the internet once).
+MPY_TARBALL ?= ../shared/vendor/micropython-src.tar.gz
+MPY_REPO ?= https://github.com/micropython/micropython.git
+MPY_REF ?= 1c3c201149
+MPY_DIR ?= $(if $(wildcard $(MPY_TARBALL)),build/micropython,build/micropython-git)
+MPY_SRC_STAMP := $(if $(filter build/micropython build/micropython-git,$(MPY_DIR)),$(MPY_DIR)/.ready)
+FROZEN_MP := build/frozen-32/micropython
+FROZEN_SRC := manifest.py boot.py main.py $(shell find firmware -name '*.py' 2>/dev/null)
+MULTILIB := /usr/lib32/crt1.o
+FROZEN_MAKE_ARGS := VARIANT=standard MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 CC="gcc -m32" \
+	BUILD=build-32 FROZEN_MANIFEST=$(CURDIR)/manifest.py \
+	MICROPY_MANIFEST_PORT_MANIFEST=$(abspath $(MPY_DIR))/ports/unix/variants/standard/manifest.py
+
+.PHONY: frozen mpy-src memory image idf-check
+
+frozen: $(FROZEN_MP)
+
+mpy-src: $(MPY_SRC_STAMP)
+	@echo "MPY_DIR=$(MPY_DIR)"
+
+build/micropython/.ready: $(MPY_TARBALL)
+	rm -rf build/micropython && mkdir -p build
+	tar xzf $(MPY_TARBALL) -C build/
+	touch $@
+
+build/micropython-git/.ready:
+	rm -rf build/micropython-git
+	git clone --filter=blob:none $(MPY_REPO) build/micropython-git
+	git -C build/micropython-git checkout -q $(MPY_REF)
+	$(MAKE) -C build/micropython-git/ports/unix VARIANT=standard submodules
+	touch $@
+
+# 32-bit objects need Debian's multilib gcc (installed like mosquitto above)
+$(MULTILIB):
+	@command -v apt-get >/dev/null || { echo "gcc -m32 needs gcc-multilib: install it"; exit 1; }
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) \
+		apt-get install -y -qq gcc-multilib >/dev/null
+
+# rebuilt when manifest.py, boot.py, main.py or any firmware/*.py changes
+$(FROZEN_MP): $(FROZEN_SRC) $(MPY_SRC_STAMP) | $(MULTILIB)
+	@test -f $(MPY_DIR)/ports/unix/Makefile || { echo "MPY_DIR=$(MPY_DIR) is not a MicroPython source tree"; exit 2; }
+	$(MAKE) -C $(MPY_DIR)/mpy-cross
+	$(MAKE) -C $(MPY_DIR)/ports/unix $(FROZEN_MAKE_ARGS)
+	mkdir -p $(dir $@)
+	cp $(MPY_DIR)/ports/unix/build-32/micropython $@.tmp && mv -f $@.tmp $@  # may be running
+
+# Smallest working GC heap of every configuration on the frozen 32-bit image: 1-minute search,
+# then 3-minute trials at the sizes found (2 trials at a time); the last line sums up.
+memory: deps frozen
+	$(PY) -m tools.heapcheck --frozen $(FROZEN_MP) --all --minutes 1 --confirm-minutes 3 --width 2
+
+# The ESP32 firmware (boards/ESP32_WROOM_FW: 4 MB flash, no PSRAM) from the same manifest.py.
+# Needs ESP-IDF (the version $(MPY_DIR)/ports/esp32/README.md names) with its export.sh sourced.
+# Output: $(IMAGE_BUILD)/firmware.bin (flash at 0x1000) and micropython.bin (the app image
+# that `make ota-bundle IMAGE=1` signs). Steps: docs/flashing.md.
+ESP32_BOARD_DIR := $(CURDIR)/boards/ESP32_WROOM_FW
+IMAGE_BUILD := $(CURDIR)/build/esp32-wroom-fw
+IMAGE_APP := $(IMAGE_BUILD)/micropython.bin
+
+image: idf-check $(MPY_SRC_STAMP)
+	$(MAKE) -C $(MPY_DIR)/mpy-cross
+	$(if $(wildcard $(MPY_DIR)/.git),$(MAKE) -C $(MPY_DIR)/ports/esp32 BOARD_DIR=$(ESP32_BOARD_DIR) \
+		BUILD=$(IMAGE_BUILD) submodules)
+	$(MAKE) -C $(MPY_DIR)/ports/esp32 BOARD_DIR=$(ESP32_BOARD_DIR) BUILD=$(IMAGE_BUILD)
+	@echo "image: $(IMAGE_BUILD)/firmware.bin (esptool write-flash 0x1000), app $(IMAGE_APP)"
+
+idf-check:
+	@test -n "$$IDF_PATH" && command -v idf.py >/dev/null || { \
+		echo "make image needs ESP-IDF: install the version $(MPY_DIR)/ports/esp32/README.md names,"; \
+		echo "source its export.sh, then: make image MPY_DIR=<a MicroPython checkout> (docs/flashing.md)"; \
+		exit 2; }
+
+# `make ota-bundle IMAGE=1`: an image bundle (one file, the app image of `make image`) for
+# boards on the frozen image; they refuse app bundles (docs/ota.md)
+OTA_IMAGE_ARGS = --no-compile --src $(IMAGE_APP) --root $(IMAGE_BUILD)
+ifdef IMAGE
+ota-bundle: $(IMAGE_APP)
+endif
+$(IMAGE_APP):
+	@echo "no $(IMAGE_APP): run make image first (docs/flashing.md)"; exit 2
+
+# make test builds the image first (cached): host_tests/system/test_frozen_image.py runs it
+pytest: frozen
+
+# ---- end frozen firmware image ------------------------------------------------------------------

@@ -495,7 +495,6 @@ def build(root=None):
                    "error": log.ERROR}[cfg.get("log.level")])
     board = make_board(cfg.get("board"), cfg.get("sensors"), cfg.get("commands"),
                        cfg.get("switches"))
-    config.unload("firmware.board.factory")
     board.safe_all()
     outbox = Outbox(config.join(cfg.root, "outbox"), max_records=cfg.get("outbox.max_records"),
                     ttl_s=cfg.get("outbox.ttl_s"))

@@ -7,8 +7,14 @@ fresh data root for `--minutes`, while the operator sends a new desired value ev
 (Realer desired state, a DeviceHive command "4", a Xyte command "set_4"; NUBISON has no
 desired-state channel). A size passes when the firmware kept running, delivered readings (the
 device says so and the cloud stored rows), applied desired values where the platform has
-them, ran over MQTT when asked to, and logged no MemoryError. The search tests several sizes
-at once (one cloud and one firmware each) and narrows down to `--step`.
+them, ran over MQTT when asked to, drained its outbox back to its steady level, and logged
+neither `MemoryError` nor `memory allocation failed`. The search tests several sizes at once
+(one cloud and one firmware each) and narrows down to `--step`.
+
+`--frozen build/frozen-32/micropython` runs the frozen image (`make frozen`) instead, from the
+data root with only `.frozen` on the path; `--all` (`make memory`) searches every configuration
+with `--minutes` trials, holds each result for `--confirm-minutes` and ends with one line
+`memory 32-bit frozen: realer-https=NK realer-mqtt=NK nubison=NK devicehive=NK xyte=NK`.
 
 The firmware's status line (every 2 s) logs gc.mem_free() after gc.collect(); heap in use is
 the GC's total at that heapsize (heapsize less its block tables) - free, read at 1 minute and
@@ -22,6 +28,7 @@ cloud hold in the MicroPython heap.
     .venv/bin/python -m tools.heapcheck [--platform realer|nubison|devicehive|xyte]
         [--transport https|mqtt] [--minutes M]
         [--heaps 128K,112K] [--lo K --hi K --step K] [--threshold BYTES] [--breakdown]
+        [--frozen MICROPYTHON] [--all --confirm-minutes M]
 """
 import argparse
 import os
@@ -58,12 +65,21 @@ def compile_tree(out, flags=(), rev=None):
     shutil.copy(os.path.join(src_root, "main.py"), out)
 
 
-def gc_total(heap_k):
-    """Bytes the GC can hand out at -X heapsize=heap_k K (the rest holds its block tables)."""
-    out = subprocess.run([run_local.MICROPYTHON, "-X", "heapsize=%dK" % heap_k, "-c",
-                          "import gc; print(gc.mem_alloc() + gc.mem_free())"],
+def gc_total(heap_k, micropython=None):
+    """Bytes the GC can hand out at -X heapsize=heap_k K (the rest holds its block tables;
+    a 32-bit interpreter's tables differ from the 64-bit one's)."""
+    out = subprocess.run([micropython or run_local.MICROPYTHON, "-X", "heapsize=%dK" % heap_k,
+                          "-c", "import gc; print(gc.mem_alloc() + gc.mem_free())"],
                          capture_output=True, check=True)
     return int(out.stdout)
+
+
+# A trial fails on either spelling of running out of heap: the exception's name, or its
+# message as a log line shows it ("memory allocation failed, allocating N bytes").
+MEMORY_ERRORS = ("MemoryError", "memory allocation failed")
+# pending at or below this (one sampling round's records) somewhere in the last 30 s of a
+# trial: the outbox drained back to its steady level
+STEADY_PENDING = 3
 
 
 def send_desired(platform, cloud_dir, value):
@@ -95,8 +111,10 @@ def _k(text):
 class Trial:
     """One firmware run at one heap size against its own local cloud."""
 
-    def __init__(self, tree, transport, heap_k, seconds, threshold=None, platform="realer"):
+    def __init__(self, tree, transport, heap_k, seconds, threshold=None, platform="realer",
+                 frozen=None):
         self.tree, self.transport, self.heap_k = tree, transport, heap_k
+        self.frozen = frozen  # a frozen image (make frozen): runs instead of tree's .mpy
         self.platform = platform
         self.seconds, self.threshold = seconds, threshold
         self.result: dict = {}
@@ -109,17 +127,24 @@ class Trial:
             mqtt=self.platform == "realer" and self.transport == "mqtt")
         device = os.path.join(tmp, "device")
         run_local.write_device(device, cloud, transport=self.transport)
-        env = dict(run_local.firmware_env(device), MICROPYPATH=self.tree + ":.frozen")
         stored = 0
         cmd = [run_local.MICROPYTHON, "-X", "heapsize=%dK" % self.heap_k]
         if self.threshold:
             cmd += ["-c", "import gc; gc.threshold(%d); import main" % self.threshold]
         else:
             cmd += ["main.py"]
+        cwd = self.tree
+        env = None if self.frozen else dict(run_local.firmware_env(device),
+                                            MICROPYPATH=self.tree + ":.frozen")
+        if self.frozen:
+            cmd, cwd, env = run_local.frozen_cmd(device, self.frozen, "%dK" % self.heap_k)
+            if self.threshold:  # after app.py's own gc.threshold; -1 turns it off
+                cmd[-2:] = ["-c", "import gc, firmware.app; gc.threshold(%d); import main" %
+                            self.threshold]
         log_path = os.path.join(tmp, "device.log")
         try:
             with open(log_path, "wb") as logf:
-                proc = subprocess.Popen(cmd, cwd=self.tree, env=env, stdout=logf,
+                proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=logf,
                                         stderr=subprocess.STDOUT)
                 t0 = time.time()
                 value = 0
@@ -147,7 +172,7 @@ class Trial:
         rows = re.findall(r"status: readings=(\d+) delivered=(\d+) pending=(\d+) dead=(\d+) "
                           r"applied=(\d+) renewals=(\d+)(?: mode=(\w+) credentials=\d+)? "
                           r"free=(\d+)", out)
-        heap = gc_total(self.heap_k)
+        heap = gc_total(self.heap_k, self.frozen)
         used = [heap - int(r[7]) for r in rows]
         last = rows[-1] if rows else None
         delivered = int(last[1]) if last else 0
@@ -155,19 +180,21 @@ class Trial:
         mode = last[6] if last else ""
         # status every 2 s: row 30 is about one minute in
         at_1min = used[min(29, len(used) - 1)] if used else None
-        mem_errors = out.count("MemoryError")
-        ok = (alive and delivered > 0 and mem_errors == 0 and
+        mem_errors = sum(out.count(s) for s in MEMORY_ERRORS)
+        # the last 30 s of status lines (one every 2 s)
+        drained = any(int(r[2]) <= STEADY_PENDING for r in rows[-15:])
+        ok = (alive and delivered > 0 and mem_errors == 0 and drained and
               (applied > 0 or self.seconds < 30 or self.platform == "nubison") and
               (self.platform != "realer" or self.transport != "mqtt" or mode == "mqtt"))
         return {"ok": ok, "alive": alive, "readings": int(last[0]) if last else 0,
                 "delivered": delivered, "pending": int(last[2]) if last else 0,
-                "applied": applied, "mode": mode, "mem_errors": mem_errors,
+                "applied": applied, "mode": mode, "mem_errors": mem_errors, "drained": drained,
                 "used_1min": at_1min, "used_end": used[-1] if used else None,
                 "used_max": max(used) if used else None, "samples": len(used)}
 
 
-def run_trials(tree, transport, heaps, seconds, threshold, platform="realer"):
-    trials = [Trial(tree, transport, k, seconds, threshold, platform) for k in heaps]
+def run_trials(tree, transport, heaps, seconds, threshold, platform="realer", frozen=None):
+    trials = [Trial(tree, transport, k, seconds, threshold, platform, frozen) for k in heaps]
     threads = [threading.Thread(target=t.run) for t in trials]
     for th in threads:
         th.start()
@@ -175,11 +202,12 @@ def run_trials(tree, transport, heaps, seconds, threshold, platform="realer"):
         th.join()
     for t in trials:
         r = t.result
-        print("heapsize=%4dK %s alive=%s readings=%d delivered=%d stored=%d pending=%d "
+        print("heapsize=%4dK %s alive=%s readings=%d delivered=%d stored=%d pending=%d%s "
               "applied=%d%s MemoryErrors=%d used@1min=%s used@end=%s max=%s" % (
                   t.heap_k, "ok  " if r.get("ok") else "FAIL", r.get("alive"),
                   r.get("readings", 0), r.get("delivered", 0), r.get("stored", 0),
-                  r.get("pending", 0), r.get("applied", 0),
+                  r.get("pending", 0), "" if r.get("drained") else " (not drained)",
+                  r.get("applied", 0),
                   " mode=" + r["mode"] if r.get("mode") else "", r.get("mem_errors", 0),
                   _kb(r.get("used_1min")), _kb(r.get("used_end")), _kb(r.get("used_max"))),
               flush=True)
@@ -193,7 +221,8 @@ def _kb(n):
     return "-" if n is None else "%.1fK" % (n / 1024)
 
 
-def search(tree, transport, lo, hi, step, seconds, threshold, width, platform="realer"):
+def search(tree, transport, lo, hi, step, seconds, threshold, width, platform="realer",
+           frozen=None):
     """Smallest passing size in [lo, hi] (K, multiples of step), testing `width` sizes per
     round in parallel; assumes pass/fail is monotonic in the heap size."""
     good, bad = None, lo - step
@@ -203,7 +232,7 @@ def search(tree, transport, lo, hi, step, seconds, threshold, width, platform="r
             return good
         n = (upper - bad) // step  # untested sizes in (bad, upper]
         picks = sorted({upper - (i * n // width) * step for i in range(width)}, reverse=True)
-        results = run_trials(tree, transport, picks, seconds, threshold, platform)
+        results = run_trials(tree, transport, picks, seconds, threshold, platform, frozen)
         passed = [k for k in results if results[k].get("ok")]
         if not passed and good is None:
             return None  # not even the largest size works
@@ -211,6 +240,36 @@ def search(tree, transport, lo, hi, step, seconds, threshold, width, platform="r
         failed = [k for k in results if not results[k].get("ok") and k < good]
         if failed:
             bad = max(failed)
+
+
+# `make memory`: every configuration, name -> (platform, transport, target K)
+CONFIGS = (("realer-https", "realer", "https", 48), ("realer-mqtt", "realer", "mqtt", 56),
+           ("nubison", "nubison", "https", 48), ("devicehive", "devicehive", "https", 56),
+           ("xyte", "xyte", "https", 64))
+
+
+def memory(frozen, search_s, confirm_s, step, width):
+    """Per configuration: search the smallest heap with `search_s` trials in
+    [24K, target + 24K], then hold it (and the size one step down) for `confirm_s`; a
+    confirmation that fails moves one step up. Returns {name: K or None}."""
+    found = {}
+    for name, plat, transport, target in CONFIGS:
+        print("== %s (target %dK): search, %d s trials" % (name, target, search_s), flush=True)
+        k = search(None, transport, 24, target + 24, step, search_s, None, width, plat, frozen)
+        while k is not None and k <= target + 24:
+            print("== %s: %d s at %dK and %dK" % (name, confirm_s, k, k - step), flush=True)
+            res = run_trials(None, transport, [k, k - step], confirm_s, None, plat, frozen)
+            if res[k - step].get("ok"):
+                k -= step  # a 3-minute pass below the 1-minute search's answer
+                break
+            if res[k].get("ok"):
+                break
+            k += 2 * step  # both failed: try two steps up (the pair k+step, k+2*step)
+        else:
+            k = None
+        found[name] = k
+        print("== %s: %s (target %dK)" % (name, "%dK" % k if k else "none", target), flush=True)
+    return found
 
 
 # mbedTLS on its own, outside the firmware: what the SSLContext, its CA and one handshaken
@@ -257,7 +316,7 @@ micropython.mem_info()
 """
 
 
-def breakdown(tree, transport):
+def breakdown(tree, transport, frozen=None):
     tmp = tempfile.mkdtemp(prefix="heapcheck-")
     cloud_dir = os.path.join(tmp, "cloud")
     cloud_proc, cloud = run_local.start_cloud(cloud_dir, mqtt=transport == "mqtt")
@@ -273,10 +332,14 @@ def breakdown(tree, transport):
     where = "HOST = %r\nPORT = %s\nCA = %r\n" % (host_port.group(1), host_port.group(2),
                                                    cloud["ca_file"])
     env = dict(run_local.firmware_env(device), MICROPYPATH=tree + ":.frozen")
+    mp, cwd = run_local.MICROPYTHON, tree
+    if frozen:  # the image's own modules, from the data root (nothing to shadow them)
+        _, cwd, env = run_local.frozen_cmd(device, frozen)
+        mp = frozen
     try:
         for script in ("MODULES = %r\n" % mods + BREAKDOWN, where + TLS_COST):
-            out = subprocess.run([run_local.MICROPYTHON, "-X", "heapsize=512K", "-c", script],
-                                 cwd=tree, env=env, capture_output=True, timeout=60)
+            out = subprocess.run([mp, "-X", "heapsize=512K", "-c", script],
+                                 cwd=cwd, env=env, capture_output=True, timeout=60)
             print(out.stdout.decode(errors="replace") + out.stderr.decode(errors="replace"))
     finally:
         cloud_proc.kill()
@@ -300,9 +363,18 @@ def main():
     ap.add_argument("--rev", help="measure the firmware as committed at this git revision")
     ap.add_argument("--main-rev", help="take main.py from this git revision instead")
     ap.add_argument("--breakdown", action="store_true")
+    ap.add_argument("--frozen", metavar="MICROPYTHON",
+                    help="run this frozen image (make frozen) instead of .mpy from firmware/")
+    ap.add_argument("--all", action="store_true",
+                    help="make memory: every configuration, search (--minutes) then hold the "
+                    "result for --confirm-minutes; last line sums up")
+    ap.add_argument("--confirm-minutes", type=float, default=3)
     a = ap.parse_args()
     tree = os.path.join(tempfile.mkdtemp(prefix="heapcheck-"), "build")
-    compile_tree(tree, a.mpy_flags.split(), a.rev)
+    if a.frozen:
+        a.frozen = os.path.abspath(a.frozen)
+    else:
+        compile_tree(tree, a.mpy_flags.split(), a.rev)
     if a.main_rev:
         with open(os.path.join(tree, "main.py"), "wb") as f:
             f.write(subprocess.run(["git", "-C", ROOT, "show", a.main_rev + ":main.py"],
@@ -314,17 +386,23 @@ def main():
                          "; gc.threshold(%d)" % a.threshold if a.threshold else "",
                          "; mpy-cross " + a.mpy_flags if a.mpy_flags else "",
                          "; firmware at " + a.rev if a.rev else "") +
+          ("; frozen image " + a.frozen if a.frozen else "") +
           ("; main.py at " + a.main_rev if a.main_rev else ""), flush=True)
     if a.breakdown:
-        breakdown(tree, a.transport)
+        breakdown(tree, a.transport, a.frozen)
         return
     seconds = a.minutes * 60
+    if a.all:
+        found = memory(a.frozen, seconds, a.confirm_minutes * 60, _k(a.step), a.width)
+        print("memory %s: %s" % ("32-bit frozen" if a.frozen else "mpy", " ".join(
+            "%s=%s" % (n, "%dK" % found[n] if found[n] else "none") for n, *_ in CONFIGS)))
+        return 0 if all(found[n] and found[n] <= t for n, _, _, t in CONFIGS) else 1
     if a.heaps:
         run_trials(tree, a.transport, [_k(h) for h in a.heaps.split(",")], seconds,
-                   a.threshold, a.platform)
+                   a.threshold, a.platform, a.frozen)
         return
     smallest = search(tree, a.transport, _k(a.lo), _k(a.hi), _k(a.step), seconds,
-                      a.threshold, a.width, a.platform)
+                      a.threshold, a.width, a.platform, a.frozen)
     print("smallest working heap: %s" % ("%dK" % smallest if smallest else "none"))
 
 

@@ -98,9 +98,21 @@ def firmware_env(device_dir):
                 MICROPYPATH=":".join([ROOT, os.path.join(ROOT, "lib"), ".frozen"]))
 
 
-def start_firmware(device_dir, log_file):
-    return subprocess.Popen([MICROPYTHON, os.path.join(ROOT, "main.py")], cwd=ROOT,
-                            env=firmware_env(device_dir), stdout=log_file,
+def frozen_cmd(device_dir, micropython, heap=None):
+    """(argv, cwd, env) to run a frozen image (`make frozen`): firmware/, boot.py and main.py
+    are in the binary; from the data root with only `.frozen` on the path nothing on the
+    filesystem can shadow them (an import that is not frozen fails)."""
+    heap_arg = ["-X", "heapsize=" + heap] if heap else []
+    argv = [os.path.abspath(micropython)] + heap_arg + ["-m", "main"]
+    return argv, device_dir, dict(os.environ, FIRMWARE_ROOT=device_dir, MICROPYPATH=".frozen")
+
+
+def start_firmware(device_dir, log_file, micropython=None):
+    argv, cwd, env = ([MICROPYTHON, os.path.join(ROOT, "main.py")], ROOT,
+                      firmware_env(device_dir))
+    if micropython:
+        argv, cwd, env = frozen_cmd(device_dir, micropython)
+    return subprocess.Popen(argv, cwd=cwd, env=env, stdout=log_file,
                             stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
 
 
@@ -119,6 +131,7 @@ def main(argv=None):
                     help="start this platform's run directory over (cloud, outbox, state)")
     ap.add_argument("--run-dir", default=os.path.join(ROOT, "run"),
                     help="where the per-platform run directories live (default: run/)")
+    ap.add_argument("--micropython", help="a frozen image to run (make run FROZEN=1)")
     a = ap.parse_args(argv)
     run = os.path.join(os.path.abspath(a.run_dir), run_name(a.platform, a.transport))
     device = os.path.join(run, "device")
@@ -142,7 +155,7 @@ def main(argv=None):
     started = time.monotonic()
     last = {}
     with open(log_path, "ab") as log_file:
-        fw = start_firmware(device, log_file)
+        fw = start_firmware(device, log_file, a.micropython)
         try:
             follow(log_path, fw, last)
             print("\nfirmware exited with %s; see %s" % (fw.returncode, log_path))

@@ -296,7 +296,7 @@ def register(name, driver):
 def make_board(kind, sensors_cfg, commands_cfg, switches_cfg=(), drivers=None):
     """Build the board named by config `board`. With "sim" every entry uses the sim driver
     (the same config runs on the host); otherwise each entry's `driver` picks its driver.
-    The factory is firmware/board/factory.py, a start-up-only module the app drops after."""
+    The factory is firmware/board/factory.py, imported only when a board is built."""
     from firmware.board import factory
     return factory.make_board(kind, sensors_cfg, commands_cfg, switches_cfg,
                               DRIVERS if drivers is None else drivers)

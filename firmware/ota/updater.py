@@ -61,6 +61,54 @@ def public_key_from(cfg_value, root):
     return key if len(key) == 32 else None
 
 
+# -- app bundles on the frozen image (docs/ota.md, docs/boards.md) ------------------------------
+class AppBundleRefused(UpdateError):
+    """An app bundle offered to a board running the frozen image without PSRAM."""
+
+
+_PSRAM_REGION = const(1 << 20)  # an IDF data region this large is PSRAM (internal is ~320K)
+
+
+def running_frozen():
+    """True when the firmware package comes from the image: `.frozen` is on sys.path and no
+    entry before it holds a `firmware` package (one would shadow the frozen code)."""
+    import os
+    import sys
+
+    if ".frozen" not in sys.path:
+        return False
+    for entry in sys.path[:sys.path.index(".frozen")]:
+        for name in ("__init__.py", "__init__.mpy"):
+            try:
+                os.stat((entry + "/" if entry else "") + "firmware/" + name)
+                return False
+            except OSError:
+                pass
+    return True
+
+
+def has_psram():
+    try:
+        import esp32
+    except ImportError:
+        return False
+    info = getattr(esp32, "idf_heap_info", None)
+    if info is None:
+        return False
+    return any(region[0] >= _PSRAM_REGION for region in info(esp32.HEAP_DATA))
+
+
+def app_bundle_refusal():
+    """Why this board must not take an app bundle, or None. On the frozen image the code runs
+    from flash; an app bundle installs .mpy files whose code loads into the GC heap (112K+,
+    bench/memory.md), which a board without PSRAM does not have: update the image instead."""
+    if running_frozen() and not has_psram():
+        return ("app bundle refused: this board runs the frozen firmware image without PSRAM, "
+                "and an app's .mpy code would not fit its heap; send an image bundle")
+    return None
+# -- end app bundles on the frozen image ---------------------------------------------------------
+
+
 def _resolve(base, url):
     if "://" in url:
         return url
@@ -210,6 +258,9 @@ class Updater:
         (the running app unchanged); does not return when the update is installed (reset)."""
         if slots.inactive(self.root) is None:
             raise Busy("an update is on trial; confirm or roll back first")
+        refused = app_bundle_refusal()  # before the download writes anything
+        if refused:
+            raise AppBundleRefused(refused)
         bundle = await self.download(url, sha256)
         if self._own_client and self._client is not None:
             await self._client.close()  # the TLS session's buffers are not needed to verify

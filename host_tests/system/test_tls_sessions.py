@@ -1,0 +1,25 @@
+"""The firmware never holds more TLS sessions at once than docs/boards.md budgets for a board
+without PSRAM (its mbedTLS sizing fits two beside Wi-Fi): one on Realer HTTPS, NUBISON and
+DeviceHive, two on Realer MQTT (HTTPS for credentials beside the broker) and Xyte (HTTPS
+beside its broker). Each run lasts until readings were delivered and the token renewed twice
+(20 s lifetimes), so renewals overlap the long-lived sessions; the established TCP connections
+of the firmware's process (all TLS) are sampled every 10 ms (tools/tls_sessions.py)."""
+import pytest
+
+from tools import tls_sessions
+
+# docs/boards.md, "TLS sessions": the documented peak per configuration
+DOCUMENTED_PEAK = {("realer", "https"): 1, ("realer", "mqtt"): 2, ("nubison", "https"): 1,
+                   ("devicehive", "https"): 1, ("xyte", "https"): 2}
+BOARD_BUDGET = 2  # sessions the WROOM board's sdkconfig sizes mbedTLS for
+
+
+@pytest.mark.parametrize("platform,transport", sorted(DOCUMENTED_PEAK))
+def test_peak_tls_sessions_within_documented_number(platform, transport, tmp_path):
+    r = tls_sessions.run(platform, transport, 120, workdir=str(tmp_path), renewals=2)
+    assert r["delivered"] > 0 and r["renewals"] >= 2, (
+        "the run must deliver and renew twice to mean anything:\n" + r["log"][-3000:])
+    assert r["samples"] > 100, r["samples"]
+    assert 1 <= r["peak"] <= DOCUMENTED_PEAK[(platform, transport)] <= BOARD_BUDGET, (
+        "%s/%s held %d TLS sessions at once; docs/boards.md budgets %d" % (
+            platform, transport, r["peak"], DOCUMENTED_PEAK[(platform, transport)]))

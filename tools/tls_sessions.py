@@ -1,0 +1,158 @@
+"""Peak number of TLS sessions the firmware holds open at once, per platform.
+
+On a board without PSRAM the IDF heap beside Wi-Fi has room for a bounded number of mbedTLS
+sessions (docs/boards.md has the arithmetic), so the firmware must never hold more than that.
+Every connection the firmware makes is TLS (https, mqtts, wss: verification is never off), so
+the established TCP connections of its process are its TLS sessions: a sampler thread reads
+them from /proc (the process's socket inodes against /proc/net/tcp{,6}) every 10 ms while the
+firmware runs on the unix port against its local cloud with short token lifetimes, so token /
+credential renewals happen while a broker or WebSocket session is open.
+
+    python -m tools.tls_sessions [--platform realer|nubison|devicehive|xyte]
+        [--transport https|mqtt] [--seconds 60] [--frozen build/frozen-32/micropython]
+"""
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+import threading
+import time
+
+from tools import run_local
+
+_ESTABLISHED = "01"
+
+
+def established(pid):
+    """How many ESTABLISHED TCP connections process pid holds."""
+    inodes = set()
+    fd_dir = "/proc/%d/fd" % pid
+    try:
+        for fd in os.listdir(fd_dir):
+            try:
+                link = os.readlink(os.path.join(fd_dir, fd))
+            except OSError:
+                continue  # closed meanwhile
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    except OSError:
+        return 0
+    n = 0
+    for table in ("tcp", "tcp6"):
+        try:
+            with open("/proc/%d/net/%s" % (pid, table)) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if cols[3] == _ESTABLISHED and cols[9] in inodes:
+                        n += 1
+        except OSError:
+            pass
+    return n
+
+
+class Sampler(threading.Thread):
+    """Samples established(pid) every `every_s` until stop(); peak and history kept."""
+
+    def __init__(self, pid, every_s=0.01):
+        super().__init__(daemon=True)
+        self.pid, self.every_s = pid, every_s
+        self.peak = 0
+        self.samples = 0
+        self.at_peak = None  # seconds since start when the peak was first seen
+        self.peak_samples = 0  # samples at the peak: how long it is held
+        self._halt = threading.Event()
+
+    def run(self):
+        t0 = time.time()
+        while not self._halt.is_set():
+            n = established(self.pid)
+            self.samples += 1
+            if n > self.peak:
+                self.peak, self.at_peak, self.peak_samples = n, time.time() - t0, 0
+            if n == self.peak:
+                self.peak_samples += 1
+            self._halt.wait(self.every_s)
+
+    def stop(self):
+        self._halt.set()
+        self.join(5)
+
+
+# short lifetimes so renewals fall inside a short run (seconds)
+TOKEN_TTL = 20
+MQTT_CRED_TTL = 20
+
+
+def _status(text):
+    found = re.findall(r"status: readings=\d+ delivered=(\d+) .*?renewals=(\d+)", text)
+    return (int(found[-1][0]), int(found[-1][1])) if found else (0, 0)
+
+
+def run(platform, transport, seconds, frozen=None, workdir=None, renewals=None):
+    """Run the firmware for `seconds`, or until it delivered and renewed its token
+    `renewals` times; returns {"peak", "samples", "peak_samples", "renewals", "delivered",
+    "log"}."""
+    tmp = workdir or tempfile.mkdtemp(prefix="tls-sessions-")
+    cloud_dir = os.path.join(tmp, "cloud")
+    device = os.path.join(tmp, "device")
+    log_path = os.path.join(tmp, "device.log")
+    mqtt = platform == "realer" and transport == "mqtt"
+    cloud_proc, cloud = run_local.start_cloud(cloud_dir, token_ttl=TOKEN_TTL, platform=platform,
+                                              mqtt=mqtt,
+                                              mqtt_cred_ttl=MQTT_CRED_TTL if mqtt else None)
+    fw = sampler = None
+    try:
+        run_local.write_device(device, cloud, transport=transport)
+        with open(log_path, "wb") as log_file:
+            if frozen:
+                argv, cwd, env = run_local.frozen_cmd(device, frozen)
+                fw = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log_file,
+                                      stderr=subprocess.STDOUT)
+            else:
+                fw = run_local.start_firmware(device, log_file)
+        sampler = Sampler(fw.pid)
+        sampler.start()
+        end = time.time() + seconds
+        while time.time() < end and fw.poll() is None:
+            time.sleep(0.5)
+            if renewals is not None:
+                with open(log_path, errors="replace") as f:
+                    done, renewed = _status(f.read())
+                if done and renewed >= renewals:
+                    break
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        if fw is not None and fw.poll() is None:
+            fw.kill()
+            fw.wait(10)
+        cloud_proc.kill()
+        cloud_proc.wait(10)
+    with open(log_path, errors="replace") as f:
+        text = f.read()
+    delivered, renewed = _status(text)
+    return {"peak": sampler.peak, "samples": sampler.samples,
+            "peak_samples": sampler.peak_samples, "delivered": delivered,
+            "renewals": renewed, "log": text}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--platform", default="realer",
+                    choices=("realer", "nubison", "devicehive", "xyte"))
+    ap.add_argument("--transport", default="https", choices=("https", "mqtt"))
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--frozen", help="run this frozen image instead of firmware/ from source")
+    a = ap.parse_args()
+    r = run(a.platform, a.transport, a.seconds, a.frozen)
+    print("%s%s: peak TLS sessions %d (held in %d of %d samples), renewals %d, delivered %d, "
+          "%.0f s, token ttl %d s" % (
+              a.platform, " " + a.transport if a.platform == "realer" else "", r["peak"],
+              r["peak_samples"], r["samples"], r["renewals"], r["delivered"], a.seconds,
+              TOKEN_TTL))
+
+
+if __name__ == "__main__":
+    main()
