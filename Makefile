@@ -123,10 +123,10 @@ status: $(DEPS_STAMP)
 	$(need-port)
 	@$(PY) -m tools.board_log status --port $(PORT)
 
-# Serve build/'s OTA bundle and manifest over HTTPS with a local CA (docs/ota.md), so a board
-# on the desk or the virtual board can update; OTA_HOST= the address the board reaches.
 OTA_HOST ?= 127.0.0.1
 OTA_PORT ?= 8443
+# Serve build/'s OTA bundle and manifest over HTTPS with a local CA (docs/ota.md), so a board
+# on the desk or the virtual board can update; OTA_HOST= the address the board reaches.
 ota-serve: $(DEPS_STAMP)
 	$(PY) -m tools.ota_serve --dir build --host $(OTA_HOST) --port $(OTA_PORT)
 
@@ -155,8 +155,10 @@ FROZEN_MAKE_ARGS := VARIANT=standard MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 CC="gcc
 
 .PHONY: frozen mpy-src memory image idf-check
 
+# The unix port, 32-bit, with the firmware frozen from manifest.py (cached; rebuilt on change).
 frozen: $(FROZEN_MP)
 
+# Unpack (or clone) the MicroPython source that MPY_DIR names, and print where it is.
 mpy-src: $(MPY_SRC_STAMP)
 	@echo "MPY_DIR=$(MPY_DIR)"
 
@@ -192,14 +194,14 @@ $(FROZEN_MP): $(FROZEN_SRC) $(MPY_SRC_STAMP) | $(MULTILIB)
 memory: deps frozen
 	$(PY) -m tools.heapcheck --frozen $(FROZEN_MP) --all --minutes 1 --confirm-minutes 3 --width 2
 
-# The ESP32 firmware (boards/ESP32_WROOM_FW: 4 MB flash, no PSRAM) from the same manifest.py.
-# Needs ESP-IDF (the version $(MPY_DIR)/ports/esp32/README.md names) with its export.sh sourced.
-# Output: $(IMAGE_BUILD)/firmware.bin (flash at 0x1000) and micropython.bin (the app image
-# that `make ota-bundle IMAGE=1` signs). Steps: docs/flashing.md.
 ESP32_BOARD_DIR := $(CURDIR)/boards/ESP32_WROOM_FW
 IMAGE_BUILD := $(CURDIR)/build/esp32-wroom-fw
 IMAGE_APP := $(IMAGE_BUILD)/micropython.bin
 
+# The ESP32 firmware (boards/ESP32_WROOM_FW: 4 MB flash, no PSRAM) from the same manifest.py.
+# Needs ESP-IDF (the version $(MPY_DIR)/ports/esp32/README.md names) with its export.sh sourced.
+# Output: $(IMAGE_BUILD)/firmware.bin (flash at 0x1000) and micropython.bin (the app image
+# that `make ota-bundle IMAGE=1` signs). Steps: docs/flashing.md.
 image: idf-check $(MPY_SRC_STAMP)
 	$(MAKE) -C $(MPY_DIR)/mpy-cross
 	$(if $(wildcard $(MPY_DIR)/.git),$(MAKE) -C $(MPY_DIR)/ports/esp32 BOARD_DIR=$(ESP32_BOARD_DIR) \
@@ -207,6 +209,7 @@ image: idf-check $(MPY_SRC_STAMP)
 	$(MAKE) -C $(MPY_DIR)/ports/esp32 BOARD_DIR=$(ESP32_BOARD_DIR) BUILD=$(IMAGE_BUILD)
 	@echo "image: $(IMAGE_BUILD)/firmware.bin (esptool write-flash 0x1000), app $(IMAGE_APP)"
 
+# Say clearly when ESP-IDF is missing (make image needs it).
 idf-check:
 	@test -n "$$IDF_PATH" && command -v idf.py >/dev/null || { \
 		echo "make image needs ESP-IDF: install the version $(MPY_DIR)/ports/esp32/README.md names,"; \

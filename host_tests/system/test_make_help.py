@@ -16,7 +16,7 @@ def test_make_help_lists_every_target_with_a_description():
         rules = sorted(set(re.findall(r"^([a-z][a-z0-9_-]*)\s*:(?!=)", f.read(), re.M)))
     listed = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines() if line}
     assert sorted(listed) == rules, out
-    for name in ("run", "test", "provision", "help", "schema"):
+    for name in rules:  # every target says what it does
         assert listed[name] != "-", (name, out)
     assert "PLATFORM=" in listed["run"]
 
