@@ -176,9 +176,12 @@ def set_cloud(platform):
 
 def hint(text):
     """What a user can do about the cause `text` shows, or None (firmware/logfix.py)."""
-    from firmware import logfix
+    try:  # a log line must never fail its caller (no room to load the table: no hint)
+        from firmware import logfix
 
-    return logfix.hint(text, _cloud[0])
+        return logfix.hint(text, _cloud[0])
+    except Exception:
+        return None
 
 
 # -- failures that repeat ------------------------------------------------------------------
@@ -233,9 +236,12 @@ def link():
 
 def progress(tag, stage, detail=None):
     """OTA progress a person can follow (firmware/logfix.py; loaded while an update runs)."""
-    from firmware import logfix
+    try:  # progress is a courtesy: an update never fails for want of it
+        from firmware import logfix
 
-    logfix.progress(tag, stage, detail)
+        logfix.progress(tag, stage, detail)
+    except Exception:
+        pass
 
 
 def debug(tag, msg, *args):

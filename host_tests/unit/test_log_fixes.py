@@ -121,3 +121,23 @@ def test_an_unset_clock_is_named_once_with_the_fix():
     assert " W app: clock: not set after 10 s; nothing is sampled or sent until it is; fix: " \
         "it comes from NTP once Wi-Fi is up: check wifi.ssid, wifi.password" in cap.lines[0]
     assert " I app: clock: set after 1 failure" in cap.lines[1], cap.lines
+
+
+def test_a_fix_table_that_fails_never_fails_the_line_or_its_caller():
+    # the table loads at the first warning (no room, a bundle without it): the warning and an
+    # OTA progress line still go out, and the caller (an HTTP request, the updater) goes on
+    from firmware import logfix
+
+    def broken(*args):
+        raise MemoryError("no room for the table")
+
+    saved = (logfix.hint, logfix.progress)
+    logfix.hint = logfix.progress = broken
+    cap = Capture()
+    try:
+        log.warn("realer", "token: 401 unauthorized")
+        log.progress("ota", "download", "1024 B")
+    finally:
+        cap.close()
+        logfix.hint, logfix.progress = saved
+    assert len(cap.lines) == 1 and cap.lines[0].endswith("W realer: token: 401 unauthorized")
