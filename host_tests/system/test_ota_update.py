@@ -29,8 +29,8 @@ MODULES = ["__init__.py", "log.py", "clock.py", "backoff.py", "ota_bundle.py", "
            "ota/fetch.py", "ota/versions.py", "version.py", "logfix.py",
            "net/__init__.py", "net/conn.py", "net/tls.py", "net/http.py"]
 # An update is a transient peak over the app's steady state: HTTPS + Ed25519 + unpack need
-# 128K on the unix port (docs/ota.md, "Memory"); OTA_HEAP=... tries another size.
-HEAP = os.environ.get("OTA_HEAP", "128K")
+# 144K on the unix port (docs/ota.md, "Memory"); OTA_HEAP=... tries another size.
+HEAP = os.environ.get("OTA_HEAP", "144K")
 BAD_APP = "raise ImportError('this build is broken')\n"
 
 
