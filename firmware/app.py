@@ -1,6 +1,6 @@
 """Composition root: config -> board, outbox, cloud adapter; runs the cooperative tasks.
 
-Tasks (DESIGN.md "The loop"), each restarted by the supervisor if it crashes:
+Tasks (docs/design.md "The loop"), each restarted by the supervisor if it crashes:
 - sampler   reads each reported sensor at its interval into the outbox, wakes the uplink
 - uplink    drains the outbox through the adapter; a record leaves only on success/replay;
             its backoff ends when any task reaches the cloud (adapter's `on_reached`)
@@ -138,7 +138,7 @@ class App:
                 await self.wake.wait(_IDLE_WAKE_MS)
                 continue
             if self.wifi is not None and not self.wifi.up.is_set():
-                await self.wifi.up.wait()  # senders wait for the station (practice 7)
+                await self.wifi.up.wait()  # senders wait for the station (design practice 7)
             self.link.clear()  # a success before this attempt says nothing about its failure
             try:
                 result = await self._send(records)
