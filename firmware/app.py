@@ -29,7 +29,7 @@ from micropython import const  # noqa: E402
 
 from firmware import clock, config, heap, log  # noqa: E402
 from firmware.backoff import Backoff  # noqa: E402
-from firmware.board.base import BoardError, make_board, value_text  # noqa: E402
+from firmware.board.base import BoardError, value_text  # noqa: E402
 from firmware.desired import DesiredState, apply_desired  # noqa: E402
 from firmware.outbox import Outbox  # noqa: E402
 from firmware.tasks import Supervisor, Wake  # noqa: E402
@@ -493,6 +493,8 @@ def build(root=None):
     cfg = config.load(root)
     log.set_level({"debug": log.DEBUG, "info": log.INFO, "warn": log.WARN,
                    "error": log.ERROR}[cfg.get("log.level")])
+    from firmware.board.factory import make_board  # start-up only, dropped below
+
     board = make_board(cfg.get("board"), cfg.get("sensors"), cfg.get("commands"),
                        cfg.get("switches"))
     config.unload("firmware.board.factory")

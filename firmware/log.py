@@ -235,7 +235,9 @@ def progress(tag, stage, detail=None):
     """OTA progress a person can follow (firmware/logfix.py; loaded while an update runs)."""
     from firmware import logfix
 
-    logfix.progress(tag, stage, detail)
+    line = logfix.progress(stage, detail)
+    if line is not None:
+        info(tag, "%s", line)
 
 
 def debug(tag, msg, *args):
