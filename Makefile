@@ -132,3 +132,13 @@ ota-serve: $(DEPS_STAMP)
 check-ca: $(DEPS_STAMP)
 	@test -n "$(URL)" -a -n "$(CA)" || { echo "set URL=https://host[:port] and CA=path/ca.pem"; exit 2; }
 	@$(PY) -m tools.ca_check $(URL) $(CA)
+
+# ---- make check: the edit loop ------------------------------------------------------------------
+.PHONY: check unit-py
+
+# unit tests on CPython (pytest), no system tests
+unit-py: deps
+	$(PY) -m pytest -q host_tests/unit
+
+# the edit loop: lint, typecheck, unit tests on both runtimes; no system tests
+check: lint typecheck unit-py unit-mp
