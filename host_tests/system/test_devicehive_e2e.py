@@ -7,25 +7,15 @@ import json
 import os
 import re
 import signal
-import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rig import wait_for
 
 from tools import devicehive_cloud as dhc
 from tools import run_local
 from tools.faultproxy import FaultProxy
-
-
-def wait_for(what, cond, timeout=20):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
 
 
 class Rig:
@@ -134,9 +124,12 @@ def test_devicehive_end_to_end(rig):
 
     # network cut: readings and a command sent meanwhile arrive afterwards, once each
     rig.proxy.set(mode="blackhole")
-    time.sleep(3)
+    during = int(rig.last_status()["readings"])
+    wait_for("readings taken during the cut",
+             lambda: int(rig.last_status()["readings"]) >= during + 3)
     offline = dhc.send_command(rig.cloud_dir, "4", 77, lifetime=120)
-    time.sleep(1)
+    wait_for("a reading after the offline command",
+             lambda: int(rig.last_status()["readings"]) >= during + 4)
     cut_readings = int(rig.last_status()["readings"])
     rig.proxy.set(mode="pass")
     wait_for("the offline command applied", lambda: done(rig, offline) == "applied", 25)

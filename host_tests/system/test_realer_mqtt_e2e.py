@@ -13,19 +13,10 @@ import sys
 import time
 
 import pytest
+from rig import wait_for
 
 from tools import realer_cloud, run_local
 from tools.faultproxy import FaultProxy
-
-
-def wait_for(what, cond, timeout=30):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for " + what)
 
 
 class Rig:
@@ -146,7 +137,9 @@ def test_realer_mqtt_end_to_end(rig):
 
     # network cut to the broker
     rig.broker_proxy.set(mode="blackhole")
-    time.sleep(4)
+    during = int(rig.last_status()["readings"])
+    wait_for("readings taken during the cut",
+             lambda: int(rig.last_status()["readings"]) >= during + 4)
     cut_readings = int(rig.last_status()["readings"])
     rig.broker_proxy.set(mode="pass")
     wait_for("readings taken during the cut", lambda: len(sensor_rows(rig)) >= cut_readings, 90)
