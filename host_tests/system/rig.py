@@ -48,17 +48,21 @@ def status_of(log_text):
 
 class FirmwareRig:
     """Cloud + fault proxy + firmware in `tmp`. `configure(cfg)` edits the device's
-    config.json dict before the first start; `cloud_kw` goes to run_local.start_cloud.
+    config.json dict before the first start; `cloud_kw` goes to run_local.start_cloud;
+    `scheme` is the device's URL scheme for the proxy (https, or wss for DeviceHive).
     stop() ends every process it started, each step on its own, so a failure in one does not
     leave the others running."""
 
-    def __init__(self, tmp, platform="realer", configure=None, **cloud_kw):
+    def __init__(self, tmp, platform="realer", configure=None, scheme="https", **cloud_kw):
         self.cloud_dir = os.path.join(tmp, "cloud")
         self.device = os.path.join(tmp, "device")
         self.log_path = os.path.join(tmp, "device.log")
         self.fw = None
         self.proxy = None
         self.log_file = None
+        if not os.path.exists(run_local.MICROPYTHON):
+            raise AssertionError("no MicroPython unix port at %s: run `make deps`" %
+                                 run_local.MICROPYTHON)
         self.cloud_proc, self.cloud = run_local.start_cloud(self.cloud_dir, platform=platform,
                                                             **cloud_kw)
         try:
@@ -66,7 +70,7 @@ class FirmwareRig:
             self.proxy = FaultProxy("127.0.0.1", port)
             pport = self.proxy.start_in_thread()
             run_local.write_device(self.device, self.cloud,
-                                   api_url="https://127.0.0.1:%d" % pport)
+                                   api_url="%s://127.0.0.1:%d" % (scheme, pport))
             if configure is not None:
                 path = os.path.join(self.device, "config.json")
                 with open(path) as f:
