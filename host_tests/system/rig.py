@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 
@@ -53,7 +54,8 @@ class FirmwareRig:
     stop() ends every process it started, each step on its own, so a failure in one does not
     leave the others running."""
 
-    def __init__(self, tmp, platform="realer", configure=None, scheme="https", **cloud_kw):
+    def __init__(self, tmp, platform="realer", configure=None, scheme="https", transport="https",
+                 **cloud_kw):
         self.cloud_dir = os.path.join(tmp, "cloud")
         self.device = os.path.join(tmp, "device")
         self.log_path = os.path.join(tmp, "device.log")
@@ -70,7 +72,8 @@ class FirmwareRig:
             self.proxy = FaultProxy("127.0.0.1", port)
             pport = self.proxy.start_in_thread()
             run_local.write_device(self.device, self.cloud,
-                                   api_url="%s://127.0.0.1:%d" % (scheme, pport))
+                                   api_url="%s://127.0.0.1:%d" % (scheme, pport),
+                                   transport=transport)
             if configure is not None:
                 path = os.path.join(self.device, "config.json")
                 with open(path) as f:
@@ -116,5 +119,9 @@ class FirmwareRig:
             self.fw.wait(10)
 
     def _stop_cloud(self):
-        self.cloud_proc.kill()
-        self.cloud_proc.wait(10)
+        self.cloud_proc.send_signal(signal.SIGINT)  # lets a cloud stop the broker it started
+        try:
+            self.cloud_proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.cloud_proc.kill()
+            self.cloud_proc.wait(10)
