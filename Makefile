@@ -229,3 +229,13 @@ $(IMAGE_APP):
 pytest: frozen
 
 # ---- end frozen firmware image ------------------------------------------------------------------
+
+# ---- make check: the edit loop ------------------------------------------------------------------
+.PHONY: check unit-py
+
+# unit tests on CPython (pytest), no system tests
+unit-py: deps
+	$(PY) -m pytest -q host_tests/unit
+
+# the edit loop: lint, typecheck, unit tests on both runtimes; no system tests
+check: lint typecheck unit-py unit-mp

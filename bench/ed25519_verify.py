@@ -1,4 +1,4 @@
-"""Time one Ed25519 verify: firmware/ed25519.py on the MicroPython unix port (and on CPython)
+"""Time one Ed25519 verify: firmware/ota/ed25519.py on the MicroPython unix port (and on CPython)
 against the `cryptography` package (OpenSSL) as the baseline, in one invocation.
 
     .venv/bin/python bench/ed25519_verify.py [--runs N]
@@ -28,7 +28,7 @@ MP_PATH = ":".join([ROOT, os.path.join(ROOT, "host_tests", "shims"), os.path.joi
 
 MP_SCRIPT = """
 import json, sys, time
-from firmware import ed25519
+from firmware.ota import ed25519
 cases = json.loads(sys.stdin.read())
 runs = cases.pop()
 out = []
@@ -94,7 +94,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=50)
     args = ap.parse_args()
-    from firmware import ed25519
+    from firmware.ota import ed25519
 
     data = cases()
     mp = run_micropython(data, args.runs, "2M")

@@ -1,1 +1,1 @@
-"""The firmware application package (see DESIGN.md for the layout)."""
+"""The firmware application package (docs/design.md: the loop and the practices)."""

@@ -1,6 +1,6 @@
 """Composition root: config -> board, outbox, cloud adapter; runs the cooperative tasks.
 
-Tasks (DESIGN.md "The loop"), each restarted by the supervisor if it crashes:
+Tasks (docs/design.md "The loop"), each restarted by the supervisor if it crashes:
 - sampler   reads each reported sensor at its interval into the outbox, wakes the uplink
 - uplink    drains the outbox through the adapter; a record leaves only on success/replay;
             its backoff ends when any task reaches the cloud (adapter's `on_reached`)
@@ -29,7 +29,7 @@ from micropython import const  # noqa: E402
 
 from firmware import clock, config, heap, log  # noqa: E402
 from firmware.backoff import Backoff  # noqa: E402
-from firmware.board.base import BoardError, make_board, value_text  # noqa: E402
+from firmware.board.base import BoardError, value_text  # noqa: E402
 from firmware.desired import DesiredState, apply_desired  # noqa: E402
 from firmware.outbox import Outbox  # noqa: E402
 from firmware.tasks import Supervisor, Wake  # noqa: E402
@@ -138,7 +138,7 @@ class App:
                 await self.wake.wait(_IDLE_WAKE_MS)
                 continue
             if self.wifi is not None and not self.wifi.up.is_set():
-                await self.wifi.up.wait()  # senders wait for the station (practice 7)
+                await self.wifi.up.wait()  # senders wait for the station (design practice 7)
             self.link.clear()  # a success before this attempt says nothing about its failure
             try:
                 result = await self._send(records)
@@ -493,6 +493,8 @@ def build(root=None):
     cfg = config.load(root)
     log.set_level({"debug": log.DEBUG, "info": log.INFO, "warn": log.WARN,
                    "error": log.ERROR}[cfg.get("log.level")])
+    from firmware.board.factory import make_board  # start-up only
+
     board = make_board(cfg.get("board"), cfg.get("sensors"), cfg.get("commands"),
                        cfg.get("switches"))
     board.safe_all()

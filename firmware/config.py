@@ -17,18 +17,15 @@ import json
 import os
 import sys
 
-FILE = "config.json"
-SECRETS_KEY = "secrets_file"
-SECRETS_FILE = "secrets.json"  # the name `make provision` and Improv Wi-Fi use by default
-PLATFORMS = ("realer", "nubison", "devicehive", "xyte")
-
-
-class ConfigError(Exception):
-    """The config cannot start the firmware; `problems` lists every reason, one line each."""
-
-    def __init__(self, problems):
-        super().__init__("\n".join(problems))
-        self.problems = problems
+from firmware.config_types import (  # noqa: F401  (config.X is the public name)
+    FILE,
+    PLATFORMS,
+    SECRETS_FILE,
+    SECRETS_KEY,
+    Config,
+    ConfigError,
+    join,
+)
 
 
 def data_root():
@@ -38,27 +35,6 @@ def data_root():
         return "/"
     getenv = getattr(os, "getenv", None)
     return (getenv("FIRMWARE_ROOT") if getenv else None) or "."
-
-
-def join(root, name):
-    return name if root in ("", ".") else root.rstrip("/") + "/" + name
-
-
-class Config:
-    def __init__(self, raw, root, warnings):
-        self.raw = raw
-        self.root = root
-        self.warnings = warnings
-        ca = raw["cloud"].get("ca_file")
-        self.ca_path = join(root, ca) if ca else None
-
-    def get(self, path, default=None):
-        node = self.raw
-        for part in path.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return default
-            node = node[part]
-        return node
 
 
 def load(root=None):

@@ -10,7 +10,15 @@ import os
 from micropython import const
 
 from firmware import log
-from firmware.config import FILE, PLATFORMS, SECRETS_FILE, SECRETS_KEY, Config, ConfigError, join
+from firmware.config_types import (
+    FILE,
+    PLATFORMS,
+    SECRETS_FILE,
+    SECRETS_KEY,
+    Config,
+    ConfigError,
+    join,
+)
 
 _TAG = "config"
 _TLS_SCHEMES = ("https", "mqtts", "wss")

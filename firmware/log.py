@@ -239,7 +239,9 @@ def progress(tag, stage, detail=None):
     try:  # progress is a courtesy: an update never fails for want of it
         from firmware import logfix
 
-        logfix.progress(tag, stage, detail)
+        line = logfix.progress(stage, detail)
+        if line is not None:
+            info(tag, "%s", line)
     except Exception:
         pass
 

@@ -4,9 +4,9 @@ warning is logged or an update runs.
 
 `hint(text, platform)` names the config key or action for a cause it recognises (credentials
 refused, unknown host, unknown device, certificate, clock not set, connection refused or
-timed out), looking only at the text before the first `; `.
+timed out), looking only at the text before the first `; `. `progress(stage, detail)` gives
+the line to log, or None; firmware/log.py logs it (this module imports nothing).
 """
-from firmware import log
 
 _CREDENTIALS = {
     "realer": "cloud.client_id and cloud.client_secret",
@@ -56,22 +56,23 @@ def hint(text, platform=None):
 _progress = [0, 0]  # KB logged of the download, files unpacked
 
 
-def progress(tag, stage, detail=None):
-    """Every 32 KB downloaded, every 10 files unpacked, and the signature check (the OTA
-    updater's step hook; other stages log themselves)."""
+def progress(stage, detail=None):
+    """The line to log every 32 KB downloaded, every 10 files unpacked, and at the signature
+    check (the OTA updater's step hook; other stages log themselves), else None."""
     if stage == "download":
         kb = (detail or 0) // 1024
         if kb < _progress[0]:  # a new download
             _progress[0] = 0
         if kb >= _progress[0] + 32:
             _progress[0] = kb
-            log.info(tag, "download: %d KB so far", kb)
+            return "download: %d KB so far" % kb
     elif stage == "verified":
         _progress[1] = 0
-        log.info(tag, "bundle %s: signature and hashes check out; unpacking", detail)
+        return "bundle %s: signature and hashes check out; unpacking" % (detail,)
     elif stage == "unpack":
         _progress[1] += 1
         if _progress[1] % 10 == 0:
-            log.info(tag, "unpack: %d files (%s)", _progress[1], detail)
+            return "unpack: %d files (%s)" % (_progress[1], detail)
     elif stage == "unpacked":
-        log.info(tag, "unpack: done, %d files", _progress[1])
+        return "unpack: done, %d files" % _progress[1]
+    return None

@@ -2,8 +2,8 @@
 
 `Wifi(section)` takes config's `wifi` object ({ssid, password}). `up` is an asyncio.Event
 that is set while the station has an IP address, so senders `await wifi.up.wait()` and the
-`run()` task (the one supervisor of reconnection, DESIGN practice 7) is the only code that
-touches the radio. After each connect, and then every few hours, it sets the RTC from NTP so
+`run()` task (the one supervisor of reconnection, docs/design.md practice 7) is the only code
+that touches the radio. After each connect, and then every few hours, it sets the RTC from NTP so
 `clock.is_set()` turns true before the first TLS handshake.
 
 On the host (sys.platform != "esp32") the network is the host's: there is no station to

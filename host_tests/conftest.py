@@ -1,5 +1,5 @@
 """pytest setup: the same import paths the MicroPython runner uses (repo root, shims, unit),
-plus the MicroPython APIs CPython lacks (see shims/cpython_compat.py)."""
+plus the MicroPython APIs CPython lacks (tools/cpython_compat.py)."""
 import os
 import sys
 
@@ -10,6 +10,6 @@ for path in (os.path.join(HERE, "unit"), os.path.join(HERE, "shims"),
     if path not in sys.path:
         sys.path.insert(0, path)
 
-import cpython_compat  # noqa: E402
+from tools import cpython_compat  # noqa: E402
 
 cpython_compat.install()

@@ -21,10 +21,9 @@ _PLACEHOLDER = "[Cc][Hh][Aa][Nn][Gg][Ee]-?[Mm][Ee]"
 
 
 def _firmware():
-    for p in (os.path.join(ROOT, "host_tests", "shims"), ROOT):
-        if p not in sys.path:
-            sys.path.insert(0, p)
-    import cpython_compat
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from tools import cpython_compat  # the MicroPython APIs firmware code uses, on CPython
 
     cpython_compat.install()
     from firmware import config, config_check

@@ -209,10 +209,9 @@ def deploy(port, build, reset=True, say=print):
 def check_config(path, secrets=None):
     """Validate a config file (merged with its secrets file, or `secrets`) on the host as the
     firmware would: (problems, warnings)."""
-    for p in (os.path.join(ROOT, "host_tests", "shims"), ROOT):
-        if p not in sys.path:
-            sys.path.insert(0, p)
-    import cpython_compat  # the MicroPython APIs firmware code uses, on CPython
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from tools import cpython_compat  # the MicroPython APIs firmware code uses, on CPython
 
     cpython_compat.install()
     from firmware import config, log

@@ -1,6 +1,6 @@
 """A local DeviceHive server (WebSocket API over TLS) for end-to-end tests and `make run`.
 
-Speaks the envelope of devicehive-websocket.txt and specs/README.md: requests `{action,
+Speaks the envelope of DeviceHive's WebSocket API (docs/devicehive.md): requests `{action,
 requestId, ...}`, answers echo both with `status` "success" | "error" (+ `code`, `error`),
 pushes carry `subscriptionId` and no requestId. Endpoints `/api/websocket`, `/device` and
 `/client` are the same socket API. State is one SQLite file, DATA/devicehive.db (`make run`

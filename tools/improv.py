@@ -24,10 +24,9 @@ ERRORS = {1: "invalid packet", 2: "unknown command", 3: "unable to connect",
 
 
 def _protocol():
-    for p in (os.path.join(ROOT, "host_tests", "shims"), ROOT):
-        if p not in sys.path:
-            sys.path.insert(0, p)
-    import cpython_compat  # firmware modules import `micropython`
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from tools import cpython_compat  # the MicroPython APIs firmware code uses, on CPython
 
     cpython_compat.install()
     from firmware import improv

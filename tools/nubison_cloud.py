@@ -1,11 +1,11 @@
 """A local NUBISON IoT cloud (HTTP over TLS) for end-to-end tests and `make run PLATFORM=nubison`.
 
-Implements nubison-http.txt strictly: POST /devices/login (HTTP Basic client_id:client_secret,
-form `deviceKey`), POST /devices (register), POST /devices/data, POST /devices/logout, with
-the spec's error codes and messages. State is one SQLite file, DATA/nubison.db (its own name:
-`make run` gives every platform's cloud the same DATA), so the tests and the CLI read and
-change it while the server runs. Every call is written to a timeline, as the spec says the
-real cloud does.
+Implements NUBISON's public HTTP protocol page strictly: POST /devices/login (HTTP Basic
+client_id:client_secret, form `deviceKey`), POST /devices (register), POST /devices/data, POST
+/devices/logout, with the spec's error codes and messages. State is one SQLite file,
+DATA/nubison.db (its own name: `make run` gives every platform's cloud the same DATA), so the
+tests and the CLI read and change it while the server runs. Every call is written to a
+timeline, as the spec says the real cloud does.
 
 Where the spec is silent or contradicts itself (docs/nubison.md lists the same choices):
 - login body: form-encoded as the request says, or JSON, which its 415 text asks for; any

@@ -19,7 +19,7 @@ top-level boot.py/main.py stay source, the board only runs those as .py) unless 
 writes the manifest and signs it. Versions are semantic (MAJOR[.MINOR[.PATCH]][-pre][+build]):
 a board installs only a version newer than its own, unless the bundle is signed with
 --rollback, and never one below the highest --min-version it has installed (docs/ota.md).
-The bundle layout is documented in firmware/ota_bundle.py,
+The bundle layout is documented in firmware/ota/bundle.py,
 which reads it on the device; the path and version rules here are the same as there.
 """
 import argparse

@@ -1,8 +1,9 @@
 """A local Realer cloud (HTTPS, and MQTT with `serve --mqtt`) for end-to-end tests and `make run`.
 
-Implements, strictly, what realer-https.txt describes: OAuth client credentials, the command
-and sensor catalogs, feed-data (single and batches) with idempotency by message_id. State is
-one SQLite file, so the operator CLI and tests can read and change it while the server runs.
+Implements, strictly, what the Realer HTTPS runtime guide describes: OAuth client credentials,
+the command and sensor catalogs, feed-data (single and batches) with idempotency by message_id.
+State is one SQLite file, so the operator CLI and tests can read and change it while the server
+runs.
 
 Shapes chosen where the spec is silent (the firmware reads all of them tolerantly):
 - token:   {"access_token", "token_type": "Bearer", "expires_in", "renew_after", "scope"};
@@ -17,7 +18,7 @@ Shapes chosen where the spec is silent (the firmware reads all of them tolerantl
 Fault knobs (admin endpoint on the same server, under /_admin, or the CLI `fault`): the next
 N /iot or /oauth requests answer 401, 429 (+ Retry-After), or 503; or are delayed by S seconds.
 
-MQTT (realer-mqtt.txt; `serve --mqtt` starts a real mosquitto from tools/mosquitto.py in
+MQTT (the Realer MQTT guide; `serve --mqtt` starts a real mosquitto from tools/mosquitto.py in
 DATA/mqtt with the same certificates, TLS listener on 127.0.0.1; cloud.json gets "mqtt_url"):
 - catalog: GET /iot/v1/devices/{id}/mqtt (scope iot:catalog:read), exactly the spec's shape:
            route items {"source_type": "sensor"|"command", "mqtt": {"feed_data_topic",

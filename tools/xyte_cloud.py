@@ -1,7 +1,7 @@
 """A local Xyte cloud (HTTPS registration and hub, a real mosquitto, the server side on the
 broker) for end-to-end tests and `make run PLATFORM=xyte`.
 
-Implements what xyte-mqtt.txt and specs/README.md ("Xyte") describe. State is one SQLite file
+Implements what Xyte's device API describes (docs/xyte.md). State is one SQLite file
 (DATA/cloud.db), so the operator CLI and tests can read and change it while the server runs.
 
 HTTPS (aiohttp, TLS from tools/pki.py; one server plays both entry.xyte.io and the hub):

@@ -1,5 +1,5 @@
 """Sensors and actuators behind one small interface (base), the sim board (sim), and later
-the ESP32 drivers; `make_board` builds the board the config names."""
+the ESP32 drivers; `factory.make_board` builds the board the config names."""
 from firmware.board.base import (  # noqa: F401  (the package's public names)
     Actuator,
     ActuatorError,
@@ -11,7 +11,5 @@ from firmware.board.base import (  # noqa: F401  (the package's public names)
     Sensor,
     SensorError,
     Switch,
-    make_board,
-    register,
     value_text,
 )

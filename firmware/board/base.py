@@ -1,10 +1,8 @@
-"""The small interface every board speaks: sensors, actuators, local inputs, the driver registry.
+"""The small interface every board speaks: sensors, actuators, local inputs.
 
 A `Board` holds `sensors` and `actuators` by cloud id and the physical `switches`; the tasks
-never see pins or buses. Drivers (sim, and later the ESP32 ones) plug in through a registry
-that maps a config `driver` name to an object with `sensor(cfg)`, `actuator(cfg)` and
-`switch(cfg, board)`, so the factory never has to know them. A registry entry may be the
-driver object itself or a module name imported on first use (unused drivers cost no RAM).
+never see pins or buses. Drivers plug in through the registry in firmware/board/factory.py,
+which builds a `Board` from config; this module knows neither.
 """
 import asyncio
 
@@ -279,24 +277,3 @@ class Board:
                 out.append(("switch-%s" % sw.id, fn))
         return out
 
-
-# driver name -> driver object, or a module name imported on first use; the esp32 module
-# dispatches on the entry's `driver` and imports only the driver modules the config uses
-_ESP32 = "firmware.board.esp32"
-DRIVERS: dict = {"sim": "firmware.board.sim"}
-for _name in ("dht22", "dht11", "ds18b20", "adc", "digital", "bme280", "relay", "pwm", "gpio",
-              "button"):
-    DRIVERS[_name] = _ESP32
-
-
-def register(name, driver):
-    DRIVERS[name] = driver
-
-
-def make_board(kind, sensors_cfg, commands_cfg, switches_cfg=(), drivers=None):
-    """Build the board named by config `board`. With "sim" every entry uses the sim driver
-    (the same config runs on the host); otherwise each entry's `driver` picks its driver.
-    The factory is firmware/board/factory.py, imported only when a board is built."""
-    from firmware.board import factory
-    return factory.make_board(kind, sensors_cfg, commands_cfg, switches_cfg,
-                              DRIVERS if drivers is None else drivers)

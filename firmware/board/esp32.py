@@ -1,7 +1,7 @@
 """The esp32 board: maps each config entry to `machine` objects and hands them to its driver.
 
 This is the only board module that creates hardware objects, and only when the factory asks
-(no pin, bus or ADC exists at import time). base.DRIVERS names this module for every real
+(no pin, bus or ADC exists at import time). factory.DRIVERS names this module for every real
 driver; `sensor`/`actuator`/`switch` dispatch on the entry's `driver` and import just that
 driver's module. Entries that name the same chip share it: two DHT entries on one pin
 (temperature and humidity) use one measurement, and BME280 entries on one bus and address

@@ -1,9 +1,26 @@
-"""The board factory: turns the sensors/commands/switches config into a `Board`.
+"""The board factory and the driver registry: turns the sensors/commands/switches config into
+a `Board`.
 
-Start-up only: `base.make_board` imports it when the board is built. (Dropping it from
-`sys.modules` afterwards freed 128 bytes on the frozen image, bench/memory.md: not done.)
+The registry maps a config `driver` name to an object with `sensor(cfg)`, `actuator(cfg)` and
+`switch(cfg, board)`, so the factory never has to know the drivers. An entry may be the driver
+object itself or a module name imported on first use (unused drivers cost no RAM); the esp32
+module dispatches on the entry's `driver` and imports only the driver modules the config uses.
+
+Start-up only: the app imports it to build the board (register custom drivers before the app
+builds). Dropping it from `sys.modules` afterwards freed 128 bytes on the frozen image
+(bench/memory.md): not done.
 """
 from firmware.board.base import Board, BoardConfigError
+
+_ESP32 = "firmware.board.esp32"
+DRIVERS: dict = {"sim": "firmware.board.sim"}
+for _name in ("dht22", "dht11", "ds18b20", "adc", "digital", "bme280", "relay", "pwm", "gpio",
+              "button"):
+    DRIVERS[_name] = _ESP32
+
+
+def register(name, driver):
+    DRIVERS[name] = driver
 
 _SWITCH_DRIVER = "gpio"  # the registry name the esp32 input driver registers under
 
@@ -20,8 +37,12 @@ def _driver(name, entry, drivers):
     return d
 
 
-def make_board(kind, sensors_cfg, commands_cfg, switches_cfg, drivers):
-    """Build the board named by config `board` from the `drivers` registry (base.DRIVERS)."""
+def make_board(kind, sensors_cfg, commands_cfg, switches_cfg=(), drivers=None):
+    """Build the board named by config `board`. With "sim" every entry uses the sim driver
+    (the same config runs on the host); otherwise each entry's `driver` picks its driver from
+    `drivers` (default: the registry, DRIVERS)."""
+    if drivers is None:
+        drivers = DRIVERS
     if kind not in ("sim", "esp32") and kind not in drivers:
         raise BoardConfigError("board %r is unknown: use sim or esp32" % (kind,))
     board = Board(kind)

@@ -1,6 +1,6 @@
-"""DeviceHive over one WebSocket (devicehive-websocket.txt): authenticate with the JWT access
-token, device/save, command/subscribe, pushed command/insert handed to the app, command/update
-for each report, readings as notification/insert.
+"""DeviceHive over one WebSocket (its public WebSocket API; docs/devicehive.md): authenticate
+with the JWT access token, device/save, command/subscribe, pushed command/insert handed to the
+app, command/update for each report, readings as notification/insert.
 
 The `ws` background task owns the socket: connect (firmware/net/ws.py, verified TLS), then
 `authenticate {token}`, `device/save`, `command/subscribe {deviceId, timestamp?}`; it reads

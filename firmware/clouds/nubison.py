@@ -1,8 +1,9 @@
 """NUBISON IoT over HTTP(S): login, one-time registration, data delivery, logout.
 
-nubison-http.txt has four calls and no desired-state channel, so this adapter never calls
-`on_desired`; command records (local changes and desired reports) go out as data too.
-Choices (specs/README.md rules; docs/nubison.md has the longer story):
+NUBISON's public HTTP protocol page has four calls and no desired-state channel, so this
+adapter never calls `on_desired`; command records (local changes and desired reports) go out
+as data too.
+Choices (reading rules in docs/design.md; docs/nubison.md has the longer story):
 
 - login: POST /devices/login, form `deviceKey=<product_code>_<device_id>`, HTTP Basic of
   `client_id:client_secret`. The spec's own 415 says "must be application/json", so a 415

@@ -1,7 +1,7 @@
 """Realer over HTTPS: OAuth client-credentials token, catalog polling, feed-data delivery.
 
-What each answer means for an outbox record (realer-https.txt runtime table, read tolerantly
-as specs/README.md says: `code` may be absent, `error` may be an object or a string):
+What each answer means for an outbox record (the Realer HTTPS runtime guide's table, read
+tolerantly as docs/realer.md says: `code` may be absent, `error` may be an object or a string):
 
 - 2xx whose JSON object says `status` created / idempotent (with `code` 2000 or no code,
   no `error`) -> delivered. Nothing else is Realer's acceptance: a 2xx with an HTML page (a

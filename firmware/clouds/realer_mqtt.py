@@ -1,4 +1,4 @@
-"""Realer over MQTT 5 (realer-mqtt.txt): HTTPS token and catalog, a short-lived broker
+"""Realer over MQTT 5 (the Realer MQTT guide): HTTPS token and catalog, a short-lived broker
 credential, feed data on route topics, desired state and application acks on subscriptions.
 
 The HTTPS side (token, sensor catalog, fallback delivery) is a RealerHttps inside. The
@@ -193,7 +193,7 @@ class RealerMqtt:
         return moved or rerouted
 
     def _read_routes(self, routes):
-        """Routes by source_type (realer-mqtt.txt): a record goes to the route that names
+        """Routes by source_type (the Realer MQTT guide): a record goes to the route that names
         its source (source_id, sensor_id or command_id, when the item has one), else to the
         first route of its type without an id. Every command route's desired_topic is
         subscribed. Items the firmware cannot use are logged once, naming what is missing."""

@@ -1,4 +1,4 @@
-"""Xyte over MQTT 5 with HTTPS registration and dumps (xyte-mqtt.txt, specs/README.md "Xyte").
+"""Xyte over MQTT 5 with HTTPS registration and dumps (Xyte's device API; docs/xyte.md).
 
 Owns the device's Xyte identity and every Xyte message:
 
@@ -593,7 +593,7 @@ class Xyte:
             self.answer(update, {"id": cid, "status": "error",
                                  "message": "unknown command %s" % name}, msg)
 
-    # update_firmware carries {url, version} (xyte-mqtt.txt); the bundle's own signature
+    # update_firmware carries {url, version} (Xyte's MQTT events page); the bundle's own signature
     # decides, so no checksum is needed. -> (final status, message) for commands/update.
     def _update_command(self, params):
         version = params.get("version") if isinstance(params.get("version"), str) else None

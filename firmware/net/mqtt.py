@@ -24,7 +24,6 @@ from micropython import const
 from firmware import log
 from firmware.backoff import Backoff
 from firmware.net import conn
-from firmware.net.http import Stream
 
 _TAG = "mqtt"
 CONNECT = const(1)
@@ -587,7 +586,7 @@ class Client:
         reader, writer = await conn.open_connection(self.host, self.port, self.secure,
                                                     self.ca_file, until.cap(self.timeout_ms,
                                                                             what))
-        stream = Stream(reader, writer)
+        stream = conn.Stream(reader, writer)
         try:
             props = None
             if self.v5:

@@ -9,7 +9,9 @@ from micropython import const
 
 from firmware import log
 from firmware.ota import slots
-from firmware.ota.updater import _TAG, Busy, DownloadFailed, UpdateError
+from firmware.ota.errors import Busy, DownloadFailed, UpdateError
+
+_TAG = "ota"
 
 _MAX_DOWNLOAD = const(4 * 1024 * 1024 + 16384)  # bundle payload limit + header room
 # 4 MB at 8 KB/s: a slow link still finishes, a trickling server does not hold the client
@@ -34,7 +36,7 @@ def _rmtree(p):
     os.rmdir(p)
 
 
-def _remove(p):
+def remove(p):
     try:
         os.remove(p)
     except OSError:
@@ -48,7 +50,7 @@ async def download(u, url, sha256=None):
     except OSError:  # exists
         pass
     dest = slots.path(u.root, "ota", "download.bin")
-    _remove(dest)  # a cut download starts over
+    remove(dest)  # a cut download starts over
     h = hashlib.sha256() if sha256 else None
     size = [0]
     f = open(dest, "wb")
@@ -60,21 +62,21 @@ async def download(u, url, sha256=None):
             f.write(chunk)
             if h is not None:
                 h.update(chunk)
-            u._step("download", size[0])
+            u.step("download", size[0])
 
         log.info(_TAG, "downloading %s", url)
         resp = await u.client().request("GET", url, sink=sink,
                                          deadline_ms=_DOWNLOAD_DEADLINE_MS)
     except BaseException:
         f.close()
-        _remove(dest)
+        remove(dest)
         raise
     f.close()
     if resp.status != 200:
-        _remove(dest)
+        remove(dest)
         raise DownloadFailed("bundle download answered %d" % resp.status)
     if h is not None and h.digest().hex() != sha256.lower():
-        _remove(dest)
+        remove(dest)
         raise DownloadFailed("bundle SHA-256 differs from the one announced")
     log.info(_TAG, "downloaded %d bytes", size[0])
     return dest
@@ -85,7 +87,7 @@ def install(u, bundle, version=None):
     boot. Returns the bundle's version. On any error the slot is emptied, the state file
     untouched and the error raised."""
     # with Ed25519: loaded after the download, once its TLS session is closed
-    from firmware import ota_bundle
+    from firmware.ota import bundle as ota_bundle
 
     slot = slots.inactive(u.root)
     if slot is None:
@@ -99,19 +101,19 @@ def install(u, bundle, version=None):
         if version is not None and got != version:
             raise UpdateError("bundle is version %s, expected %s" % (got, version))
         least = versions.check(u.root, u.version(), manifest)  # no downgrade, signed or not
-        u._step("verified", got)
+        u.step("verified", got)
         _rmtree(dest)
         os.mkdir(dest)
         try:
             ota_bundle.extract(f, manifest, dest, chunk=u.chunk,
-                               progress=lambda p: u._step("unpack", p))
+                               progress=lambda p: u.step("unpack", p))
         except BaseException:
             _rmtree(dest)
             raise
-    u._step("unpacked", got)
+    u.step("unpacked", got)
     slots.stage(u.root, slot, got, u.trials)
     versions.raise_floor(u.root, least)
-    _remove(bundle)
+    remove(bundle)
     log.info(_TAG, "update %s in slot %s, on trial at the next boot", got, slot)
-    u._step("switched", got)
+    u.step("switched", got)
     return got

@@ -1,6 +1,6 @@
 """Whole-firmware (MicroPython image) updates through the ESP32's OTA partitions.
 
-The image comes in a signed bundle (firmware/ota_bundle.py format) with exactly one file, the
+The image comes in a signed bundle (firmware/ota/bundle.py format) with exactly one file, the
 image. It streams over HTTPS straight into the next OTA partition (`Partition(RUNNING)
 .get_next_update()`) one 4 KB flash block at a time: the signature is checked before the
 first block is written, the SHA-256 and size of the image as the last one is. Only a complete,
@@ -18,7 +18,8 @@ from micropython import const
 
 from firmware import log
 from firmware.ota import slots
-from firmware.ota.updater import DownloadFailed, UpdateError, _reset, healthy_before_reset
+from firmware.ota.errors import DownloadFailed, UpdateError
+from firmware.ota.updater import healthy_before_reset, reset_board
 
 _TAG = "ota"
 _STATE = "image.json"
@@ -47,9 +48,9 @@ class ImageWriter:
     bytes to `partition` block by block; raises a BundleError on anything wrong."""
 
     def __init__(self, partition, public_key, block=_BLOCK, check=None):
-        from firmware import ota_bundle  # with Ed25519: loaded only for an update
+        from firmware.ota import bundle  # with Ed25519: loaded only for an update
 
-        self.ob = ota_bundle
+        self.ob = bundle
         self.part = partition
         self.key = public_key
         self.check = check  # check(manifest): refuses before the first block is written
@@ -135,7 +136,7 @@ class ImageUpdater:
     """Firmware image updates. `partition_class` is esp32.Partition (tests pass the
     file-backed one from host_tests/shims); `client` an http.Client."""
 
-    def __init__(self, root, public_key, client=None, partition_class=None, reset=_reset,
+    def __init__(self, root, public_key, client=None, partition_class=None, reset=reset_board,
                  hook=None):
         if public_key is None or len(public_key) != 32:
             raise UpdateError("no OTA public key")

@@ -19,27 +19,11 @@ from micropython import const
 
 from firmware import log
 from firmware.ota import slots
+from firmware.ota.errors import Busy, Downgrade, DownloadFailed, UpdateError  # noqa: F401
 
 _TAG = "ota"
 _CHUNK = const(1024)
 _MIN_INTERVAL_S = const(60)
-
-
-class UpdateError(Exception):
-    """An update was refused or could not be completed; the running app is unchanged."""
-
-
-class Busy(UpdateError):
-    """Another update is running, or a new app is on trial and not yet confirmed."""
-
-
-class Downgrade(UpdateError):
-    """The signed bundle is not newer than the running version (and is not signed as a
-    rollback), or it is below the minimum secure version (firmware/ota/versions.py)."""
-
-
-class DownloadFailed(UpdateError):
-    """The server's answer was not the bundle (status, size or whole-file SHA-256)."""
 
 
 def public_key_from(cfg_value, root):
@@ -118,7 +102,7 @@ def _resolve(base, url):
     return base[:base.rfind("/") + 1] + url
 
 
-def _reset():
+def reset_board():
     import machine
 
     machine.reset()
@@ -146,7 +130,7 @@ class Updater:
     told of each step (tests cut the power there)."""
 
     def __init__(self, root, public_key, client=None, ca_file=None, manifest_url=None,
-                 interval_s=3600, trials=2, chunk=_CHUNK, reset=_reset, hook=None):
+                 interval_s=3600, trials=2, chunk=_CHUNK, reset=reset_board, hook=None):
         if public_key is None or len(public_key) != 32:
             raise UpdateError("no OTA public key (config ota.public_key or ota_public_key.bin)")
         self.root = root
@@ -176,7 +160,7 @@ class Updater:
                    interval_s=cfg.get("ota.interval_s", 3600),
                    trials=cfg.get("ota.trial_boots", 2), **kw)
 
-    def _step(self, stage, detail=None):
+    def step(self, stage, detail=None):
         log.progress(_TAG, stage, detail)  # download and unpack progress in the log
         if self.hook is not None:
             self.hook(stage, detail)
@@ -270,9 +254,9 @@ class Updater:
         except BaseException:
             from firmware.ota import fetch
 
-            fetch._remove(bundle)  # a refused bundle is not kept in flash
+            fetch.remove(bundle)  # a refused bundle is not kept in flash
             raise
-        self._step("reset", version)
+        self.step("reset", version)
         healthy_before_reset(self.root)
         log.info(_TAG, "resetting into the update")
         self.reset()

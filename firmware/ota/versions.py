@@ -17,7 +17,7 @@ import os
 
 from firmware import log
 from firmware.ota import slots
-from firmware.ota.updater import Downgrade, UpdateError
+from firmware.ota.errors import Downgrade, UpdateError
 
 _TAG = "ota"
 _FLOOR = "min_version.json"

@@ -1,36 +1,13 @@
-"""CPython stand-in for the `micropython` module (MicroPython's builtin wins on the unix port)."""
-
-
-def const(x):
-    return x
-
-
-def native(f):
-    return f
-
-
-viper = native
-
-
-def heap_lock():
-    return 0
-
-
-def heap_unlock():
-    return 0
-
-
-def mem_info(*a):
-    pass
-
-
-def mem_peak():
-    return 0
-
-
-def schedule(fn, arg):
-    fn(arg)
-
-
-def alloc_emergency_exception_buf(n):
-    pass
+"""CPython stand-in for the `micropython` module (MicroPython's builtin wins on the unix port);
+the definitions live in tools/cpython_compat.py, which host tools use without this path."""
+from tools.cpython_compat import (  # noqa: F401
+    alloc_emergency_exception_buf,
+    const,
+    heap_lock,
+    heap_unlock,
+    mem_info,
+    mem_peak,
+    native,
+    schedule,
+    viper,
+)

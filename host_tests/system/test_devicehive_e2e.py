@@ -4,67 +4,27 @@ applied once and updated, an expired command, malformed server messages, a netwo
 a SIGKILL, with nothing lost and nothing applied twice; and a fuzz of the adapter's handling
 of arbitrary server JSON."""
 import json
-import os
-import re
-import signal
-import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rig import FirmwareRig, scratch_dir, wait_for
 
 from tools import devicehive_cloud as dhc
-from tools import run_local
-from tools.faultproxy import FaultProxy
 
 
-def wait_for(what, cond, timeout=20):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
+def _configure(cfg):
+    cfg["cloud"]["ack_timeout_s"] = 2
+    cfg["sensors"] = [{"id": 7, "quantity": "temperature", "interval_s": 1},
+                      {"id": 8, "quantity": "humidity", "interval_s": 2}]
+    cfg["switches"] = [{"command": 3, "flip_every_s": 3}]
+    cfg["intervals"] = {"catalog_poll_s": 5, "status_s": 1}
 
 
-class Rig:
+class Rig(FirmwareRig):
     def __init__(self, tmp):
-        self.cloud_dir = os.path.join(tmp, "cloud")
-        self.device = os.path.join(tmp, "device")
-        self.log_path = os.path.join(tmp, "device.log")
-        if not os.path.exists(run_local.MICROPYTHON):
-            raise AssertionError("no MicroPython unix port at %s: run `make deps`" %
-                                 run_local.MICROPYTHON)
-        self.cloud_proc, self.cloud = run_local.start_cloud(self.cloud_dir, token_ttl=4,
-                                                            platform="devicehive")
-        port = int(self.cloud["api_url"].rsplit(":", 1)[1])
-        self.proxy = FaultProxy("127.0.0.1", port)
-        pport = self.proxy.start_in_thread()
-        run_local.write_device(self.device, self.cloud, api_url="wss://127.0.0.1:%d" % pport)
-        cfg_path = os.path.join(self.device, "config.json")
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-        cfg["cloud"]["ack_timeout_s"] = 2
-        cfg["sensors"] = [{"id": 7, "quantity": "temperature", "interval_s": 1},
-                          {"id": 8, "quantity": "humidity", "interval_s": 2}]
-        cfg["switches"] = [{"command": 3, "flip_every_s": 3}]
-        cfg["intervals"] = {"catalog_poll_s": 5, "status_s": 1}
-        with open(cfg_path, "w") as f:
-            json.dump(cfg, f)
-        self.fw = None
-        self.log_file = open(self.log_path, "ab")
-
-    def start(self):
-        self.fw = run_local.start_firmware(self.device, self.log_file)
-
-    def kill(self):
-        self.fw.send_signal(signal.SIGKILL)
-        self.fw.wait(10)
-
-    def log(self):
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
+        super().__init__(tmp, platform="devicehive", configure=_configure, scheme="wss",
+                         token_ttl=4)
 
     def notes(self):
         return dhc.notifications(self.cloud_dir)
@@ -78,25 +38,15 @@ class Rig:
     def requests(self, action=None):
         return [r for r in dhc.request_log(self.cloud_dir, action) if r["user"] == dhc.DEVICE_USER]
 
-    def last_status(self):
-        found = re.findall(r"status: (.*)", self.log())
-        return dict(kv.split("=") for kv in found[-1].split()) if found else {}
-
-    def stop(self):
-        if self.fw and self.fw.poll() is None:
-            self.fw.kill()
-            self.fw.wait(10)
-        self.proxy.stop()
-        self.cloud_proc.kill()
-        self.cloud_proc.wait(10)
-        self.log_file.close()
-
 
 @pytest.fixture
-def rig(tmp_path):
-    r = Rig(str(tmp_path))
-    yield r
-    r.stop()
+def rig():
+    with scratch_dir("devicehive-e2e-") as tmp:
+        r = Rig(tmp)
+        try:
+            yield r
+        finally:
+            r.stop()
 
 
 def done(rig, cid):
@@ -134,9 +84,12 @@ def test_devicehive_end_to_end(rig):
 
     # network cut: readings and a command sent meanwhile arrive afterwards, once each
     rig.proxy.set(mode="blackhole")
-    time.sleep(3)
+    during = int(rig.last_status()["readings"])
+    wait_for("readings taken during the cut",
+             lambda: int(rig.last_status()["readings"]) >= during + 3)
     offline = dhc.send_command(rig.cloud_dir, "4", 77, lifetime=120)
-    time.sleep(1)
+    wait_for("a reading after the offline command",
+             lambda: int(rig.last_status()["readings"]) >= during + 4)
     cut_readings = int(rig.last_status()["readings"])
     rig.proxy.set(mode="pass")
     wait_for("the offline command applied", lambda: done(rig, offline) == "applied", 25)

@@ -6,48 +6,28 @@ some wakes; afterwards everything arrives, each message_id once, with no gap."""
 import json
 import os
 import re
-import time
 
 import pytest
+from rig import FirmwareRig, scratch_dir
+from rig import wait_for as _wait_for
 
-from tools import realer_cloud, run_local
-from tools.faultproxy import FaultProxy
+from tools import realer_cloud
 
 
 def wait_for(what, cond, timeout=60):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for " + what)
+    return _wait_for(what, cond, timeout)  # a low-power cycle is slow: a longer deadline
 
 
-class Rig:
+def _configure(cfg):
+    cfg["switches"] = []
+    cfg["intervals"] = {"catalog_poll_s": 1, "status_s": 1}
+    cfg["lowpower"] = {"enabled": True, "budget_s": 4, "sleep_s": 2}
+
+
+class Rig(FirmwareRig):
     def __init__(self, tmp):
-        self.cloud_dir = os.path.join(tmp, "cloud")
-        self.device = os.path.join(tmp, "device")
-        self.log_path = os.path.join(tmp, "device.log")
-        self.cloud_proc, self.cloud = run_local.start_cloud(self.cloud_dir, token_ttl=300)
-        port = int(self.cloud["api_url"].rsplit(":", 1)[1])
-        self.proxy = FaultProxy("127.0.0.1", port)
-        pport = self.proxy.start_in_thread()
-        run_local.write_device(self.device, self.cloud, api_url="https://127.0.0.1:%d" % pport)
-        cfg_path = os.path.join(self.device, "config.json")
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-        cfg["switches"] = []
-        cfg["intervals"] = {"catalog_poll_s": 1, "status_s": 1}
-        cfg["lowpower"] = {"enabled": True, "budget_s": 4, "sleep_s": 2}
-        with open(cfg_path, "w") as f:
-            json.dump(cfg, f)
-        self.log_file = open(self.log_path, "ab")
-        self.fw = run_local.start_firmware(self.device, self.log_file)
-
-    def log(self):
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
+        super().__init__(tmp, configure=_configure, token_ttl=300)
+        self.start()
 
     def wakes(self):
         return re.findall(r"wake (\d+): readings=\d+ pending=(\d+) network=(\w+)", self.log())
@@ -56,21 +36,15 @@ class Rig:
         return [r for r in realer_cloud.feed_rows(self.cloud_dir)
                 if r["source"].startswith("sensor:")]
 
-    def stop(self):
-        if self.fw.poll() is None:
-            self.fw.kill()
-            self.fw.wait(10)
-        self.proxy.stop()
-        self.cloud_proc.kill()
-        self.cloud_proc.wait(10)
-        self.log_file.close()
-
 
 @pytest.fixture
-def rig(tmp_path):
-    r = Rig(str(tmp_path))
-    yield r
-    r.stop()
+def rig():
+    with scratch_dir("lowpower-e2e-") as tmp:
+        r = Rig(tmp)
+        try:
+            yield r
+        finally:
+            r.stop()
 
 
 def test_lowpower_cycles_deliver_everything_through_an_outage(rig):

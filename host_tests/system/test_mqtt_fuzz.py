@@ -9,7 +9,7 @@ import tracemalloc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware.net import conn, http, mqtt
+from firmware.net import conn, mqtt
 from support import StepReader
 from tools.mosquitto import Broker, BrokerError
 
@@ -174,7 +174,7 @@ def _client(v5=True, max_packet=4096):
 def _read_all(data, step, v5):
     """Read and dispatch packets until the stream ends; return how many were read."""
     client = _client(v5)
-    stream = http.Stream(StepReader(data, step), _Writer())
+    stream = conn.Stream(StepReader(data, step), _Writer())
 
     async def run():
         n = 0
@@ -213,7 +213,7 @@ def test_stream_reads_good_packets_back_to_back():
     v5 = True
     client = _client(v5)
     seeds = [GOOD[v5][i] for i in (1, 5, 6)]
-    stream = http.Stream(StepReader(b"".join(seeds), 3), _Writer())
+    stream = conn.Stream(StepReader(b"".join(seeds), 3), _Writer())
 
     async def run():
         # None: a PUBACK whole in the buffer, handled in place
@@ -227,7 +227,7 @@ def test_stream_reads_good_packets_back_to_back():
 def test_oversize_remaining_length_is_refused_unallocated(length, first):
     client = _client(True, max_packet=4096)
     data = bytes([first]) + M.encode_varint(length) + b"\x00" * 64
-    stream = http.Stream(StepReader(data, 64), _Writer())
+    stream = conn.Stream(StepReader(data, 64), _Writer())
     tracemalloc.start()
     try:
         err = _capture(client._read_packet(stream, 1000))
@@ -241,7 +241,7 @@ def test_oversize_remaining_length_is_refused_unallocated(length, first):
 
 def test_remaining_length_of_five_bytes_is_refused():
     client = _client(True, max_packet=2 ** 30)
-    stream = http.Stream(StepReader(b"\x30\xff\xff\xff\xff\x01", 8), _Writer())
+    stream = conn.Stream(StepReader(b"\x30\xff\xff\xff\xff\x01", 8), _Writer())
     err = _capture(client._read_packet(stream, 1000))
     assert isinstance(err, M.MqttProtocolError) and "longer than 4 bytes" in str(err), err
 
@@ -270,12 +270,12 @@ def test_packet_of_exactly_max_packet_bytes_is_read():
             continue
         tried += 1
         raw, payload = exact
-        stream = http.Stream(StepReader(raw, 512), _Writer())
+        stream = conn.Stream(StepReader(raw, 512), _Writer())
         kind, msg = asyncio.run(_client(True, max_packet=limit)._read_packet(stream, 1000))
         assert kind == M.PUBLISH and msg.payload == payload, limit
         over = next(p for p in map(_publish_of_total_size, range(limit + 1, limit + 4)) if p)[0]
         err = _capture(_client(True, max_packet=limit)._read_packet(
-            http.Stream(StepReader(over, 512), _Writer()), 1000))
+            conn.Stream(StepReader(over, 512), _Writer()), 1000))
         assert isinstance(err, M.MqttProtocolError), (limit, err)
     assert tried == 18, tried
 
@@ -290,7 +290,7 @@ def _capture(coro):
 
 def test_body_ending_early_is_a_named_close():
     raw = M.encode_publish("t", b"abcdef", 0)
-    err = _capture(_client()._read_packet(http.Stream(StepReader(raw[:-2], 4), _Writer()), 1000))
+    err = _capture(_client()._read_packet(conn.Stream(StepReader(raw[:-2], 4), _Writer()), 1000))
     assert isinstance(err, conn.Closed), err
 
 

@@ -3,62 +3,25 @@ NUBISON cloud over real TLS, through the fault proxy: login and one registration
 expiry, malformed answers, a network cut that loses answers, a SIGKILL and a restart; every
 reading's message_id stored exactly once, nothing lost, the device registered once."""
 import base64
-import json
-import os
 import re
 import signal
-import time
 
 import pytest
+from rig import FirmwareRig, scratch_dir, wait_for
 
 from tools import nubison_cloud as nc
-from tools import run_local
-from tools.faultproxy import FaultProxy
 
 
-def wait_for(what, cond, timeout=20):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for " + what)
+def _configure(cfg):
+    cfg["sensors"] = [{"id": 7, "quantity": "temperature", "interval_s": 1},
+                      {"id": 8, "quantity": "humidity", "interval_s": 2}]
+    cfg["switches"] = [{"command": 3, "flip_every_s": 3}]
+    cfg["intervals"] = {"catalog_poll_s": 1, "status_s": 1}
 
 
-class Rig:
+class Rig(FirmwareRig):
     def __init__(self, tmp):
-        self.cloud_dir = os.path.join(tmp, "cloud")
-        self.device = os.path.join(tmp, "device")
-        self.log_path = os.path.join(tmp, "device.log")
-        self.cloud_proc, self.cloud = run_local.start_cloud(self.cloud_dir, token_ttl=6,
-                                                            platform="nubison")
-        port = int(self.cloud["api_url"].rsplit(":", 1)[1])
-        self.proxy = FaultProxy("127.0.0.1", port)
-        pport = self.proxy.start_in_thread()
-        run_local.write_device(self.device, self.cloud, api_url="https://127.0.0.1:%d" % pport)
-        cfg_path = os.path.join(self.device, "config.json")
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-        cfg["sensors"] = [{"id": 7, "quantity": "temperature", "interval_s": 1},
-                          {"id": 8, "quantity": "humidity", "interval_s": 2}]
-        cfg["switches"] = [{"command": 3, "flip_every_s": 3}]
-        cfg["intervals"] = {"catalog_poll_s": 1, "status_s": 1}
-        with open(cfg_path, "w") as f:
-            json.dump(cfg, f)
-        self.fw = None
-        self.log_file = open(self.log_path, "ab")
-
-    def start(self):
-        self.fw = run_local.start_firmware(self.device, self.log_file)
-
-    def kill(self):
-        self.fw.send_signal(signal.SIGKILL)
-        self.fw.wait(10)
-
-    def log(self):
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
+        super().__init__(tmp, platform="nubison", configure=_configure, token_ttl=6)
 
     def rows(self):
         return nc.data_rows(self.cloud_dir)
@@ -66,25 +29,15 @@ class Rig:
     def count(self, event):
         return nc.count(self.cloud_dir, event)
 
-    def last_status(self):
-        found = re.findall(r"status: (.*)", self.log())
-        return dict(kv.split("=") for kv in found[-1].split()) if found else {}
-
-    def stop(self):
-        if self.fw and self.fw.poll() is None:
-            self.fw.kill()
-            self.fw.wait(10)
-        self.proxy.stop()
-        self.cloud_proc.kill()
-        self.cloud_proc.wait(10)
-        self.log_file.close()
-
 
 @pytest.fixture
-def rig(tmp_path):
-    r = Rig(str(tmp_path))
-    yield r
-    r.stop()
+def rig():
+    with scratch_dir("nubison-e2e-") as tmp:
+        r = Rig(tmp)
+        try:
+            yield r
+        finally:
+            r.stop()
 
 
 def test_nubison_end_to_end(rig):
@@ -118,9 +71,12 @@ def test_nubison_end_to_end(rig):
     stored = rig.count("data")
     rig.proxy.set(mode="reset_after", nbytes=0)
     wait_for("a delivery whose answer is lost", lambda: rig.count("data") > stored, 6)
-    time.sleep(1)
+    conns = rig.proxy.connections
     rig.proxy.set(mode="refuse")
-    time.sleep(1)
+    wait_for("a refused reconnect", lambda: rig.proxy.connections > conns)
+    during = int(rig.last_status()["readings"])
+    wait_for("readings taken during the cut",
+             lambda: int(rig.last_status()["readings"]) >= during + 2)
     cut_readings = int(rig.last_status()["readings"])
     rig.proxy.set(mode="pass")
     wait_for("readings taken during the cut", lambda: len(rig.rows()) >= cut_readings, 25)

@@ -1,6 +1,6 @@
-"""Signatures made by the `cryptography` package (OpenSSL) verified by firmware/ed25519.py on
+"""Signatures made by the `cryptography` package (OpenSSL) verified by firmware/ota/ed25519.py on
 the real MicroPython binary, and bundles built by tools/ota_tool.py checked and extracted by
-firmware/ota_bundle.py under MicroPython: round trip, tampering, wrong key, truncation, paths.
+firmware/ota/bundle.py under MicroPython: round trip, tampering, wrong key, truncation, paths.
 """
 import json
 import os
@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware import ed25519
+from firmware.ota import ed25519
 from tools import ota_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,7 +26,7 @@ L = 2**252 + 27742317777372353535851937790883648493
 
 VERIFY_SCRIPT = """
 import gc, json, struct, sys
-from firmware import ed25519
+from firmware.ota import ed25519
 out = []
 # Binary records (pk 32, sig 64, u32 length, message): the 64K heap holds one case at a time.
 with open(sys.argv[1], "rb") as f:
@@ -42,7 +42,7 @@ print(json.dumps(out))
 
 BUNDLE_SCRIPT = """
 import json, sys
-from firmware import ota_bundle
+from firmware.ota import bundle as ota_bundle
 bundle, pub, dest = sys.argv[1], sys.argv[2], sys.argv[3]
 with open(pub, "rb") as f:
     key = f.read()

@@ -24,9 +24,9 @@ ROOT = peers.ROOT
 MP_DIR = os.path.join(ROOT, "host_tests", "system", "mp")
 SHIMS = os.path.join(ROOT, "host_tests", "shims")
 # what the test board's firmware/ holds besides its app (the OTA path and what it imports)
-MODULES = ["__init__.py", "log.py", "clock.py", "backoff.py", "ota_bundle.py", "ed25519.py",
-           "sha512.py", "safemode.py", "ota/__init__.py", "ota/slots.py", "ota/updater.py",
-           "ota/fetch.py", "ota/versions.py", "version.py", "logfix.py",
+MODULES = ["__init__.py", "log.py", "logfix.py", "clock.py", "backoff.py", "safemode.py",
+           "version.py", "ota/__init__.py", "ota/slots.py", "ota/updater.py", "ota/fetch.py",
+           "ota/versions.py", "ota/errors.py", "ota/bundle.py", "ota/ed25519.py", "ota/sha512.py",
            "net/__init__.py", "net/conn.py", "net/tls.py", "net/http.py"]
 # An update is a transient peak over the app's steady state: HTTPS + Ed25519 + unpack need
 # 144K on the unix port (docs/ota.md, "Memory"); OTA_HEAP=... tries another size.

@@ -136,7 +136,7 @@ def test_catalog_default_is_the_documented_shape(cloud):
     finally:
         realer_cloud.set_knob(cloud.data, "route_ids", True)
     routes = cat["mqtt_routes"]
-    # realer-mqtt.txt's route item: source_type and mqtt only, no ids
+    # the Realer MQTT guide's route item: source_type and mqtt only, no ids
     assert all(set(r) == {"source_type", "mqtt"} for r in routes), routes
     assert sorted(r["source_type"] for r in routes) == ["command", "command", "sensor"]
     sensor = [r["mqtt"] for r in routes if r["source_type"] == "sensor"][0]

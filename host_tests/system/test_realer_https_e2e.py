@@ -2,80 +2,36 @@
 Realer cloud over real TLS, through the fault proxy: tokens, desired state, local changes,
 faults, a network cut and a SIGKILL, with nothing lost and nothing applied twice."""
 import base64
-import json
-import os
-import re
-import signal
-import time
 
 import pytest
+from rig import FirmwareRig, scratch_dir, wait_for
 
-from tools import realer_cloud, run_local
-from tools.faultproxy import FaultProxy
-
-
-def wait_for(what, cond, timeout=30):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for " + what)
+from tools import realer_cloud
 
 
-class Rig:
+def _configure(cfg):
+    cfg["sensors"] = [{"id": 7, "quantity": "temperature", "interval_s": 1},
+                      {"id": 8, "quantity": "humidity", "interval_s": 2}]
+    cfg["switches"] = [{"command": 3, "flip_every_s": 3}]
+    cfg["intervals"] = {"catalog_poll_s": 1, "status_s": 1}
+
+
+class Rig(FirmwareRig):
     def __init__(self, tmp):
-        self.cloud_dir = os.path.join(tmp, "cloud")
-        self.device = os.path.join(tmp, "device")
-        self.log_path = os.path.join(tmp, "device.log")
-        self.cloud_proc, self.cloud = run_local.start_cloud(self.cloud_dir, token_ttl=4)
-        port = int(self.cloud["api_url"].rsplit(":", 1)[1])
-        self.proxy = FaultProxy("127.0.0.1", port)
-        pport = self.proxy.start_in_thread()
-        run_local.write_device(self.device, self.cloud, api_url="https://127.0.0.1:%d" % pport)
-        cfg_path = os.path.join(self.device, "config.json")
-        cfg = json.load(open(cfg_path))
-        cfg["sensors"] = [{"id": 7, "quantity": "temperature", "interval_s": 1},
-                          {"id": 8, "quantity": "humidity", "interval_s": 2}]
-        cfg["switches"] = [{"command": 3, "flip_every_s": 3}]
-        cfg["intervals"] = {"catalog_poll_s": 1, "status_s": 1}
-        json.dump(cfg, open(cfg_path, "w"))
-        self.fw = None
-        self.log_file = open(self.log_path, "ab")
-
-    def start(self):
-        self.fw = run_local.start_firmware(self.device, self.log_file)
-
-    def kill(self):
-        self.fw.send_signal(signal.SIGKILL)
-        self.fw.wait(10)
-
-    def log(self):
-        return open(self.log_path, errors="replace").read()
+        super().__init__(tmp, configure=_configure, token_ttl=4)
 
     def rows(self):
         return realer_cloud.feed_rows(self.cloud_dir)
 
-    def last_status(self):
-        found = re.findall(r"status: (.*)", self.log())
-        return dict(kv.split("=") for kv in found[-1].split()) if found else {}
-
-    def stop(self):
-        if self.fw and self.fw.poll() is None:
-            self.fw.kill()
-            self.fw.wait(10)
-        self.proxy.stop()
-        self.cloud_proc.kill()
-        self.cloud_proc.wait(10)
-        self.log_file.close()
-
 
 @pytest.fixture
-def rig(tmp_path):
-    r = Rig(str(tmp_path))
-    yield r
-    r.stop()
+def rig():
+    with scratch_dir("realer-https-e2e-") as tmp:
+        r = Rig(tmp)
+        try:
+            yield r
+        finally:
+            r.stop()
 
 
 def sensor_rows(rig):
@@ -102,7 +58,9 @@ def test_realer_https_end_to_end(rig):
     n = len(sensor_rows(rig))
     wait_for("readings after faults", lambda: len(sensor_rows(rig)) >= n + 3)
     rig.proxy.set(mode="blackhole")
-    time.sleep(4)
+    during = int(rig.last_status()["readings"])
+    wait_for("readings taken during the cut",
+             lambda: int(rig.last_status()["readings"]) >= during + 4)
     cut_readings = int(rig.last_status()["readings"])
     rig.proxy.set(mode="pass")
     wait_for("readings taken during the cut", lambda: len(sensor_rows(rig)) >= cut_readings, 60)

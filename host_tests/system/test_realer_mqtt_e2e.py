@@ -7,94 +7,66 @@ applied twice; and the HTTPS fallback when the catalog has no credential_endpoin
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
+from rig import FirmwareRig, scratch_dir, wait_for
 
 from tools import realer_cloud, run_local
 from tools.faultproxy import FaultProxy
 
 
-def wait_for(what, cond, timeout=30):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for " + what)
+class Rig(FirmwareRig):
+    """The API and the broker each behind a fault proxy: `proxy` (the API) and `broker_proxy`;
+    the catalog names the broker proxy as broker_url."""
 
-
-class Rig:
     def __init__(self, tmp, cred_ttl=6, catalog_s=None, route_ids=False):
-        self.cloud_dir = os.path.join(tmp, "cloud")
-        self.device = os.path.join(tmp, "device")
-        self.log_path = os.path.join(tmp, "device.log")
-        self.cloud_proc, self.cloud = run_local.start_cloud(self.cloud_dir, token_ttl=8,
-                                                            mqtt=True, mqtt_cred_ttl=cred_ttl)
-        api_port = int(self.cloud["api_url"].rsplit(":", 1)[1])
-        broker_port = int(self.cloud["mqtt_url"].rsplit(":", 1)[1])
-        self.api_proxy = FaultProxy("127.0.0.1", api_port)
-        self.broker_proxy = FaultProxy("127.0.0.1", broker_port)
-        api = self.api_proxy.start_in_thread()
-        broker = self.broker_proxy.start_in_thread()
-        realer_cloud.set_knob(self.cloud_dir, "broker_url", "mqtts://127.0.0.1:%d" % broker)
-        realer_cloud.set_knob(self.cloud_dir, "route_ids", route_ids)
-        self.broker_port = broker_port
-        run_local.write_device(self.device, self.cloud, api_url="https://127.0.0.1:%d" % api,
-                               transport="mqtt")
-        cfg_path = os.path.join(self.device, "config.json")
-        cfg = json.load(open(cfg_path))
-        cfg["cloud"]["ack_timeout_s"] = 2
-        if catalog_s:
-            cfg["cloud"]["mqtt_catalog_s"] = catalog_s
-        cfg["sensors"] = [{"id": 7, "quantity": "temperature", "interval_s": 1},
-                          {"id": 8, "quantity": "humidity", "interval_s": 2}]
-        cfg["switches"] = [{"command": 3, "flip_every_s": 3}]
-        cfg["intervals"] = {"catalog_poll_s": 2, "status_s": 1}
-        json.dump(cfg, open(cfg_path, "w"))
-        self.fw = None
-        self.log_file = open(self.log_path, "ab")
+        def configure(cfg):
+            cfg["cloud"]["ack_timeout_s"] = 2
+            if catalog_s:
+                cfg["cloud"]["mqtt_catalog_s"] = catalog_s
+            cfg["sensors"] = [{"id": 7, "quantity": "temperature", "interval_s": 1},
+                              {"id": 8, "quantity": "humidity", "interval_s": 2}]
+            cfg["switches"] = [{"command": 3, "flip_every_s": 3}]
+            cfg["intervals"] = {"catalog_poll_s": 2, "status_s": 1}
 
-    def start(self):
-        self.fw = run_local.start_firmware(self.device, self.log_file)
-
-    def kill(self):
-        self.fw.send_signal(signal.SIGKILL)
-        self.fw.wait(10)
-
-    def log(self):
-        return open(self.log_path, errors="replace").read()
+        self.broker_proxy = None
+        super().__init__(tmp, configure=configure, transport="mqtt", token_ttl=8, mqtt=True,
+                         mqtt_cred_ttl=cred_ttl)
+        try:
+            self.broker_port = int(self.cloud["mqtt_url"].rsplit(":", 1)[1])
+            self.broker_proxy = FaultProxy("127.0.0.1", self.broker_port)
+            broker = self.broker_proxy.start_in_thread()
+            realer_cloud.set_knob(self.cloud_dir, "broker_url", "mqtts://127.0.0.1:%d" % broker)
+            realer_cloud.set_knob(self.cloud_dir, "route_ids", route_ids)
+        except BaseException:
+            self.stop()
+            raise
 
     def rows(self):
         return realer_cloud.feed_rows(self.cloud_dir)
 
-    def last_status(self):
-        found = re.findall(r"status: (.*)", self.log())
-        return dict(kv.split("=") for kv in found[-1].split()) if found else {}
-
     def stop(self):
-        if self.fw and self.fw.poll() is None:
-            self.fw.kill()
-            self.fw.wait(10)
-        self.api_proxy.stop()
-        self.broker_proxy.stop()
-        self.cloud_proc.send_signal(signal.SIGINT)  # lets the cloud stop its broker
-        try:
-            self.cloud_proc.wait(10)
-        except Exception:
-            self.cloud_proc.kill()
-        self.log_file.close()
+        if self.broker_proxy is not None:
+            self.broker_proxy.stop()
+        super().stop()
 
 
 @pytest.fixture
-def rig(tmp_path):
-    r = Rig(str(tmp_path))
-    yield r
-    r.stop()
+def scratch():
+    with scratch_dir("realer-mqtt-e2e-") as d:
+        yield d
+
+
+@pytest.fixture
+def rig(scratch):
+    r = Rig(scratch)
+    try:
+        yield r
+    finally:
+        r.stop()
 
 
 def sensor_rows(rig):
@@ -146,7 +118,9 @@ def test_realer_mqtt_end_to_end(rig):
 
     # network cut to the broker
     rig.broker_proxy.set(mode="blackhole")
-    time.sleep(4)
+    during = int(rig.last_status()["readings"])
+    wait_for("readings taken during the cut",
+             lambda: int(rig.last_status()["readings"]) >= during + 4)
     cut_readings = int(rig.last_status()["readings"])
     rig.broker_proxy.set(mode="pass")
     wait_for("readings taken during the cut", lambda: len(sensor_rows(rig)) >= cut_readings, 90)
@@ -205,8 +179,8 @@ def test_realer_mqtt_end_to_end(rig):
     assert not [s for s in secrets if s in log]
 
 
-def test_catalog_without_credential_endpoint_falls_back_to_https(tmp_path):
-    rig = Rig(str(tmp_path))
+def test_catalog_without_credential_endpoint_falls_back_to_https(scratch):
+    rig = Rig(scratch)
     try:
         realer_cloud.set_fault(rig.cloud_dir, {"kind": "no-credential-endpoint", "count": 100})
         rig.start()
@@ -223,11 +197,11 @@ def test_catalog_without_credential_endpoint_falls_back_to_https(tmp_path):
         rig.stop()
 
 
-def test_catalog_changes_take_effect_within_one_interval(tmp_path):
+def test_catalog_changes_take_effect_within_one_interval(scratch):
     """The catalog is read again every cloud.mqtt_catalog_s (3 s here): changed routes (the
     id-carrying variant, then the documented shape under new names), a moved broker_url and a
     removed credential_endpoint all take effect without a reboot."""
-    rig = Rig(str(tmp_path), cred_ttl=600, catalog_s=3, route_ids=True)
+    rig = Rig(scratch, cred_ttl=600, catalog_s=3, route_ids=True)
     try:
         rig.start()
         wait_for("readings over MQTT (routes with ids)",
@@ -273,12 +247,12 @@ def test_catalog_changes_take_effect_within_one_interval(tmp_path):
         rig.stop()
 
 
-def test_refused_broker_or_credential_reads_the_catalog_and_never_reuses_it(tmp_path):
+def test_refused_broker_or_credential_reads_the_catalog_and_never_reuses_it(scratch):
     """With the default (10-minute) catalog interval: the broker's address stops answering ->
     the catalog is read again before the next connect, which goes to the moved broker_url; the
     credential is deleted from the broker and the next credential request fails -> the refused
     credential is offered once (when it is not yet known to be refused), never again."""
-    rig = Rig(str(tmp_path), cred_ttl=600, route_ids=True)  # the id-carrying variant
+    rig = Rig(scratch, cred_ttl=600, route_ids=True)  # the id-carrying variant
     try:
         rig.start()
         wait_for("readings over MQTT", lambda: len(mqtt_rows(rig)) >= 2, 60)

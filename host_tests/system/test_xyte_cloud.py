@@ -6,11 +6,11 @@ import json
 import os
 import signal
 import ssl
-import time
 import urllib.error
 import urllib.request
 
 import pytest
+from rig import wait_for
 
 from tools import run_local, xyte_cloud
 from tools.mosquitto import SyncClient
@@ -68,16 +68,6 @@ def publish(c, reg, leaf, body, users=None, dev=None):
     info = c.c.publish("v1/device/%s/%s" % (dev or reg["id"], leaf), json.dumps(body), qos=1,
                        properties=props)
     return c._wait(info.mid)
-
-
-def wait_for(what, cond, timeout=10):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def test_registration_validates_and_replaces(cloud):

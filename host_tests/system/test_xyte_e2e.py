@@ -10,20 +10,11 @@ import json
 import os
 import re
 import signal
-import time
+
+from rig import status_of, wait_for
 
 from tools import run_local, xyte_cloud
 from tools.faultproxy import FaultProxy
-
-
-def wait_for(what, cond, timeout=20):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for " + what)
 
 
 class Rig:
@@ -137,7 +128,9 @@ def _session(rig):
 
     # a network cut to the broker: readings taken meanwhile all arrive
     rig.proxy.set(mode="blackhole")
-    time.sleep(3)
+    during = int(status_of(rig.log())["readings"])
+    wait_for("readings taken during the cut",
+             lambda: int(status_of(rig.log())["readings"]) >= during + 3)
     rig.proxy.set(mode="pass")
     n = len(rig.rows())
     wait_for("telemetry after the cut", lambda: len(rig.rows()) >= n + 3, 40)

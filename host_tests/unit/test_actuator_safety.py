@@ -8,7 +8,8 @@ import support
 from firmware import app as app_mod
 from firmware import config, log
 from firmware.board import esp32, sim
-from firmware.board.base import BoardConfigError, Rejected, make_board
+from firmware.board.base import BoardConfigError, Rejected
+from firmware.board.factory import make_board
 from firmware.desired import DesiredState, apply_desired
 from firmware.outbox import Outbox
 

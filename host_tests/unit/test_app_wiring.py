@@ -12,7 +12,7 @@ import support
 from firmware import app as app_mod
 from firmware import clock, config, log
 from firmware.app import App
-from firmware.board.base import make_board
+from firmware.board.factory import make_board
 from firmware.clouds import SendResult
 from firmware.outbox import Outbox
 from firmware.tasks import Supervisor

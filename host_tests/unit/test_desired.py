@@ -5,7 +5,7 @@ import os
 
 import support
 from firmware import desired
-from firmware.board.base import make_board
+from firmware.board.factory import make_board
 from firmware.desired import DesiredError, DesiredState, apply_desired
 from firmware.outbox import Outbox
 

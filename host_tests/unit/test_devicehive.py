@@ -9,7 +9,7 @@ import json
 import support
 from firmware import config, log
 from firmware.app import App
-from firmware.board.base import make_board
+from firmware.board.factory import make_board
 from firmware.clouds import devicehive as dh
 from firmware.net import conn, ws
 from firmware.outbox import Outbox, Record

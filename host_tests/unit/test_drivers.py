@@ -9,7 +9,8 @@ import micropython
 
 import support
 from firmware.board import analog, button, esp32, outputs
-from firmware.board.base import BoardConfigError, Rejected, SensorError, make_board
+from firmware.board.base import BoardConfigError, Rejected, SensorError
+from firmware.board.factory import make_board
 
 
 def _board(sensors=(), commands=(), switches=()):

@@ -7,8 +7,8 @@ multiplication independently of verify().
 import os
 
 import support
-from firmware import ed25519
-from firmware.sha512 import sha512
+from firmware.ota import ed25519
+from firmware.ota.sha512 import sha512
 
 P = 2**255 - 19
 L = 2**252 + 27742317777372353535851937790883648493

@@ -6,7 +6,7 @@ import machine
 import support
 from firmware import clock, config, log, lowpower, safemode
 from firmware.app import App
-from firmware.board.base import make_board
+from firmware.board.factory import make_board
 from firmware.outbox import Outbox
 
 _PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"

@@ -11,7 +11,7 @@ import struct
 from test_ed25519 import public_key, sign
 
 import support
-from firmware import ota_bundle
+from firmware.ota import bundle as ota_bundle
 
 SEED = bytes(range(32))
 OTHER_SEED = bytes(range(1, 33))

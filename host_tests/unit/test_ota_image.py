@@ -9,7 +9,7 @@ import esp32
 from test_ota_bundle import OTHER_SEED, make_bundle, pub, read_file
 
 import support
-from firmware import ota_bundle
+from firmware.ota import bundle as ota_bundle
 from firmware.ota import image
 
 IMAGE = bytes((i * 7 + (i >> 8)) & 0xFF for i in range(3 * 4096 + 1000))

@@ -6,7 +6,7 @@ import os
 from test_ota_bundle import OTHER_SEED, make_bundle, pub, read_file, write_file
 
 import support
-from firmware import ota_bundle
+from firmware.ota import bundle as ota_bundle
 from firmware.ota import slots, updater
 
 FILES = [("firmware/__init__.py", b""), ("firmware/app.py", b"WHO = 'new'\n"),

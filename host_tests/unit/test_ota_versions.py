@@ -10,7 +10,7 @@ from test_ota_bundle import OTHER_SEED, SEED, entry, frame, make_bundle, pub, si
 from test_ota_image import IMAGE, done, fresh_partitions, updater
 
 import support
-from firmware import ota_bundle
+from firmware.ota import bundle as ota_bundle
 from firmware.ota import image, slots, versions
 from firmware.ota import updater as upd
 

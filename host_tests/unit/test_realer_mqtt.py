@@ -65,7 +65,7 @@ DESIRED_C2 = "realer/iot/v1/devices/cdv_123/routes/rte_ccccccccccccccccccccccccc
 
 
 def documented(routes=None, url="mqtts://mqtt.example:8883"):
-    # the route items exactly as realer-mqtt.txt shows them: no source ids
+    # the route items exactly as the Realer MQTT guide shows them: no source ids
     body = catalog()
     body["mqtt"]["broker_url"] = url
     body["mqtt_routes"] = routes if routes is not None else [

@@ -2,15 +2,15 @@
 import asyncio
 
 import support
-from firmware.board import base, sim
+from firmware.board import base, factory, sim
 from firmware.board.base import (
     ActuatorError,
     BoardConfigError,
     Rejected,
     SensorError,
-    make_board,
     value_text,
 )
+from firmware.board.factory import make_board
 
 SENSORS = [
     {"id": 7, "driver": "sim", "interval_s": 10, "quantity": "temperature", "seed": 1},
@@ -197,12 +197,12 @@ def test_registry_plugs_in_drivers_for_esp32():
     assert drv.made == [1, 3]
     assert sorted(b.sensors) == [1, 2]
     assert drivers["sim"] is sim  # module name resolved once, on first use
-    base.register("fake-test-driver", drv)
+    factory.register("fake-test-driver", drv)
     try:
         b = make_board("esp32", [{"id": 11, "driver": "fake-test-driver"}], [])
         assert 11 in b.sensors and drv.made[-1] == 11
     finally:
-        del base.DRIVERS["fake-test-driver"]
+        del factory.DRIVERS["fake-test-driver"]
 
 
 def test_switch_flip_moves_actuator_and_notifies_local():

@@ -8,7 +8,7 @@ import machine
 import support
 from firmware import clock, config, log
 from firmware.app import App
-from firmware.board.base import make_board
+from firmware.board.factory import make_board
 from firmware.outbox import Outbox
 from firmware.watchdog import Watchdog
 

@@ -1,5 +1,7 @@
 """Give CPython the few MicroPython APIs the firmware uses, so firmware code stays pure
-MicroPython. Installed by conftest.py only; MicroPython has all of these natively.
+MicroPython: installed by host_tests/conftest.py and by the host tools that run firmware
+modules (config checks, Improv); MicroPython has all of these natively. `micropython` here is
+the stand-in module (host_tests/shims/micropython.py re-exports it for the test paths).
 """
 import asyncio
 import gc
@@ -41,7 +43,55 @@ async def _readinto(self, buf):
     return len(data)
 
 
+# the `micropython` module's functions the firmware calls, as CPython no-ops
+def const(x):
+    return x
+
+
+def native(f):
+    return f
+
+
+viper = native
+
+
+def heap_lock():
+    return 0
+
+
+def heap_unlock():
+    return 0
+
+
+def mem_info(*a):
+    pass
+
+
+def mem_peak():
+    return 0
+
+
+def schedule(fn, arg):
+    fn(arg)
+
+
+def alloc_emergency_exception_buf(n):
+    pass
+
+
+def _micropython_module():
+    mod = type(sys)("micropython")
+    for name in ("const", "native", "viper", "heap_lock", "heap_unlock", "mem_info", "mem_peak",
+                 "schedule", "alloc_emergency_exception_buf"):
+        setattr(mod, name, globals()[name])
+    return mod
+
+
 def install():
+    try:
+        import micropython  # noqa: F401  (the test shim, when host_tests/shims is on the path)
+    except ImportError:
+        sys.modules["micropython"] = _micropython_module()
     for name, fn in (("ticks_ms", _ticks_ms), ("ticks_us", _ticks_us), ("ticks_cpu", _ticks_us),
                      ("ticks_add", _ticks_add), ("ticks_diff", _ticks_diff),
                      ("sleep_ms", lambda ms: time.sleep(ms / 1000)),

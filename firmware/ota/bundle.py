@@ -23,7 +23,7 @@ import struct
 
 from micropython import const
 
-from firmware import ed25519
+from firmware.ota import ed25519
 
 MAGIC = b"FWB1"
 FORMAT = 1

@@ -16,7 +16,7 @@ for both scalars (about 253 doublings and 85 additions per verify).
 """
 from micropython import const
 
-from firmware.sha512 import sha512
+from firmware.ota.sha512 import sha512
 
 _W = const(5)  # NAF window: tables of 8 odd multiples per point
 

@@ -1,0 +1,127 @@
+"""The e2e rig shared by the system tests: one `wait_for` (a condition polled against a
+deadline, never a fixed sleep), a scratch directory that is removed even when the test fails,
+and `FirmwareRig`: a local cloud (tools/run_local.py), a fault proxy in front of it and the
+firmware (main.py on the MicroPython unix port, sim board) pointed at the proxy."""
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+from tools import run_local
+from tools.faultproxy import FaultProxy
+
+
+def wait_for(what, cond, timeout=30, step=0.1):
+    """Poll cond() until it returns something truthy, and return that; after `timeout`
+    seconds (monotonic) fail the test naming `what`. cond() gets one last look at the
+    deadline, so a slow machine's final poll still counts."""
+    end = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= end:
+            raise AssertionError("timed out after %g s waiting for %s" % (timeout, what))
+        time.sleep(step)
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix="e2e-"):
+    """A fresh directory, removed on the way out whatever happened (pytest's tmp_path keeps
+    the last runs' directories, with their databases, certificates and logs)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def status_of(log_text):
+    """The last `status:` line of a firmware log as a dict ({} before the first)."""
+    found = re.findall(r"status: (.*)", log_text)
+    return dict(kv.split("=", 1) for kv in found[-1].split()) if found else {}
+
+
+class FirmwareRig:
+    """Cloud + fault proxy + firmware in `tmp`. `configure(cfg)` edits the device's
+    config.json dict before the first start; `cloud_kw` goes to run_local.start_cloud;
+    `scheme` is the device's URL scheme for the proxy (https, or wss for DeviceHive).
+    stop() ends every process it started, each step on its own, so a failure in one does not
+    leave the others running."""
+
+    def __init__(self, tmp, platform="realer", configure=None, scheme="https", transport="https",
+                 **cloud_kw):
+        self.cloud_dir = os.path.join(tmp, "cloud")
+        self.device = os.path.join(tmp, "device")
+        self.log_path = os.path.join(tmp, "device.log")
+        self.fw = None
+        self.proxy = None
+        self.log_file = None
+        if not os.path.exists(run_local.MICROPYTHON):
+            raise AssertionError("no MicroPython unix port at %s: run `make deps`" %
+                                 run_local.MICROPYTHON)
+        self.cloud_proc, self.cloud = run_local.start_cloud(self.cloud_dir, platform=platform,
+                                                            **cloud_kw)
+        try:
+            port = int(self.cloud["api_url"].rsplit(":", 1)[1])
+            self.proxy = FaultProxy("127.0.0.1", port)
+            pport = self.proxy.start_in_thread()
+            run_local.write_device(self.device, self.cloud,
+                                   api_url="%s://127.0.0.1:%d" % (scheme, pport),
+                                   transport=transport)
+            if configure is not None:
+                path = os.path.join(self.device, "config.json")
+                with open(path) as f:
+                    cfg = json.load(f)
+                configure(cfg)
+                with open(path, "w") as f:
+                    json.dump(cfg, f)
+            self.log_file = open(self.log_path, "ab")
+        except BaseException:
+            self.stop()
+            raise
+
+    def start(self):
+        self.fw = run_local.start_firmware(self.device, self.log_file)
+
+    def kill(self):
+        self.fw.send_signal(signal.SIGKILL)
+        self.fw.wait(10)
+
+    def log(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def last_status(self):
+        return status_of(self.log())
+
+    def stop(self):
+        steps = []
+        if self.fw is not None:
+            steps.append(self._stop_firmware)
+        if self.proxy is not None:
+            steps.append(self.proxy.stop)
+        steps.append(self._stop_cloud)
+        if self.log_file is not None:
+            steps.append(self.log_file.close)
+        for step in steps:
+            with contextlib.suppress(Exception):
+                step()
+
+    def _stop_firmware(self):
+        if self.fw.poll() is None:
+            self.fw.kill()
+            self.fw.wait(10)
+
+    def _stop_cloud(self):
+        self.cloud_proc.send_signal(signal.SIGINT)  # lets a cloud stop the broker it started
+        try:
+            self.cloud_proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.cloud_proc.kill()
+            self.cloud_proc.wait(10)

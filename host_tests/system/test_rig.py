@@ -1,0 +1,39 @@
+"""The shared e2e rig's own guarantees: wait_for returns the condition's value or fails
+naming what it waited for, and a scratch directory is gone even when the test body raised."""
+import os
+
+import pytest
+from rig import scratch_dir, status_of, wait_for
+
+
+def test_wait_for_returns_the_first_truthy_value():
+    seen = []
+
+    def cond():
+        seen.append(1)
+        return len(seen) >= 3 and "ready"
+
+    assert wait_for("three polls", cond, timeout=30, step=0) == "ready"
+    assert len(seen) == 3
+
+
+def test_wait_for_fails_naming_what_it_waited_for():
+    with pytest.raises(AssertionError, match="the impossible"):
+        wait_for("the impossible", lambda: None, timeout=0, step=0)
+
+
+def test_scratch_dir_is_removed_even_when_the_body_raises():
+    kept = []
+    with pytest.raises(RuntimeError):
+        with scratch_dir() as d:
+            kept.append(d)
+            with open(os.path.join(d, "cloud.db"), "w") as f:
+                f.write("x")
+            raise RuntimeError("the test failed")
+    assert kept and not os.path.exists(kept[0])
+
+
+def test_status_of_reads_the_last_status_line():
+    log = "x status: readings=1 pending=2\ny status: readings=5 pending=0\n"
+    assert status_of(log) == {"readings": "5", "pending": "0"}
+    assert status_of("no status yet") == {}
