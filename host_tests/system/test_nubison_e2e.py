@@ -70,7 +70,7 @@ def test_nubison_end_to_end(rig):
     wait_for("a fresh token before the cut", lambda: rig.count("login") > logins)
     stored = rig.count("data")
     rig.proxy.set(mode="reset_after", nbytes=0)
-    wait_for("a delivery whose answer is lost", lambda: rig.count("data") > stored, 6)
+    wait_for("a delivery whose answer is lost", lambda: rig.count("data") > stored, 30)
     conns = rig.proxy.connections
     rig.proxy.set(mode="refuse")
     wait_for("a refused reconnect", lambda: rig.proxy.connections > conns)
