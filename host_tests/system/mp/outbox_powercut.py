@@ -9,7 +9,7 @@
 # nothing more ever reaches the RAM. Then a fresh VfsLfs2 is mounted on the same RAM, the
 # outbox is reopened and checked.
 #
-# The image starts with a store written by the v1 outbox (host_tests/unit/outbox_v1_frozen.py,
+# The image starts with a store written by the v1 outbox (firmware/outbox_v1.py,
 # not counted): the first open converts it, so the cuts land inside the conversion too. The
 # second life acknowledges in reverse order, past the ack index's out-of-order list, so
 # resolution markers in slots are cut as well.
@@ -19,10 +19,8 @@ import sys
 
 import vfs
 
-sys.path.append("host_tests/unit")
-from outbox_v1_frozen import Outbox as OutboxV1  # noqa: E402
-
-from firmware.outbox import Outbox  # noqa: E402
+from firmware.outbox import Outbox
+from firmware.outbox_v1 import Outbox as OutboxV1
 
 BS = 4096
 NBLOCKS = 48
