@@ -53,17 +53,21 @@ test: lint typecheck unit-mp pytest
 
 # Signed OTA bundles: the private key stays in keys/ (git-ignored); the device holds the public key.
 OTA_KEYS ?= keys
-VERSION ?= 0.0.0-dev
+# VERSION has no default: a bundle must be newer than what the board runs (a factory board
+# reports 0.0.0, firmware/version.py), and a made-up default would rank below it and be refused.
+need-version = @test -n "$(VERSION)" || { echo "set VERSION, e.g. VERSION=1.2.3 (newer than the board's; see docs/ota.md)"; exit 2; }
 ota-keygen: deps
 	$(PY) tools/ota_tool.py keygen --out $(OTA_KEYS)
 
 # The app only: boot.py and main.py stay the factory's (an app bundle cannot replace them).
 ota-bundle: deps
+	$(need-version)
 	$(PY) tools/ota_tool.py build --version $(VERSION) --key $(OTA_KEYS)/ota_signing_key.pem \
 		--out build/bundle-$(VERSION).bin $(if $(IMAGE),$(OTA_IMAGE_ARGS),--src firmware)
 
 # The JSON a board polls (config ota.manifest_url): version, url, sha256, size of the bundle.
 ota-manifest: deps
+	$(need-version)
 	$(PY) tools/ota_tool.py manifest --bundle build/bundle-$(VERSION).bin \
 		--url bundle-$(VERSION).bin --out build/manifest.json
 
