@@ -13,7 +13,11 @@ TLS on 127.0.0.1; this module owns the parts that are the same for every platfor
 - serve(): listen, write DATA/cloud.json (what run_local and the tests read), run the
   cloud's background loops, stop on SIGINT/SIGTERM.
 - ticking(): a background loop that survives a failing step.
-- cli() / data_command() / run(): the `serve` command line every cloud shares.
+- start_broker() / BrokerSession: the cloud's own mosquitto (tools/mosquitto.py) and its
+  admin session on it, for the platforms that speak MQTT.
+- cli() and the commands on it (command, rows_command, show_command, fault_command,
+  wait_option), main(), run(): the command line every cloud shares; the cloud names its
+  operator commands and what they call.
 """
 import argparse
 import asyncio
@@ -165,28 +169,131 @@ async def serve(data, paths, app, port, describe, loops=(), on_stop=()):
         await runner.cleanup()
 
 
-def cli(module, description, token_ttl, ttl_help=None):
+def start_broker(data, paths):
+    """The cloud's own mosquitto in DATA/mqtt (TLS with `paths`, fresh dynsec state); call
+    from the main thread: the broker is bound to the life of the thread that starts it."""
+    from tools.mosquitto import Broker
+
+    return Broker(os.path.join(data, "mqtt"), certs=paths).start()
+
+
+class BrokerSession:
+    """The cloud's own admin session on its broker (paho, MQTT 5). paho runs its network
+    thread; every message (on_message(msg)) and every connect or disconnect (on_up(bool)) is
+    handed to the asyncio `loop`, where all database work happens. It subscribes to
+    `filters` (QoS 1, no-local: the cloud never hears its own publishes) on every connect;
+    session_expiry (s): a persistent session, so PUBACKed device messages wait for it."""
+
+    def __init__(self, broker, client_id, loop, filters, on_message, on_up=None,
+                 session_expiry=None, log=None):
+        import paho.mqtt.client as mqtt
+
+        self.mqtt, self.broker, self.loop = mqtt, broker, loop
+        self.filters, self.on_up, self.log = filters, on_up, log
+        self.session_expiry = session_expiry
+        self.connected = False
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv5)
+        self.client.reconnect_delay_set(0.2, 2)
+        self.client.username_pw_set(*broker.admin)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *_a: loop.call_soon_threadsafe(self._up, False)
+        self.client.on_message = lambda _c, _u, m: loop.call_soon_threadsafe(on_message, m)
+
+    def start(self):
+        kw = {}
+        if self.session_expiry is not None:
+            props = self._props("CONNECT")
+            props.SessionExpiryInterval = self.session_expiry
+            kw = {"clean_start": False, "properties": props}
+        self.client.connect(self.broker.host, self.broker.port, keepalive=30, **kw)
+        self.client.loop_start()
+
+    def stop(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(self, topic, body, retain=False, response_topic=None):
+        """QoS 1; body: bytes or str as they are, anything else as JSON."""
+        props = self._props("PUBLISH")
+        if response_topic:
+            props.ResponseTopic = response_topic
+        payload = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
+
+    def _props(self, packet):
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        return Properties(getattr(PacketTypes, packet))
+
+    def _on_connect(self, client, _u, _f, rc, _p):
+        if rc.is_failure:
+            if self.log:
+                self.loop.call_soon_threadsafe(self.log, "bridge connect refused: %s", rc)
+            return
+        opts = self.mqtt.SubscribeOptions(qos=1, noLocal=True)
+        client.subscribe([(f, opts) for f in self.filters])
+        self.loop.call_soon_threadsafe(self._up, True)
+
+    def _up(self, up):
+        self.connected = up
+        if self.on_up:
+            self.on_up(up)
+
+
+def cli(module, description, token_ttl, serve, ttl_help=None):
     """(parser, subparsers, serve parser): `python -m tools.MODULE serve --data DIR [--port
-    N] [--token-ttl S]`, the command line every cloud shares; the cloud adds its own."""
+    N] [--token-ttl S]`, the command line every cloud shares, serve(args) running it; the
+    cloud adds its own commands (command(), rows_command(), ...) and calls main()."""
     ap = argparse.ArgumentParser(prog="python -m tools." + module, description=description)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    s = data_command(sub, "serve")
+    s = command(sub, "serve", serve)
     s.add_argument("--port", type=int, default=0)
     s.add_argument("--token-ttl", type=int, default=token_ttl, help=ttl_help)
     return ap, sub, s
 
 
-def data_command(sub, name):
-    """A subcommand that works on the cloud's data directory (--data DIR)."""
+def command(sub, name, run):
+    """A subcommand on the cloud's data directory (--data DIR) that run(args) carries out."""
     p = sub.add_parser(name)
     p.add_argument("--data", required=True)
+    p.set_defaults(run=run)
     return p
 
 
-def fault_command(sub, kinds, timing=False):
+def rows_command(sub, name, rows):
+    """`NAME --data DIR`: rows(data), one JSON object a line."""
+
+    def run(a):
+        for row in rows(a.data):
+            print(json.dumps(row))
+
+    return command(sub, name, run)
+
+
+def show_command(sub, name, state, render):
+    """`NAME --data DIR [--json]`: state(data) for people (render(state)) or as JSON."""
+
+    def run(a):
+        s = state(a.data)
+        print(json.dumps(s, indent=2) if a.json else render(s))
+
+    p = command(sub, name, run)
+    p.add_argument("--json", action="store_true", help="the raw state as JSON")
+    return p
+
+
+def wait_option(p):
+    """--wait [SECONDS] on an operator command that then waits for the device's answer."""
+    p.add_argument("--wait", type=float, nargs="?", const=60, metavar="SECONDS",
+                   help="then wait (default 60 s) for the device's answer and print it")
+
+
+def fault_command(sub, kinds, set_fault, timing=False):
     """`fault --data DIR KIND [--count N]`, with timing also [--retry-after S] [--seconds
-    S]: the parser; the cloud adds what else its faults take."""
-    k = data_command(sub, "fault")
+    S]; set_fault(args) stores it. The parser: the cloud adds what else its faults take."""
+    k = command(sub, "fault", set_fault)
     k.add_argument("kind", choices=kinds)
     k.add_argument("--count", type=int, default=1)
     if timing:
@@ -195,10 +302,21 @@ def fault_command(sub, kinds, timing=False):
     return k
 
 
-def run(data, main):
-    """Create DATA, then run the coroutine `main` until it ends or Ctrl-C."""
+def main(ap, argv):
+    """Parse argv and run the chosen command; its result is the exit status."""
+    a = ap.parse_args(argv)
+    return a.run(a)
+
+
+def run(data, main, broker=False):
+    """Create DATA, then run the coroutine main(broker) until it ends or Ctrl-C; broker:
+    with the cloud's own mosquitto (start_broker), stopped on the way out."""
     os.makedirs(data, exist_ok=True)
+    b = start_broker(data, pki(data)) if broker else None
     try:
-        asyncio.run(main)
+        asyncio.run(main(b))
     except KeyboardInterrupt:
         pass
+    finally:
+        if b is not None:
+            b.stop()

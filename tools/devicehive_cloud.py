@@ -60,7 +60,7 @@ import time
 
 from aiohttp import WSMsgType, web
 
-from tools import cloudkit
+from tools import cloudkit, operator_cli
 
 DEVICE_ID = "esp32-sim-1"
 OPERATOR = 1
@@ -687,50 +687,39 @@ def info(data, pki, refresh, token_ttl, base):
                     "--data %s 4 42" % os.path.relpath(data)}
 
 
+def _send(a):
+    try:
+        value = json.loads(a.value)
+    except ValueError:
+        value = a.value
+    return operator_cli.devicehive_send(sys.modules[__name__], a.data, a.name, value,
+                                        a.lifetime, a.age, a.wait)
+
+
+def _fault(a):
+    if a.kind == "expire-tokens":
+        set_knob(a.data, "expire-tokens", time.time())
+    else:
+        set_knob(a.data, a.kind, {"count": a.count, "action": a.action, "code": a.code})
+
+
 def main(argv=None):
     ap, sub, _ = cloudkit.cli("devicehive_cloud", "local DeviceHive server (WebSocket over TLS)",
-                              token_ttl=300)
-    c = cloudkit.data_command(sub, "send-command")
+                              300, lambda a: cloudkit.run(a.data, lambda _broker: serve(
+                                  a.data, a.port, a.token_ttl)))
+    c = cloudkit.command(sub, "send-command", _send)
     c.add_argument("name")
     c.add_argument("value")
     c.add_argument("--lifetime", type=int)
     c.add_argument("--age", type=float, default=0, help="stamp it this many seconds ago")
-    c.add_argument("--wait", type=float, nargs="?", const=60, metavar="SECONDS",
-                   help="then wait (default 60 s) for the device's answer and print it")
-    for name in ("list-commands", "list-notifications", "show-device"):
-        cloudkit.data_command(sub, name)
-    sub.choices["show-device"].add_argument("--json", action="store_true")
-    k = cloudkit.fault_command(sub, FAULTS)
+    cloudkit.wait_option(c)
+    cloudkit.rows_command(sub, "list-commands", commands)
+    cloudkit.rows_command(sub, "list-notifications", notifications)
+    cloudkit.show_command(sub, "show-device", device_state, operator_cli.devicehive_show)
+    k = cloudkit.fault_command(sub, FAULTS, _fault)
     k.add_argument("--action", default="notification/insert")
     k.add_argument("--code", type=int, default=500)
-    a = ap.parse_args(argv)
-    if a.cmd == "serve":
-        cloudkit.run(a.data, serve(a.data, a.port, a.token_ttl))
-    elif a.cmd == "send-command":
-        try:
-            value = json.loads(a.value)
-        except ValueError:
-            value = a.value
-        from tools import operator_cli
-
-        return operator_cli.devicehive_send(sys.modules[__name__], a.data, a.name, value,
-                                            a.lifetime, a.age, a.wait)
-    elif a.cmd == "list-commands":
-        for cmd in commands(a.data):
-            print(json.dumps(cmd))
-    elif a.cmd == "list-notifications":
-        for n in notifications(a.data):
-            print(json.dumps(n))
-    elif a.cmd == "show-device":
-        from tools import operator_cli
-
-        state = device_state(a.data)
-        print(json.dumps(state, indent=2) if a.json else operator_cli.devicehive_show(state))
-    elif a.cmd == "fault":
-        if a.kind == "expire-tokens":
-            set_knob(a.data, "expire-tokens", time.time())
-        else:
-            set_knob(a.data, a.kind, {"count": a.count, "action": a.action, "code": a.code})
+    return cloudkit.main(ap, argv)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ import time
 
 from aiohttp import web
 
-from tools import cloudkit
+from tools import cloudkit, operator_cli
 
 PRODUCT_CODE = "NBPRD01"
 DEVICE_ID = "sim-0001"
@@ -401,32 +401,18 @@ def describe(data, pki, secret, port):
 
 
 def main(argv=None):
-    ap, sub, _ = cloudkit.cli("nubison_cloud", "local NUBISON IoT cloud (HTTPS)", token_ttl=300)
-    for name in ("list-data", "show-device", "timeline", "unregister", "expire-tokens"):
-        cloudkit.data_command(sub, name)
-    sub.choices["show-device"].add_argument("--json", action="store_true")
-    cloudkit.fault_command(sub, FAULTS, timing=True)
-    a = ap.parse_args(argv)
-    if a.cmd == "serve":
-        cloudkit.run(a.data, serve(a.data, a.port, a.token_ttl))
-    elif a.cmd == "list-data":
-        for row in data_rows(a.data):
-            print(json.dumps(row))
-    elif a.cmd == "show-device":
-        from tools import operator_cli
-
-        state = device_state(a.data)
-        print(json.dumps(state, indent=2) if a.json else operator_cli.nubison_show(state))
-    elif a.cmd == "timeline":
-        for row in timeline(a.data):
-            print(json.dumps(row))
-    elif a.cmd == "fault":
-        set_fault(a.data, a.kind, a.count, a.retry_after, a.seconds)
-    elif a.cmd == "unregister":
-        unregister(a.data)
-    elif a.cmd == "expire-tokens":
-        expire_tokens(a.data)
-    return 0
+    ap, sub, _ = cloudkit.cli("nubison_cloud", "local NUBISON IoT cloud (HTTPS)", 300,
+                              lambda a: cloudkit.run(a.data, lambda _broker: serve(
+                                  a.data, a.port, a.token_ttl)))
+    cloudkit.rows_command(sub, "list-data", data_rows)
+    cloudkit.show_command(sub, "show-device", device_state, operator_cli.nubison_show)
+    cloudkit.rows_command(sub, "timeline", timeline)
+    cloudkit.fault_command(sub, FAULTS, lambda a: set_fault(a.data, a.kind, a.count,
+                                                            a.retry_after, a.seconds),
+                           timing=True)
+    cloudkit.command(sub, "unregister", lambda a: unregister(a.data))
+    cloudkit.command(sub, "expire-tokens", lambda a: expire_tokens(a.data))
+    return cloudkit.main(ap, argv)
 
 
 if __name__ == "__main__":

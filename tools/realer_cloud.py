@@ -87,7 +87,7 @@ import urllib.request
 
 from aiohttp import web
 
-from tools import cloudkit
+from tools import cloudkit, operator_cli
 from tools.cloudkit import now_iso
 
 DEVICE_ID = 12345
@@ -609,52 +609,23 @@ class MqttBridge:
     FEED_FILTER = "realer/iot/v1/devices/+/routes/+/feed-data"
 
     def __init__(self, cloud, broker, loop):
-        import paho.mqtt.client as mqtt
-
         self.cloud, self.broker, self.loop = cloud, broker, loop
         self.wake = asyncio.Event()
         self.published = {}
-        self.connected = False
         self.log_file = open(os.path.join(broker.workdir, "bridge.log"), "a")
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id="realer-cloud-bridge", protocol=mqtt.MQTTv5)
-        self.client.reconnect_delay_set(0.2, 2)
-        self.client.username_pw_set(*broker.admin)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = lambda _c, _u, m: loop.call_soon_threadsafe(
-            self.handle, m.topic, m.payload)
+        self.session = cloudkit.BrokerSession(
+            broker, "realer-cloud-bridge", loop, [self.FEED_FILTER],
+            lambda m: self.handle(m.topic, m.payload), self._connected, log=self.log)
+        self.start, self.stop = self.session.start, self.session.stop
 
     def log(self, fmt, *args):
         self.log_file.write("%s %s\n" % (now_iso(), fmt % args))
         self.log_file.flush()
 
-    def start(self):
-        self.client.connect(self.broker.host, self.broker.port, keepalive=30)
-        self.client.loop_start()
-
-    def stop(self):
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def _on_connect(self, client, _u, _f, rc, _p):
-        if rc.is_failure:
-            self.loop.call_soon_threadsafe(self.log, "bridge connect refused: %s", rc)
-            return
-        client.subscribe(self.FEED_FILTER, qos=1)
-        self.loop.call_soon_threadsafe(self._connected, True)
-
-    def _on_disconnect(self, _c, _u, _f, rc, _p):
-        self.loop.call_soon_threadsafe(self._connected, False)
-
     def _connected(self, up):
-        self.connected = up
         self.published = {}  # republish the retained desired states after a reconnect
         self.wake.set()
         self.log("bridge %s", "connected" if up else "disconnected")
-
-    def publish(self, topic, body, retain=False):
-        self.client.publish(topic, json.dumps(body), qos=1, retain=retain)
 
     def ack(self, cid, mid, status, etype=None, message=None, details=None, retryable=None):
         body = {"message_id": mid, "status": status}
@@ -662,7 +633,7 @@ class MqttBridge:
             body["error"] = {"type": etype, "message": message, "details": details or {}}
         if retryable is not None:
             body["retryable"] = retryable
-        self.publish(ack_topic(cid), body)
+        self.session.publish(ack_topic(cid), body)
         self.log("ack %s %s %s%s", cid, mid, status, " %s %s" % (etype, details) if etype else "")
 
     def handle(self, topic, payload):
@@ -737,14 +708,14 @@ class MqttBridge:
 
     async def tick(self):
         conn = self.cloud.conn
-        if self.connected:
+        if self.session.connected:
             for cmd_id, dev, value, did, dat, exp, seq in conn.execute(
                     "select id, device, value, desired_id, desired_at, expires_at, seq from "
                     "command where desired_id is not null").fetchall():
                 mode = self.cloud.route_mode()
                 if self.published.get((dev, cmd_id) + mode) != seq:
                     cid = self.cloud._client_id(dev)
-                    self.publish(desired_topic(cid, cmd_id, *mode),
+                    self.session.publish(desired_topic(cid, cmd_id, *mode),
                                  {"command_id": cmd_id, "desired_id": did, "value": value,
                                   "seq": seq, "desired_at": dat, "expires_at": exp},
                                  retain=True)
@@ -778,22 +749,13 @@ class MqttBridge:
                 await self._control(self.broker.kick_client, username)
 
 
-def start_broker(data, pki):
-    """The cloud's own mosquitto (fresh dynsec state) in DATA/mqtt; call from the main
-    thread (the broker is bound to the life of the thread that starts it)."""
-    from tools.mosquitto import Broker
-
-    conn = db(data)
-    conn.execute("update mqtt_cred set removed=1")  # the new broker knows none of them
-    return Broker(os.path.join(data, "mqtt"), certs=pki).start()
-
-
 async def serve(data, port, token_ttl, broker=None, cred_ttl=600):
     pki = cloudkit.pki(data)
     secret = provision(data)
     cloud = Cloud(data, token_ttl, broker, cred_ttl)
     loops, on_stop = [], []
     if broker is not None:
+        cloud.conn.execute("update mqtt_cred set removed=1")  # a new broker knows none of them
         cloud.bridge = MqttBridge(cloud, broker, asyncio.get_running_loop())
         cloud.bridge.start()
         loops, on_stop = [cloud.bridge.run()], [cloud.bridge.stop]
@@ -818,46 +780,31 @@ def admin_call(data, what, body):
         return json.load(r)
 
 
+def _fault(a):
+    admin_call(a.data, "fault", {"kind": a.kind, "count": a.count,
+                                 "retry_after": a.retry_after, "seconds": a.seconds})
+
+
 def main(argv=None):
-    ap, sub, s = cloudkit.cli("realer_cloud", "local Realer cloud (HTTPS)", token_ttl=120)
+    def run(a):
+        return cloudkit.run(a.data, lambda broker: serve(a.data, a.port, a.token_ttl, broker,
+                                                         a.mqtt_cred_ttl), broker=a.mqtt)
+
+    me = sys.modules[__name__]
+    ap, sub, s = cloudkit.cli("realer_cloud", "local Realer cloud (HTTPS)", 120, run)
     s.add_argument("--mqtt", action="store_true", help="also run a mosquitto broker (TLS)")
     s.add_argument("--mqtt-cred-ttl", type=int, default=600,
                    help="lifetime of an MQTT credential, seconds")
-    d = cloudkit.data_command(sub, "set-desired")
+    d = cloudkit.command(sub, "set-desired", lambda a: operator_cli.realer_set_desired(
+        me, a.data, a.command, a.value, a.ttl, a.wait))
     d.add_argument("command", type=int)
     d.add_argument("value")
     d.add_argument("--ttl", type=int)
-    d.add_argument("--wait", type=float, nargs="?", const=60, metavar="SECONDS",
-                   help="then wait (default 60 s) for the device's answer and print it")
-    cloudkit.data_command(sub, "list-feed-data")
-    sd = cloudkit.data_command(sub, "show-device")
-    sd.add_argument("--json", action="store_true", help="the raw state as JSON")
-    cloudkit.fault_command(sub, ("401", "429", "503", "slow") + MQTT_FAULTS, timing=True)
-    a = ap.parse_args(argv)
-    if a.cmd == "serve":
-        os.makedirs(a.data, exist_ok=True)
-        broker = start_broker(a.data, cloudkit.pki(a.data)) if a.mqtt else None
-        try:
-            cloudkit.run(a.data, serve(a.data, a.port, a.token_ttl, broker, a.mqtt_cred_ttl))
-        finally:
-            if broker is not None:
-                broker.stop()
-    elif a.cmd == "set-desired":
-        from tools import operator_cli
-
-        return operator_cli.realer_set_desired(sys.modules[__name__], a.data, a.command,
-                                               a.value, a.ttl, a.wait)
-    elif a.cmd == "list-feed-data":
-        for row in feed_rows(a.data):
-            print(json.dumps(row))
-    elif a.cmd == "show-device":
-        from tools import operator_cli
-
-        state = device_state(a.data)
-        print(json.dumps(state, indent=2) if a.json else operator_cli.realer_show(state))
-    elif a.cmd == "fault":
-        admin_call(a.data, "fault", {"kind": a.kind, "count": a.count,
-                                     "retry_after": a.retry_after, "seconds": a.seconds})
+    cloudkit.wait_option(d)
+    cloudkit.rows_command(sub, "list-feed-data", feed_rows)
+    cloudkit.show_command(sub, "show-device", device_state, operator_cli.realer_show)
+    cloudkit.fault_command(sub, ("401", "429", "503", "slow") + MQTT_FAULTS, _fault, timing=True)
+    return cloudkit.main(ap, argv)
 
 
 if __name__ == "__main__":

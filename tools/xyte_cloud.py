@@ -43,7 +43,6 @@ access key older than S seconds is revoked the same way (the device registers ag
 """
 import asyncio
 import json
-import os
 import secrets
 import sys
 import time
@@ -51,7 +50,7 @@ import uuid
 
 from aiohttp import web
 
-from tools import cloudkit
+from tools import cloudkit, operator_cli
 from tools.cloudkit import now_iso
 
 SCHEMA = """
@@ -311,49 +310,15 @@ class ServerSide:
     asyncio loop, where all database work happens."""
 
     def __init__(self, cloud, broker, loop):
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
-        self.mqtt, self.Properties, self.PacketTypes = mqtt, Properties, PacketTypes
-        self.cloud, self.broker, self.loop = cloud, broker, loop
-        self.connected = False
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="xyte-server",
-                                  protocol=mqtt.MQTTv5)
-        self.client.reconnect_delay_set(0.2, 2)
-        self.client.username_pw_set(*broker.admin)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda *_a: loop.call_soon_threadsafe(self._up, False)
-        self.client.on_message = lambda _c, _u, m: loop.call_soon_threadsafe(self.handle, m)
-
-    def start(self):
-        props = self.Properties(self.PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600  # PUBACKed device messages wait for us
-        self.client.connect(self.broker.host, self.broker.port, keepalive=30,
-                            clean_start=False, properties=props)
-        self.client.loop_start()
-
-    def stop(self):
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def _on_connect(self, client, _u, _f, rc, _p):
-        if rc.is_failure:
-            return
-        opts = self.mqtt.SubscribeOptions(qos=1, noLocal=True)
-        client.subscribe([("v1/device/+/+", opts), ("v1/device/+/+/update", opts)])
-        self.loop.call_soon_threadsafe(self._up, True)
-
-    def _up(self, up):
-        self.connected = up
+        self.cloud, self.broker = cloud, broker
+        self.session = cloudkit.BrokerSession(
+            broker, "xyte-server", loop, ["v1/device/+/+", "v1/device/+/+/update"],
+            self.handle, session_expiry=3600)
+        self.start, self.stop = self.session.start, self.session.stop
 
     def publish(self, dev, leaf, body, response=None):
-        props = self.Properties(self.PacketTypes.PUBLISH)
-        if response:
-            props.ResponseTopic = "v1/device/%s/%s" % (dev, response)
-        payload = body if isinstance(body, (bytes, str)) else json.dumps(body)
-        self.client.publish("v1/device/%s/%s" % (dev, leaf), payload, qos=1,
-                            properties=props)
+        self.session.publish("v1/device/%s/%s" % (dev, leaf), body, response_topic=response
+                             and "v1/device/%s/%s" % (dev, response))
 
     def handle(self, m):
         parts = m.topic.split("/")
@@ -465,7 +430,7 @@ class ServerSide:
     async def tick(self):
         c = self.cloud
         live = c.live()
-        if live and self.connected:
+        if live and self.session.connected:
             dev = live[0]
             for row in c.conn.execute("select id, name, parameters, status from command where "
                                       "published=0").fetchall():
@@ -540,49 +505,24 @@ def describe_info(info, pki, hardware_key):
 
 
 def main(argv=None):
+    me = sys.modules[__name__]
     ap, sub, _ = cloudkit.cli(
-        "xyte_cloud", "local Xyte cloud (HTTPS + MQTT 5)", token_ttl=0,
+        "xyte_cloud", "local Xyte cloud (HTTPS + MQTT 5)", 0,
+        lambda a: cloudkit.run(a.data, lambda broker: serve(a.data, a.port, a.token_ttl,
+                                                            broker), broker=True),
         ttl_help="revoke access keys older than this many seconds (0: never)")
-    sc = cloudkit.data_command(sub, "send-command")
+    sc = cloudkit.command(sub, "send-command", lambda a: operator_cli.xyte_send(
+        me, a.data, a.name, json.loads(a.params), a.wait))
     sc.add_argument("name")
     sc.add_argument("--params", default="{}")
-    sc.add_argument("--wait", type=float, nargs="?", const=60, metavar="SECONDS",
-                   help="then wait (default 60 s) for the device's answer and print it")
-    cf = cloudkit.data_command(sub, "set-config")
+    cloudkit.wait_option(sc)
+    cf = cloudkit.command(sub, "set-config", lambda a: operator_cli.xyte_set_config(
+        me, a.data, json.loads(a.fields), a.wait))
     cf.add_argument("fields")
-    cf.add_argument("--wait", type=float, nargs="?", const=60, metavar="SECONDS",
-                   help="then wait (default 60 s) for the device's answer and print it")
-    sh = cloudkit.data_command(sub, "show")
-    sh.add_argument("--json", action="store_true", help="the raw state as JSON")
-    cloudkit.fault_command(sub, FAULTS)
-    a = ap.parse_args(argv)
-    if a.cmd == "serve":
-        from tools.mosquitto import Broker
-
-        os.makedirs(a.data, exist_ok=True)
-        broker = Broker(os.path.join(a.data, "mqtt"), certs=cloudkit.pki(a.data)).start()
-        try:
-            cloudkit.run(a.data, serve(a.data, a.port, a.token_ttl, broker))
-        finally:
-            broker.stop()
-    elif a.cmd == "send-command":
-        from tools import operator_cli
-
-        return operator_cli.xyte_send(sys.modules[__name__], a.data, a.name,
-                                      json.loads(a.params), a.wait)
-    elif a.cmd == "set-config":
-        from tools import operator_cli
-
-        return operator_cli.xyte_set_config(sys.modules[__name__], a.data,
-                                            json.loads(a.fields), a.wait)
-    elif a.cmd == "show":
-        from tools import operator_cli
-
-        state = show(a.data)
-        print(json.dumps(state, indent=2) if a.json else operator_cli.xyte_show(state))
-    elif a.cmd == "fault":
-        set_fault(a.data, a.kind, a.count)
-    return 0
+    cloudkit.wait_option(cf)
+    cloudkit.show_command(sub, "show", show, operator_cli.xyte_show)
+    cloudkit.fault_command(sub, FAULTS, lambda a: set_fault(a.data, a.kind, a.count))
+    return cloudkit.main(ap, argv)
 
 
 if __name__ == "__main__":

@@ -138,16 +138,76 @@ def test_ticking_goes_on_after_a_failing_step_and_wakes_early():
     assert [str(e) for e in failures] == ["bad row"]
 
 
-def test_cli_shares_serve_and_fault_flags():
-    ap, sub, _ = cloudkit.cli("x_cloud", "a cloud", token_ttl=120, ttl_help="seconds")
-    cloudkit.fault_command(sub, ("401", "slow"), timing=True)
-    cloudkit.data_command(sub, "show")
-    a = ap.parse_args(["serve", "--data", "D"])
-    assert (a.cmd, a.data, a.port, a.token_ttl) == ("serve", "D", 0, 120)
-    a = ap.parse_args(["fault", "--data", "D", "slow", "--seconds", "1.5"])
-    assert (a.kind, a.count, a.retry_after, a.seconds) == ("slow", 1, 2, 1.5)
-    assert ap.parse_args(["show", "--data", "D"]).cmd == "show"
+def test_cli_shares_serve_operator_and_fault_commands(capsys):
+    ran = []
+    ap, sub, _ = cloudkit.cli("x_cloud", "a cloud", 120, lambda a: ran.append(a) or 3,
+                              ttl_help="seconds")
+    cloudkit.fault_command(sub, ("401", "slow"), lambda a: ran.append(a), timing=True)
+    cloudkit.rows_command(sub, "list", lambda data: [{"data": data, "n": 1}, {"n": 2}])
+    cloudkit.show_command(sub, "show", lambda data: {"at": data}, lambda s: "at " + s["at"])
+    cloudkit.wait_option(cloudkit.command(sub, "send", lambda a: a.wait))
     assert ap.prog == "python -m tools.x_cloud"
+    assert cloudkit.main(ap, ["serve", "--data", "D"]) == 3  # the command's exit status
+    a = ran.pop()
+    assert (a.cmd, a.data, a.port, a.token_ttl) == ("serve", "D", 0, 120)
+    cloudkit.main(ap, ["fault", "--data", "D", "slow", "--seconds", "1.5"])
+    a = ran.pop()
+    assert (a.kind, a.count, a.retry_after, a.seconds) == ("slow", 1, 2, 1.5)
+    assert cloudkit.main(ap, ["send", "--data", "D", "--wait"]) == 60
+    assert cloudkit.main(ap, ["send", "--data", "D"]) is None
+    capsys.readouterr()
+    cloudkit.main(ap, ["list", "--data", "D"])
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [
+        {"data": "D", "n": 1}, {"n": 2}]
+    cloudkit.main(ap, ["show", "--data", "D"])
+    assert capsys.readouterr().out == "at D\n"
+    cloudkit.main(ap, ["show", "--data", "D", "--json"])
+    assert json.loads(capsys.readouterr().out) == {"at": "D"}
+
+
+def test_broker_session_subscribes_hands_messages_to_the_loop_and_publishes():
+    from tools.mosquitto import SyncClient
+
+    async def main(broker):
+        loop = asyncio.get_running_loop()
+        got, ups, up = asyncio.Queue(), [], asyncio.Event()
+
+        def on_up(state):
+            ups.append(state)
+            up.set()
+
+        session = cloudkit.BrokerSession(broker, "kit-test", loop, ["dev/+/up"],
+                                         lambda m: got.put_nowait((m.topic, m.payload)),
+                                         on_up, session_expiry=60)
+        broker.add_client("dev", "pw", client_id="dev1", publish=["dev/1/up"],
+                          subscribe=["dev/1/down"])
+        session.start()
+        try:
+            await asyncio.wait_for(up.wait(), 30)
+            assert session.connected
+            dev = SyncClient(broker.host, broker.port, "dev", "pw", client_id="dev1")
+            await loop.run_in_executor(None, dev.connect)
+            await loop.run_in_executor(None, dev.subscribe, "dev/1/down")
+            await loop.run_in_executor(None, dev.publish, "dev/1/up", b'{"n": 1}')
+            topic_payload = await asyncio.wait_for(got.get(), 30)
+            session.publish("dev/1/down", {"answer": 2}, response_topic="dev/1/up")
+            down = await loop.run_in_executor(None, dev.next_message, 30)
+            dev.close()
+        finally:
+            session.stop()
+        return topic_payload, down, ups
+
+    with scratch_dir() as d:
+        broker = cloudkit.start_broker(d, cloudkit.pki(d))
+        try:
+            (topic, payload), down, ups = asyncio.run(main(broker))
+        finally:
+            broker.stop()
+        assert os.path.isdir(os.path.join(d, "mqtt"))
+    assert (topic, payload) == ("dev/1/up", b'{"n": 1}')
+    assert down.topic == "dev/1/down" and json.loads(down.payload) == {"answer": 2}
+    assert down.properties.ResponseTopic == "dev/1/up"
+    assert ups[0] is True
 
 
 # A minimal cloud on the kit, run as its own process like `python -m tools.<p>_cloud serve`.
@@ -172,7 +232,7 @@ MINI = textwrap.dedent("""
                              [cloudkit.ticking(loop_step, 3600, print)],
                              [lambda: print("stopped", flush=True)])
 
-    cloudkit.run(sys.argv[1], main(sys.argv[1]))
+    cloudkit.run(sys.argv[1], lambda _broker: main(sys.argv[1]))
 """)
 
 
@@ -207,3 +267,41 @@ def test_serve_listens_over_tls_writes_cloud_json_and_stops_on_sigint():
         lines = out.decode().split()
         assert lines[:3] == ["mini", "cloud", "on"] and "tick" in lines
         assert lines[-1] == "stopped"
+
+
+CLOUDS = ("realer", "nubison", "devicehive", "xyte")
+
+
+def test_every_cloud_serves_with_the_same_flags(capsys):
+    import importlib
+
+    for platform in CLOUDS:
+        cloud = importlib.import_module("tools.%s_cloud" % platform)
+        try:
+            cloud.main(["serve", "--help"])
+        except SystemExit as e:
+            assert e.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: python -m tools.%s_cloud serve" % platform), out
+        for flag in ("--data DATA", "--port PORT", "--token-ttl TOKEN_TTL"):
+            assert flag in out, (platform, flag)
+
+
+def test_operator_commands_exit_0_on_a_running_cloud():
+    from tools import realer_cloud, run_local
+
+    with scratch_dir() as d:
+        proc, _ = run_local.start_cloud(d)
+        try:
+            for args in (["fault", "429", "--count", "2"], ["show-device"],
+                         ["list-feed-data"]):
+                r = subprocess.run([sys.executable, "-m", "tools.realer_cloud", args[0],
+                                    "--data", d] + args[1:], cwd=ROOT, capture_output=True,
+                                   timeout=120)
+                assert r.returncode == 0, (args, r.stderr.decode())
+            assert realer_cloud.db(d).execute("select value from knob where name='fault'"
+                                              ).fetchone()[0] == json.dumps(
+                {"kind": "429", "count": 2, "retry_after": 2, "seconds": 5})
+        finally:
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(60) == 0
