@@ -666,14 +666,15 @@ async def serve(data, port, token_ttl):
     def describe(port):
         base = "wss://127.0.0.1:%d" % port
         cloud.url = base + WS_PATH
-        return info(data, pki, refresh, token_ttl, base), \
+        return cloud_json(data, pki, refresh, token_ttl, base), \
             "devicehive cloud on %s (data %s)" % (cloud.url, data)
 
     await cloudkit.serve(data, pki, cloud.app(), port, describe, [cloud.ticker()])
 
 
-def info(data, pki, refresh, token_ttl, base):
-    """cloud.json: the server, the device's cloud section, the operator's tokens."""
+def cloud_json(data, pki, refresh, token_ttl, base):
+    """What run_local and the tests read: the server, the device's cloud section, the
+    operator's tokens."""
     return {"api_url": base, "ws_url": base + WS_PATH, "ca_file": pki["ca"],
             "device_id": DEVICE_ID,
             "device_cloud": {"platform": "devicehive", "api_url": base, "ws_path": WS_PATH,

@@ -383,21 +383,23 @@ class Cloud:
 async def serve(data, port, token_ttl):
     pki = cloudkit.pki(data)
     secret = provision(data)
-    await cloudkit.serve(data, pki, Cloud(data, token_ttl).app(), port,
-                         lambda port: describe(data, pki, secret, port))
+
+    def describe(port):
+        url = "https://127.0.0.1:%d" % port
+        return cloud_json(data, pki, secret, url), "nubison cloud on %s (data %s)" % (url, data)
+
+    await cloudkit.serve(data, pki, Cloud(data, token_ttl).app(), port, describe)
 
 
-def describe(data, pki, secret, port):
-    """(cloud.json, banner) once the server listens on port."""
-    url = "https://127.0.0.1:%d" % port
-    info = {"api_url": url, "ca_file": pki["ca"], "client_id": CLIENT_ID,
+def cloud_json(data, pki, secret, url):
+    """What run_local and the tests read: the server, the device's cloud section."""
+    return {"api_url": url, "ca_file": pki["ca"], "client_id": CLIENT_ID,
             "client_secret": secret, "device_key": DEVICE_KEY,
             "device_cloud": {"platform": "nubison", "api_url": url, "client_id": CLIENT_ID,
                              "client_secret": secret, "product_code": PRODUCT_CODE,
                              "device_id": DEVICE_ID, "model_name": MODELS[0],
                              "device_name": "greenhouse-sim"},
             "hint": "try: .venv/bin/python -m tools.nubison_cloud show-device --data %s" % data}
-    return info, "nubison cloud on %s (data %s)" % (url, data)
 
 
 def main(argv=None):
@@ -407,11 +409,11 @@ def main(argv=None):
     cloudkit.rows_command(sub, "list-data", data_rows)
     cloudkit.show_command(sub, "show-device", device_state, operator_cli.nubison_show)
     cloudkit.rows_command(sub, "timeline", timeline)
+    cloudkit.command(sub, "unregister", lambda a: unregister(a.data))
+    cloudkit.command(sub, "expire-tokens", lambda a: expire_tokens(a.data))
     cloudkit.fault_command(sub, FAULTS, lambda a: set_fault(a.data, a.kind, a.count,
                                                             a.retry_after, a.seconds),
                            timing=True)
-    cloudkit.command(sub, "unregister", lambda a: unregister(a.data))
-    cloudkit.command(sub, "expire-tokens", lambda a: expire_tokens(a.data))
     return cloudkit.main(ap, argv)
 
 

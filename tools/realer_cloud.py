@@ -716,9 +716,9 @@ class MqttBridge:
                 if self.published.get((dev, cmd_id) + mode) != seq:
                     cid = self.cloud._client_id(dev)
                     self.session.publish(desired_topic(cid, cmd_id, *mode),
-                                 {"command_id": cmd_id, "desired_id": did, "value": value,
-                                  "seq": seq, "desired_at": dat, "expires_at": exp},
-                                 retain=True)
+                                         {"command_id": cmd_id, "desired_id": did,
+                                          "value": value, "seq": seq, "desired_at": dat,
+                                          "expires_at": exp}, retain=True)
                     self.published[(dev, cmd_id) + mode] = seq
                     self.log("desired %s seq %s -> %s", cmd_id, seq, did)
         for (username,) in conn.execute("select username from mqtt_cred where removed=0 and "

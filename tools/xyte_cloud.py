@@ -487,14 +487,15 @@ async def serve(data, port, token_ttl, broker):
 
     def describe(port):
         info["api_url"] = "https://127.0.0.1:%d" % port
-        return describe_info(info, pki, hardware_key), "xyte cloud on %s, broker %s (data %s)" \
-            % (info["api_url"], broker.tls_url, data)
+        return cloud_json(info, pki, hardware_key), "xyte cloud on %s, broker %s (data %s)" % (
+            info["api_url"], broker.tls_url, data)
 
     await cloudkit.serve(data, pki, cloud.app(), port, describe, [side.run()], [side.stop])
 
 
-def describe_info(info, pki, hardware_key):
-    """cloud.json (info already holds api_url and mqtt_url)."""
+def cloud_json(info, pki, hardware_key):
+    """What run_local and the tests read (info: the Cloud's, holding api_url and
+    mqtt_url)."""
     info.update({"ca_file": pki["ca"], "hardware_key": hardware_key, "device_cloud": {
         "platform": "xyte", "registration_url": info["api_url"], "hardware_key": hardware_key,
         "serial_number": SN, "firmware_version": "1.0.0", "name": "local-xyte-demo",
