@@ -154,12 +154,12 @@ async def serve(data, paths, app, port, describe, loops=(), on_stop=()):
     info, banner = describe(port)
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(c) for c in loops]
-    write_info(data, info)
-    print(banner, flush=True)
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before cloud.json: whoever reads it may stop us
         loop.add_signal_handler(sig, stop.set)
     try:
+        write_info(data, info)
+        print(banner, flush=True)
         await stop.wait()
     finally:
         for t in tasks:

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import urllib.request
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from rig import scratch_dir, wait_for
@@ -236,7 +237,8 @@ MINI = textwrap.dedent("""
 """)
 
 
-def test_serve_listens_over_tls_writes_cloud_json_and_stops_on_sigint():
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_serve_listens_over_tls_writes_cloud_json_and_stops_on_a_signal(sig):
     with scratch_dir() as d:
         data = os.path.join(d, "cloud")  # run() creates it
         proc = subprocess.Popen([sys.executable, "-c", MINI, data], cwd=ROOT,
@@ -257,7 +259,7 @@ def test_serve_listens_over_tls_writes_cloud_json_and_stops_on_sigint():
                                         timeout=30) as r:
                 assert json.load(r) == {"hello": True}
             # started with SIGINT ignored (a background shell): the kit still stops on it
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             out, err = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:
