@@ -47,8 +47,6 @@ next N requests get no answer).
     python -m tools.devicehive_cloud fault --data DIR KIND [--count N] [--action A]
                                           [--code C]
 """
-import argparse
-import asyncio
 import base64
 import datetime
 import hashlib
@@ -57,13 +55,12 @@ import json
 import os
 import secrets
 import sqlite3
-import ssl
 import sys
 import time
 
 from aiohttp import WSMsgType, web
 
-from tools.pki import make_certs
+from tools import cloudkit, operator_cli
 
 DEVICE_ID = "esp32-sim-1"
 OPERATOR = 1
@@ -125,9 +122,7 @@ def parse_time(text):
 
 
 def db(data):
-    conn = sqlite3.connect(os.path.join(data, "devicehive.db"), isolation_level=None, timeout=10)
-    conn.executescript(SCHEMA)
-    return conn
+    return cloudkit.open_db(data, "devicehive.db", SCHEMA)
 
 
 def _b64(raw):
@@ -188,20 +183,7 @@ def provision(data):
 
 
 def set_knob(data, name, value):
-    db(data).execute("insert or replace into knob values (?,?)", (name, json.dumps(value)))
-
-
-def take_knob(conn, name):
-    """The knob's value, one use consumed, or None when it has no uses left."""
-    row = conn.execute("select value from knob where name=?", (name,)).fetchone()
-    if row is None:
-        return None
-    knob = json.loads(row[0])
-    if knob.get("count", 1) <= 0:
-        return None
-    knob["count"] = knob.get("count", 1) - 1
-    conn.execute("update knob set value=? where name=?", (json.dumps(knob), name))
-    return knob
+    cloudkit.Knobs(db(data)).set(name, value)
 
 
 def send_command(data, name, value, lifetime=None, age=0, device=DEVICE_ID):
@@ -296,6 +278,7 @@ class Cloud:
         self.token_ttl = token_ttl
         self.url = url
         self.conn = db(data)
+        self.knobs = cloudkit.Knobs(self.conn)
         self.sessions: set = set()
         self.next_sub = 0
 
@@ -336,12 +319,11 @@ class Cloud:
             return {"status": "error", "code": 400, "error": "Request must be an object"}
         action, rid = req.get("action"), req.get("requestId")
         base = {"action": action, "requestId": rid}
-        if take_knob(self.conn, "silent"):
+        if self.knobs.take("silent"):
             self.log(s, action, 0, "silent (fault knob)")
             return None
-        fault = self.conn.execute("select value from knob where name='error'").fetchone()
-        if fault and json.loads(fault[0]).get("action") == action:
-            knob = take_knob(self.conn, "error")
+        if (self.knobs.get("error") or {}).get("action") == action:
+            knob = self.knobs.take("error")
             if knob:
                 return self.error(s, base, knob.get("code", 500), "fault knob")
         try:
@@ -385,9 +367,8 @@ class Cloud:
                                                    self.token_ttl, 1)}
         if s.user is None:
             return 401, "Unauthorized"
-        expired = self.conn.execute("select value from knob where name='expire-tokens'"
-                                    ).fetchone()
-        if s.expires < time.time() or (expired and json.loads(expired[0]) > s.authed_at):
+        expired = self.knobs.get("expire-tokens")
+        if s.expires < time.time() or (expired and expired > s.authed_at):
             return 401, "Token expired"
         handler = getattr(self, "do_" + action.replace("/", "_"), None) \
             if isinstance(action, str) else None
@@ -596,23 +577,19 @@ class Cloud:
 
     # -- pushes ----------------------------------------------------------------------------
 
-    async def ticker(self):
-        while True:
-            await asyncio.sleep(0.1)
-            try:
-                await self.tick()
-            except Exception as e:  # a bad row must not stop the pushes
-                print("devicehive cloud: tick failed: %r" % e, file=sys.stderr, flush=True)
+    def ticker(self):
+        return cloudkit.ticking(self.tick, 0.1, lambda e: print(
+            "devicehive cloud: tick failed: %r" % e, file=sys.stderr, flush=True))
 
     def _devices(self):
         return [s for s in list(self.sessions) if s.user == DEVICE_USER]
 
     async def tick(self):
-        if take_knob(self.conn, "drop"):
+        if self.knobs.take("drop"):
             for s in self._devices():
                 self.log(s, "drop (fault knob)", 0)
                 await s.ws.close(code=1001, message=b"dropped")
-        if take_knob(self.conn, "garbage"):
+        if self.knobs.take("garbage"):
             for s in self._devices():
                 self.log(s, "garbage (fault knob)", 0)
                 for g in GARBAGE:
@@ -681,29 +658,24 @@ class Cloud:
         return app
 
 
-def _pki(data):
-    if not os.path.exists(os.path.join(data, "pki", "ca.pem")):
-        return make_certs(os.path.join(data, "pki"))
-    return {k: os.path.join(data, "pki", f) for k, f in (("ca", "ca.pem"),
-                                                          ("server_cert", "server.pem"),
-                                                          ("server_key", "server.key"))}
-
-
 async def serve(data, port, token_ttl):
-    pki = _pki(data)
+    pki = cloudkit.pki(data)
     refresh = provision(data)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(pki["server_cert"], pki["server_key"])
     cloud = Cloud(data, token_ttl, None)
-    runner = web.AppRunner(cloud.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    base = "wss://127.0.0.1:%d" % port
-    cloud.url = base + WS_PATH
-    ticker = asyncio.ensure_future(cloud.ticker())
-    info = {"api_url": base, "ws_url": base + WS_PATH, "ca_file": pki["ca"],
+
+    def describe(port):
+        base = "wss://127.0.0.1:%d" % port
+        cloud.url = base + WS_PATH
+        return cloud_json(data, pki, refresh, token_ttl, base), \
+            "devicehive cloud on %s (data %s)" % (cloud.url, data)
+
+    await cloudkit.serve(data, pki, cloud.app(), port, describe, [cloud.ticker()])
+
+
+def cloud_json(data, pki, refresh, token_ttl, base):
+    """What run_local and the tests read: the server, the device's cloud section, the
+    operator's tokens."""
+    return {"api_url": base, "ws_url": base + WS_PATH, "ca_file": pki["ca"],
             "device_id": DEVICE_ID,
             "device_cloud": {"platform": "devicehive", "api_url": base, "ws_path": WS_PATH,
                              "device_id": DEVICE_ID, "name": "sim board",
@@ -714,74 +686,41 @@ async def serve(data, port, token_ttl):
                          "refresh_token": refresh["operator"]},
             "hint": "try: .venv/bin/python -m tools.devicehive_cloud send-command "
                     "--data %s 4 42" % os.path.relpath(data)}
-    tmp = os.path.join(data, "cloud.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(info, f)
-    os.replace(tmp, os.path.join(data, "cloud.json"))
-    print("devicehive cloud on %s (data %s)" % (cloud.url, data), flush=True)
+
+
+def _send(a):
     try:
-        await asyncio.Event().wait()
-    finally:
-        ticker.cancel()
+        value = json.loads(a.value)
+    except ValueError:
+        value = a.value
+    return operator_cli.devicehive_send(sys.modules[__name__], a.data, a.name, value,
+                                        a.lifetime, a.age, a.wait)
+
+
+def _fault(a):
+    if a.kind == "expire-tokens":
+        set_knob(a.data, "expire-tokens", time.time())
+    else:
+        set_knob(a.data, a.kind, {"count": a.count, "action": a.action, "code": a.code})
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m tools.devicehive_cloud",
-                                 description="local DeviceHive server (WebSocket over TLS)")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve")
-    s.add_argument("--data", required=True)
-    s.add_argument("--port", type=int, default=0)
-    s.add_argument("--token-ttl", type=int, default=300)
-    c = sub.add_parser("send-command")
-    c.add_argument("--data", required=True)
+    ap, sub, _ = cloudkit.cli("devicehive_cloud", "local DeviceHive server (WebSocket over TLS)",
+                              300, lambda a: cloudkit.run(a.data, lambda _broker: serve(
+                                  a.data, a.port, a.token_ttl)))
+    c = cloudkit.command(sub, "send-command", _send)
     c.add_argument("name")
     c.add_argument("value")
     c.add_argument("--lifetime", type=int)
     c.add_argument("--age", type=float, default=0, help="stamp it this many seconds ago")
-    c.add_argument("--wait", type=float, nargs="?", const=60, metavar="SECONDS",
-                   help="then wait (default 60 s) for the device's answer and print it")
-    for name in ("list-commands", "list-notifications", "show-device"):
-        sub.add_parser(name).add_argument("--data", required=True)
-    sub.choices["show-device"].add_argument("--json", action="store_true")
-    k = sub.add_parser("fault")
-    k.add_argument("--data", required=True)
-    k.add_argument("kind", choices=FAULTS)
-    k.add_argument("--count", type=int, default=1)
+    cloudkit.wait_option(c)
+    cloudkit.rows_command(sub, "list-commands", commands)
+    cloudkit.rows_command(sub, "list-notifications", notifications)
+    cloudkit.show_command(sub, "show-device", device_state, operator_cli.devicehive_show)
+    k = cloudkit.fault_command(sub, FAULTS, _fault)
     k.add_argument("--action", default="notification/insert")
     k.add_argument("--code", type=int, default=500)
-    a = ap.parse_args(argv)
-    if a.cmd == "serve":
-        os.makedirs(a.data, exist_ok=True)
-        try:
-            asyncio.run(serve(a.data, a.port, a.token_ttl))
-        except KeyboardInterrupt:
-            pass
-    elif a.cmd == "send-command":
-        try:
-            value = json.loads(a.value)
-        except ValueError:
-            value = a.value
-        from tools import operator_cli
-
-        return operator_cli.devicehive_send(sys.modules[__name__], a.data, a.name, value,
-                                            a.lifetime, a.age, a.wait)
-    elif a.cmd == "list-commands":
-        for cmd in commands(a.data):
-            print(json.dumps(cmd))
-    elif a.cmd == "list-notifications":
-        for n in notifications(a.data):
-            print(json.dumps(n))
-    elif a.cmd == "show-device":
-        from tools import operator_cli
-
-        state = device_state(a.data)
-        print(json.dumps(state, indent=2) if a.json else operator_cli.devicehive_show(state))
-    elif a.cmd == "fault":
-        if a.kind == "expire-tokens":
-            set_knob(a.data, "expire-tokens", time.time())
-        else:
-            set_knob(a.data, a.kind, {"count": a.count, "action": a.action, "code": a.code})
+    return cloudkit.main(ap, argv)
 
 
 if __name__ == "__main__":

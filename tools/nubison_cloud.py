@@ -43,21 +43,18 @@ device's registration (the next data call gets 405), `expire-tokens`.
                                         [--seconds S]
     python -m tools.nubison_cloud unregister|expire-tokens --data DIR
 """
-import argparse
 import asyncio
 import base64
 import binascii
 import json
 import os
 import secrets
-import sqlite3
-import ssl
 import sys
 import time
 
 from aiohttp import web
 
-from tools.pki import make_certs
+from tools import cloudkit, operator_cli
 
 PRODUCT_CODE = "NBPRD01"
 DEVICE_ID = "sim-0001"
@@ -89,9 +86,7 @@ create table if not exists knob (name text primary key, value text);
 
 
 def db(data):
-    conn = sqlite3.connect(os.path.join(data, "nubison.db"), isolation_level=None, timeout=10)
-    conn.executescript(SCHEMA)
-    return conn
+    return cloudkit.open_db(data, "nubison.db", SCHEMA)
 
 
 def provision(data):
@@ -156,7 +151,7 @@ def device_state(data):
 
 
 def set_knob(data, name, value):
-    db(data).execute("insert or replace into knob values (?,?)", (name, json.dumps(value)))
+    cloudkit.Knobs(db(data)).set(name, value)
 
 
 def set_fault(data, kind, count=1, retry_after=2, seconds=5.0):
@@ -198,6 +193,7 @@ class Cloud:
         self.data = data
         self.token_ttl = token_ttl
         self.conn = db(data)
+        self.knobs = cloudkit.Knobs(self.conn)
         self.counter = 0
 
     def event(self, device_key, event, detail=""):
@@ -206,21 +202,10 @@ class Cloud:
 
     def take(self, kind):
         """The fault knob `kind` with one use consumed, or None."""
-        name = "fault:" + kind
-        row = self.conn.execute("select value from knob where name=?", (name,)).fetchone()
-        if row is None:
-            return None
-        knob = json.loads(row[0])
-        if knob.get("count", 0) <= 0:
-            return None
-        knob["count"] -= 1
-        set_knob(self.data, name, knob)
-        return knob
+        return self.knobs.take("fault:" + kind)
 
-    @web.middleware
-    async def faults(self, request, handler):
-        if not request.path.startswith("/devices"):
-            return await handler(request)
+    async def faults(self, request):
+        """The fault knobs that answer a /devices call in its place (or delay it)."""
         knob = self.take("slow")
         if knob is not None:
             await asyncio.sleep(knob["seconds"])
@@ -240,7 +225,10 @@ class Cloud:
                 return web.json_response({"AccessToken": 12345, "expires": "soon"})
             return web.json_response({"code": 500, "message": ["not", "a", "string"]},
                                      status=500)
-        resp = await handler(request)
+        return None
+
+    def garbage(self, request, resp):
+        """Fault knob garbage: the call was handled, its answer is replaced."""
         if self.take("garbage") is not None:
             self.event(None, "fault", "garbage " + request.path)
             return web.Response(status=resp.status, body=b'{"AccessToken": "tru',
@@ -383,7 +371,8 @@ class Cloud:
         return web.Response(status=200)
 
     def app(self):
-        app = web.Application(client_max_size=MAX_BODY * 2, middlewares=[self.faults])
+        app = web.Application(client_max_size=MAX_BODY * 2, middlewares=[
+            cloudkit.fault_middleware(("/devices",), self.faults, self.garbage)])
         app.router.add_post("/devices/login", self.login)
         app.router.add_post("/devices/logout", self.logout)
         app.router.add_post("/devices/data", self.device_data)
@@ -391,82 +380,41 @@ class Cloud:
         return app
 
 
-def _pki(data):
-    if not os.path.exists(os.path.join(data, "pki", "ca.pem")):
-        return make_certs(os.path.join(data, "pki"))
-    return {k: os.path.join(data, "pki", f) for k, f in (("ca", "ca.pem"),
-                                                          ("server_cert", "server.pem"),
-                                                          ("server_key", "server.key"))}
-
-
 async def serve(data, port, token_ttl):
-    pki = _pki(data)
+    pki = cloudkit.pki(data)
     secret = provision(data)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(pki["server_cert"], pki["server_key"])
-    runner = web.AppRunner(Cloud(data, token_ttl).app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    url = "https://127.0.0.1:%d" % port
-    info = {"api_url": url, "ca_file": pki["ca"], "client_id": CLIENT_ID,
+
+    def describe(port):
+        url = "https://127.0.0.1:%d" % port
+        return cloud_json(data, pki, secret, url), "nubison cloud on %s (data %s)" % (url, data)
+
+    await cloudkit.serve(data, pki, Cloud(data, token_ttl).app(), port, describe)
+
+
+def cloud_json(data, pki, secret, url):
+    """What run_local and the tests read: the server, the device's cloud section."""
+    return {"api_url": url, "ca_file": pki["ca"], "client_id": CLIENT_ID,
             "client_secret": secret, "device_key": DEVICE_KEY,
             "device_cloud": {"platform": "nubison", "api_url": url, "client_id": CLIENT_ID,
                              "client_secret": secret, "product_code": PRODUCT_CODE,
                              "device_id": DEVICE_ID, "model_name": MODELS[0],
                              "device_name": "greenhouse-sim"},
             "hint": "try: .venv/bin/python -m tools.nubison_cloud show-device --data %s" % data}
-    tmp = os.path.join(data, "cloud.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(info, f)
-    os.replace(tmp, os.path.join(data, "cloud.json"))
-    print("nubison cloud on %s (data %s)" % (url, data), flush=True)
-    await asyncio.Event().wait()
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m tools.nubison_cloud",
-                                 description="local NUBISON IoT cloud (HTTPS)")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve")
-    s.add_argument("--data", required=True)
-    s.add_argument("--port", type=int, default=0)
-    s.add_argument("--token-ttl", type=int, default=300)
-    for name in ("list-data", "show-device", "timeline", "unregister", "expire-tokens"):
-        sub.add_parser(name).add_argument("--data", required=True)
-    sub.choices["show-device"].add_argument("--json", action="store_true")
-    k = sub.add_parser("fault")
-    k.add_argument("--data", required=True)
-    k.add_argument("kind", choices=FAULTS)
-    k.add_argument("--count", type=int, default=1)
-    k.add_argument("--retry-after", type=int, default=2)
-    k.add_argument("--seconds", type=float, default=5)
-    a = ap.parse_args(argv)
-    if a.cmd == "serve":
-        os.makedirs(a.data, exist_ok=True)
-        try:
-            asyncio.run(serve(a.data, a.port, a.token_ttl))
-        except KeyboardInterrupt:
-            pass
-    elif a.cmd == "list-data":
-        for row in data_rows(a.data):
-            print(json.dumps(row))
-    elif a.cmd == "show-device":
-        from tools import operator_cli
-
-        state = device_state(a.data)
-        print(json.dumps(state, indent=2) if a.json else operator_cli.nubison_show(state))
-    elif a.cmd == "timeline":
-        for row in timeline(a.data):
-            print(json.dumps(row))
-    elif a.cmd == "fault":
-        set_fault(a.data, a.kind, a.count, a.retry_after, a.seconds)
-    elif a.cmd == "unregister":
-        unregister(a.data)
-    elif a.cmd == "expire-tokens":
-        expire_tokens(a.data)
-    return 0
+    ap, sub, _ = cloudkit.cli("nubison_cloud", "local NUBISON IoT cloud (HTTPS)", 300,
+                              lambda a: cloudkit.run(a.data, lambda _broker: serve(
+                                  a.data, a.port, a.token_ttl)))
+    cloudkit.rows_command(sub, "list-data", data_rows)
+    cloudkit.show_command(sub, "show-device", device_state, operator_cli.nubison_show)
+    cloudkit.rows_command(sub, "timeline", timeline)
+    cloudkit.command(sub, "unregister", lambda a: unregister(a.data))
+    cloudkit.command(sub, "expire-tokens", lambda a: expire_tokens(a.data))
+    cloudkit.fault_command(sub, FAULTS, lambda a: set_fault(a.data, a.kind, a.count,
+                                                            a.retry_after, a.seconds),
+                           timing=True)
+    return cloudkit.main(ap, argv)
 
 
 if __name__ == "__main__":

@@ -72,10 +72,8 @@ DATA/mqtt with the same certificates, TLS listener on 127.0.0.1; cloud.json gets
       KIND: 401 429 503 slow | drop-mqtt ack-error mqtt-silent no-credential-endpoint
             broker-down revoke-credential
 """
-import argparse
 import asyncio
 import base64
-import datetime
 import hashlib
 import json
 import os
@@ -89,7 +87,8 @@ import urllib.request
 
 from aiohttp import web
 
-from tools.pki import make_certs
+from tools import cloudkit, operator_cli
+from tools.cloudkit import now_iso
 
 DEVICE_ID = 12345
 CLIENT_ID = "cdv_" + "a1b2c3d4e5f6g7h8i9j0k1l2m3"
@@ -172,17 +171,9 @@ create table if not exists mqtt_cred (username text primary key, device integer,
 """
 
 
-def now_iso(t=None):
-    return datetime.datetime.fromtimestamp(t or time.time(), datetime.timezone.utc) \
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def db(data):
-    conn = sqlite3.connect(os.path.join(data, "cloud.db"), isolation_level=None, timeout=10)
-    # a local test cloud: no fsync per stored record (1 ms each, the bulk of its time per
-    # MQTT ack); a power cut may lose its last records, a killed process never does
-    conn.execute("pragma synchronous=off")
-    conn.executescript(SCHEMA)
+    # fast: an fsync per stored record was the bulk of the cloud's time per MQTT ack
+    conn = cloudkit.open_db(data, "cloud.db", SCHEMA, fast=True)
     if "transport" not in [r[1] for r in conn.execute("pragma table_info(feed)")]:
         try:
             conn.execute("alter table feed add column transport text default 'https'")
@@ -261,7 +252,7 @@ def device_state(data, device=DEVICE_ID):
 
 
 def set_knob(data, name, value):
-    db(data).execute("insert or replace into knob values (?,?)", (name, json.dumps(value)))
+    cloudkit.Knobs(db(data)).set(name, value)
 
 
 def set_fault(data, body):
@@ -279,6 +270,7 @@ class Cloud:
         self.data = data
         self.token_ttl = token_ttl
         self.conn = db(data)
+        self.knobs = cloudkit.Knobs(self.conn)
         self.counter = 0
         self.broker = broker
         self.cred_ttl = cred_ttl
@@ -291,16 +283,11 @@ class Cloud:
                 "request_id": "req_%d" % self.counter}
         return web.json_response(body, status=http_status, headers=headers)
 
-    def _knob(self, name):
-        row = self.conn.execute("select value from knob where name=?", (name,)).fetchone()
-        return json.loads(row[0]) if row else None
-
     async def faults(self, request):
-        """Apply a pending fault knob to this request; returns a response or None."""
-        fault = self._knob("fault")
-        if fault and fault.get("count", 0) > 0:
-            fault["count"] -= 1
-            set_knob(self.data, "fault", fault)
+        """Apply the pending fault knob to this /iot or /oauth request: a response or
+        None."""
+        fault = self.knobs.take("fault")
+        if fault:
             kind = fault["kind"]
             if kind == "401":
                 return self.err(401, 4001, "invalid_token", "token expired (fault knob)")
@@ -314,9 +301,6 @@ class Cloud:
         return None
 
     async def token(self, request):
-        resp = await self.faults(request)
-        if resp is not None:
-            return resp
         if request.content_type != "application/x-www-form-urlencoded":
             return self.err(400, 4000, "invalid_request", "form-encoded body required")
         auth = request.headers.get("Authorization", "")
@@ -341,19 +325,7 @@ class Cloud:
                                   "renew_after": max(1, self.token_ttl * 3 // 4),
                                   "scope": scope})
 
-    def take_knob(self, name):
-        """The knob (one use consumed) when `name` has uses left, else None."""
-        knob = self._knob(name)
-        if knob and knob.get("count", 0) > 0:
-            knob["count"] -= 1
-            set_knob(self.data, name, knob)
-            return knob
-        return None
-
     async def authorize(self, request, scope):
-        resp = await self.faults(request)
-        if resp is not None:
-            return None, resp
         device, scopes, resp = self._bearer(request, scope)
         if resp is not None:
             return None, resp
@@ -516,10 +488,10 @@ class Cloud:
             return self.err(404, 4004, "resource_not_found", "MQTT is not enabled")
         cid = self._client_id(device)
         # knob "broker_url": advertise another address (tests put a fault proxy in front)
-        url = self._knob("broker_url") or self.broker.tls_url
+        url = self.knobs.get("broker_url") or self.broker.tls_url
         mqtt = {"broker_url": url, "protocol": "mqtt-5.0", "client_id": cid,
                 "feed_data_ack_topic": ack_topic(cid)}
-        if not self.take_knob("mqtt:no-credential-endpoint"):
+        if not self.knobs.take("mqtt:no-credential-endpoint"):
             mqtt["credential_endpoint"] = {"endpoint": "/iot/v1/mqtt-credentials",
                                            "http_method": "POST",
                                            "body": {"device_id": device,
@@ -542,7 +514,7 @@ class Cloud:
     def route_mode(self):
         """(ids, epoch): knob "route_ids" adds source_id to every route (one per source);
         knob "route_epoch" renames every route (a catalog whose routes changed)."""
-        return bool(self._knob("route_ids")), int(self._knob("route_epoch") or 0)
+        return bool(self.knobs.get("route_ids")), int(self.knobs.get("route_epoch") or 0)
 
     def known_routes(self, cid):
         """Every route a device may use now: both shapes, this epoch and the one before (a
@@ -555,9 +527,6 @@ class Cloud:
         return out
 
     async def mqtt_credentials(self, request):
-        resp = await self.faults(request)
-        if resp is not None:
-            return resp
         device, token_scopes, resp = self._bearer(request, "iot:mqtt:connect")
         if resp is not None:
             return resp
@@ -566,7 +535,7 @@ class Cloud:
             return resp
         if self.broker is None:
             return self.err(404, 4004, "resource_not_found", "MQTT is not enabled")
-        if self.take_knob("mqtt:cred-503"):
+        if self.knobs.take("mqtt:cred-503"):
             return self.err(503, 5003, "service_unavailable", "try again (fault knob)")
         if not isinstance(body, dict):
             return self.err(422, 4022, "validation_failed", "body must be an object")
@@ -618,7 +587,8 @@ class Cloud:
             "session_hard_expires_in": self.cred_ttl}})
 
     def app(self):
-        app = web.Application(client_max_size=MAX_BODY * 4)
+        app = web.Application(client_max_size=MAX_BODY * 4, middlewares=[
+            cloudkit.fault_middleware(("/iot", "/oauth"), self.faults)])
         base = "/iot/v1/devices/{device_id}"
         app.router.add_post("/oauth/token", self.token)
         app.router.add_get(base + "/commands", self.commands)
@@ -639,54 +609,23 @@ class MqttBridge:
     FEED_FILTER = "realer/iot/v1/devices/+/routes/+/feed-data"
 
     def __init__(self, cloud, broker, loop):
-        import paho.mqtt.client as mqtt
-
         self.cloud, self.broker, self.loop = cloud, broker, loop
         self.wake = asyncio.Event()
         self.published = {}
-        self.connected = False
         self.log_file = open(os.path.join(broker.workdir, "bridge.log"), "a")
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id="realer-cloud-bridge", protocol=mqtt.MQTTv5)
-        self.client.reconnect_delay_set(0.2, 2)
-        self.client.username_pw_set(*broker.admin)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = lambda _c, _u, m: loop.call_soon_threadsafe(
-            self.handle, m.topic, m.payload)
+        self.session = cloudkit.BrokerSession(
+            broker, "realer-cloud-bridge", loop, [self.FEED_FILTER],
+            lambda m: self.handle(m.topic, m.payload), self._connected, log=self.log)
+        self.start, self.stop = self.session.start, self.session.stop
 
     def log(self, fmt, *args):
         self.log_file.write("%s %s\n" % (now_iso(), fmt % args))
         self.log_file.flush()
 
-    def start(self):
-        self.client.connect(self.broker.host, self.broker.port, keepalive=30)
-        self.client.loop_start()
-        self.task = self.loop.create_task(self.run())
-
-    def stop(self):
-        self.task.cancel()
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def _on_connect(self, client, _u, _f, rc, _p):
-        if rc.is_failure:
-            self.loop.call_soon_threadsafe(self.log, "bridge connect refused: %s", rc)
-            return
-        client.subscribe(self.FEED_FILTER, qos=1)
-        self.loop.call_soon_threadsafe(self._connected, True)
-
-    def _on_disconnect(self, _c, _u, _f, rc, _p):
-        self.loop.call_soon_threadsafe(self._connected, False)
-
     def _connected(self, up):
-        self.connected = up
         self.published = {}  # republish the retained desired states after a reconnect
         self.wake.set()
         self.log("bridge %s", "connected" if up else "disconnected")
-
-    def publish(self, topic, body, retain=False):
-        self.client.publish(topic, json.dumps(body), qos=1, retain=retain)
 
     def ack(self, cid, mid, status, etype=None, message=None, details=None, retryable=None):
         body = {"message_id": mid, "status": status}
@@ -694,7 +633,7 @@ class MqttBridge:
             body["error"] = {"type": etype, "message": message, "details": details or {}}
         if retryable is not None:
             body["retryable"] = retryable
-        self.publish(ack_topic(cid), body)
+        self.session.publish(ack_topic(cid), body)
         self.log("ack %s %s %s%s", cid, mid, status, " %s %s" % (etype, details) if etype else "")
 
     def handle(self, topic, payload):
@@ -728,7 +667,7 @@ class MqttBridge:
                      "validation_failed", "payload is not a JSON object")
             return
         mid = item["message_id"]
-        if self.cloud.take_knob("mqtt:ack-error"):
+        if self.cloud.knobs.take("mqtt:ack-error"):
             self.ack(cid, mid, "error", "internal_error", "try again (fault knob)",
                      retryable=True)
             return
@@ -748,7 +687,7 @@ class MqttBridge:
             return
         item[key] = source
         status, body = self.cloud.validate(device, item, transport="mqtt")
-        if self.cloud.take_knob("mqtt:mqtt-silent"):
+        if self.cloud.knobs.take("mqtt:mqtt-silent"):
             self.log("silent: no ack for %s (%s)", mid, ACK_STATUS[status])
             return
         if status in (200, 201):
@@ -763,31 +702,23 @@ class MqttBridge:
         except Exception as e:  # a broker hiccup must not stop the loop
             self.log("dynsec %s failed: %s", fn.__name__, e)
 
-    async def run(self):
-        while True:
-            try:
-                await self.tick()
-            except Exception as e:
-                self.log("tick failed: %r", e)
-            self.wake.clear()
-            try:
-                await asyncio.wait_for(self.wake.wait(), 0.25)
-            except asyncio.TimeoutError:
-                pass
+    def run(self):
+        return cloudkit.ticking(self.tick, 0.25, lambda e: self.log("tick failed: %r", e),
+                                self.wake)
 
     async def tick(self):
         conn = self.cloud.conn
-        if self.connected:
+        if self.session.connected:
             for cmd_id, dev, value, did, dat, exp, seq in conn.execute(
                     "select id, device, value, desired_id, desired_at, expires_at, seq from "
                     "command where desired_id is not null").fetchall():
                 mode = self.cloud.route_mode()
                 if self.published.get((dev, cmd_id) + mode) != seq:
                     cid = self.cloud._client_id(dev)
-                    self.publish(desired_topic(cid, cmd_id, *mode),
-                                 {"command_id": cmd_id, "desired_id": did, "value": value,
-                                  "seq": seq, "desired_at": dat, "expires_at": exp},
-                                 retain=True)
+                    self.session.publish(desired_topic(cid, cmd_id, *mode),
+                                         {"command_id": cmd_id, "desired_id": did,
+                                          "value": value, "seq": seq, "desired_at": dat,
+                                          "expires_at": exp}, retain=True)
                     self.published[(dev, cmd_id) + mode] = seq
                     self.log("desired %s seq %s -> %s", cmd_id, seq, did)
         for (username,) in conn.execute("select username from mqtt_cred where removed=0 and "
@@ -795,7 +726,7 @@ class MqttBridge:
             conn.execute("update mqtt_cred set removed=1 where username=?", (username,))
             self.log("credential %s expired: removed", username)
             await self._control(self.broker.remove_client, username)
-        down = self.cloud.take_knob("mqtt:broker-down")
+        down = self.cloud.knobs.take("mqtt:broker-down")
         if down:
             # in this (the main) thread: the broker is bound to the thread that starts it
             self.log("broker-down: stopping the broker for %s s", down["seconds"])
@@ -803,63 +734,40 @@ class MqttBridge:
             await asyncio.sleep(down["seconds"])
             self.broker.restart()
             self.log("broker-down: broker back on port %s", self.broker.tls_port)
-        revoke = self.cloud.take_knob("mqtt:revoke-credential")
+        revoke = self.cloud.knobs.take("mqtt:revoke-credential")
         if revoke:
-            set_knob(self.cloud.data, "mqtt:cred-503", {"count": 1})
+            self.cloud.knobs.set("mqtt:cred-503", {"count": 1})
             for (username,) in conn.execute("select username from mqtt_cred where removed=0"
                                             ).fetchall():
                 conn.execute("update mqtt_cred set removed=1 where username=?", (username,))
                 self.log("revoke-credential: deleting %s", username)
                 await self._control(self.broker.remove_client, username)
-        if self.cloud.take_knob("mqtt:drop-mqtt"):
+        if self.cloud.knobs.take("mqtt:drop-mqtt"):
             for (username,) in conn.execute("select username from mqtt_cred where removed=0"
                                             ).fetchall():
                 self.log("drop-mqtt: kicking %s", username)
                 await self._control(self.broker.kick_client, username)
 
 
-def _pki(data):
-    if not os.path.exists(os.path.join(data, "pki", "ca.pem")):
-        return make_certs(os.path.join(data, "pki"))
-    return {k: os.path.join(data, "pki", f) for k, f in (("ca", "ca.pem"),
-                                                          ("server_cert", "server.pem"),
-                                                          ("server_key", "server.key"))}
-
-
-def start_broker(data, pki):
-    """The cloud's own mosquitto (fresh dynsec state) in DATA/mqtt; call from the main
-    thread (the broker is bound to the life of the thread that starts it)."""
-    from tools.mosquitto import Broker
-
-    conn = db(data)
-    conn.execute("update mqtt_cred set removed=1")  # the new broker knows none of them
-    return Broker(os.path.join(data, "mqtt"), certs=pki).start()
-
-
 async def serve(data, port, token_ttl, broker=None, cred_ttl=600):
-    pki = _pki(data)
+    pki = cloudkit.pki(data)
     secret = provision(data)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(pki["server_cert"], pki["server_key"])
     cloud = Cloud(data, token_ttl, broker, cred_ttl)
+    loops, on_stop = [], []
     if broker is not None:
+        cloud.conn.execute("update mqtt_cred set removed=1")  # a new broker knows none of them
         cloud.bridge = MqttBridge(cloud, broker, asyncio.get_running_loop())
         cloud.bridge.start()
-    runner = web.AppRunner(cloud.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    info = {"api_url": "https://127.0.0.1:%d" % port, "ca_file": pki["ca"],
-            "device_id": DEVICE_ID, "client_id": CLIENT_ID, "client_secret": secret}
-    if broker is not None:
-        info["mqtt_url"] = broker.tls_url
-    tmp = os.path.join(data, "cloud.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(info, f)
-    os.replace(tmp, os.path.join(data, "cloud.json"))
-    print("realer cloud on https://127.0.0.1:%d (data %s)" % (port, data), flush=True)
-    await asyncio.Event().wait()
+        loops, on_stop = [cloud.bridge.run()], [cloud.bridge.stop]
+
+    def describe(port):
+        info = {"api_url": "https://127.0.0.1:%d" % port, "ca_file": pki["ca"],
+                "device_id": DEVICE_ID, "client_id": CLIENT_ID, "client_secret": secret}
+        if broker is not None:
+            info["mqtt_url"] = broker.tls_url
+        return info, "realer cloud on https://127.0.0.1:%d (data %s)" % (port, data)
+
+    await cloudkit.serve(data, pki, cloud.app(), port, describe, loops, on_stop)
 
 
 def admin_call(data, what, body):
@@ -872,62 +780,31 @@ def admin_call(data, what, body):
         return json.load(r)
 
 
+def _fault(a):
+    admin_call(a.data, "fault", {"kind": a.kind, "count": a.count,
+                                 "retry_after": a.retry_after, "seconds": a.seconds})
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m tools.realer_cloud",
-                                 description="local Realer cloud (HTTPS)")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve")
-    s.add_argument("--data", required=True)
-    s.add_argument("--port", type=int, default=0)
-    s.add_argument("--token-ttl", type=int, default=120)
+    def run(a):
+        return cloudkit.run(a.data, lambda broker: serve(a.data, a.port, a.token_ttl, broker,
+                                                         a.mqtt_cred_ttl), broker=a.mqtt)
+
+    me = sys.modules[__name__]
+    ap, sub, s = cloudkit.cli("realer_cloud", "local Realer cloud (HTTPS)", 120, run)
     s.add_argument("--mqtt", action="store_true", help="also run a mosquitto broker (TLS)")
     s.add_argument("--mqtt-cred-ttl", type=int, default=600,
                    help="lifetime of an MQTT credential, seconds")
-    d = sub.add_parser("set-desired")
-    d.add_argument("--data", required=True)
+    d = cloudkit.command(sub, "set-desired", lambda a: operator_cli.realer_set_desired(
+        me, a.data, a.command, a.value, a.ttl, a.wait))
     d.add_argument("command", type=int)
     d.add_argument("value")
     d.add_argument("--ttl", type=int)
-    d.add_argument("--wait", type=float, nargs="?", const=60, metavar="SECONDS",
-                   help="then wait (default 60 s) for the device's answer and print it")
-    f = sub.add_parser("list-feed-data")
-    f.add_argument("--data", required=True)
-    sd = sub.add_parser("show-device")
-    sd.add_argument("--data", required=True)
-    sd.add_argument("--json", action="store_true", help="the raw state as JSON")
-    k = sub.add_parser("fault")
-    k.add_argument("--data", required=True)
-    k.add_argument("kind", choices=("401", "429", "503", "slow") + MQTT_FAULTS)
-    k.add_argument("--count", type=int, default=1)
-    k.add_argument("--retry-after", type=int, default=2)
-    k.add_argument("--seconds", type=float, default=5)
-    a = ap.parse_args(argv)
-    if a.cmd == "serve":
-        os.makedirs(a.data, exist_ok=True)
-        broker = start_broker(a.data, _pki(a.data)) if a.mqtt else None
-        try:
-            asyncio.run(serve(a.data, a.port, a.token_ttl, broker, a.mqtt_cred_ttl))
-        except KeyboardInterrupt:
-            pass
-        finally:
-            if broker is not None:
-                broker.stop()
-    elif a.cmd == "set-desired":
-        from tools import operator_cli
-
-        return operator_cli.realer_set_desired(sys.modules[__name__], a.data, a.command,
-                                               a.value, a.ttl, a.wait)
-    elif a.cmd == "list-feed-data":
-        for row in feed_rows(a.data):
-            print(json.dumps(row))
-    elif a.cmd == "show-device":
-        from tools import operator_cli
-
-        state = device_state(a.data)
-        print(json.dumps(state, indent=2) if a.json else operator_cli.realer_show(state))
-    elif a.cmd == "fault":
-        admin_call(a.data, "fault", {"kind": a.kind, "count": a.count,
-                                     "retry_after": a.retry_after, "seconds": a.seconds})
+    cloudkit.wait_option(d)
+    cloudkit.rows_command(sub, "list-feed-data", feed_rows)
+    cloudkit.show_command(sub, "show-device", device_state, operator_cli.realer_show)
+    cloudkit.fault_command(sub, ("401", "429", "503", "slow") + MQTT_FAULTS, _fault, timing=True)
+    return cloudkit.main(ap, argv)
 
 
 if __name__ == "__main__":

@@ -41,21 +41,17 @@ access key older than S seconds is revoked the same way (the device registers ag
     python -m tools.xyte_cloud show --data DIR
     python -m tools.xyte_cloud fault --data DIR KIND [--count N]
 """
-import argparse
 import asyncio
 import json
-import os
 import secrets
-import signal
-import sqlite3
-import ssl
 import sys
 import time
 import uuid
 
 from aiohttp import web
 
-from tools.pki import make_certs
+from tools import cloudkit, operator_cli
+from tools.cloudkit import now_iso
 
 SCHEMA = """
 create table if not exists device (id text primary key, access_key text, sn text, mac text,
@@ -81,24 +77,21 @@ DEVICE_SUB = ("config", "commands", "command", "license", "space_info", "firmwar
 
 
 def db(data):
-    c = sqlite3.connect(os.path.join(data, "cloud.db"), isolation_level=None, timeout=10)
-    c.executescript(SCHEMA)
-    return c
+    return cloudkit.open_db(data, "cloud.db", SCHEMA)
+
+
+def kv(data_or_conn):
+    """The cloud's knobs and operator state (table kv), from DATA or a connection."""
+    return cloudkit.Knobs(db(data_or_conn) if isinstance(data_or_conn, str) else data_or_conn,
+                          "kv")
 
 
 def kv_get(data_or_conn, name, default=None):
-    c = db(data_or_conn) if isinstance(data_or_conn, str) else data_or_conn
-    row = c.execute("select value from kv where name=?", (name,)).fetchone()
-    return json.loads(row[0]) if row else default
+    return kv(data_or_conn).get(name, default)
 
 
 def kv_set(data_or_conn, name, value):
-    c = db(data_or_conn) if isinstance(data_or_conn, str) else data_or_conn
-    c.execute("insert or replace into kv values (?,?)", (name, json.dumps(value)))
-
-
-def now_iso(t=None):
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t or time.time()))
+    kv(data_or_conn).set(name, value)
 
 
 # -- operator helpers (usable while the server runs) --------------------------------------
@@ -143,7 +136,7 @@ def set_file(data, file_id, url, checksum):
 def set_fault(data, kind, count=1):
     if kind not in FAULTS:
         raise ValueError("unknown fault %s" % kind)
-    kv_set(data, "fault:" + kind, count)
+    kv_set(data, "fault:" + kind, {"count": count})
 
 
 def set_knob(data, name, value):
@@ -214,10 +207,7 @@ class Cloud:
                           (kind, device, json.dumps(body), time.time()))
 
     def take(self, name):
-        n = kv_get(self.conn, "fault:" + name, 0)
-        if n:
-            kv_set(self.conn, "fault:" + name, n - 1)
-        return n
+        return kv(self.conn).take("fault:" + name)
 
     def live(self):
         row = self.conn.execute("select id, access_key, firmware_version from device where "
@@ -320,49 +310,15 @@ class ServerSide:
     asyncio loop, where all database work happens."""
 
     def __init__(self, cloud, broker, loop):
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
-        self.mqtt, self.Properties, self.PacketTypes = mqtt, Properties, PacketTypes
-        self.cloud, self.broker, self.loop = cloud, broker, loop
-        self.connected = False
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="xyte-server",
-                                  protocol=mqtt.MQTTv5)
-        self.client.reconnect_delay_set(0.2, 2)
-        self.client.username_pw_set(*broker.admin)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda *_a: loop.call_soon_threadsafe(self._up, False)
-        self.client.on_message = lambda _c, _u, m: loop.call_soon_threadsafe(self.handle, m)
-
-    def start(self):
-        props = self.Properties(self.PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600  # PUBACKed device messages wait for us
-        self.client.connect(self.broker.host, self.broker.port, keepalive=30,
-                            clean_start=False, properties=props)
-        self.client.loop_start()
-
-    def stop(self):
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def _on_connect(self, client, _u, _f, rc, _p):
-        if rc.is_failure:
-            return
-        opts = self.mqtt.SubscribeOptions(qos=1, noLocal=True)
-        client.subscribe([("v1/device/+/+", opts), ("v1/device/+/+/update", opts)])
-        self.loop.call_soon_threadsafe(self._up, True)
-
-    def _up(self, up):
-        self.connected = up
+        self.cloud, self.broker = cloud, broker
+        self.session = cloudkit.BrokerSession(
+            broker, "xyte-server", loop, ["v1/device/+/+", "v1/device/+/+/update"],
+            self.handle, session_expiry=3600)
+        self.start, self.stop = self.session.start, self.session.stop
 
     def publish(self, dev, leaf, body, response=None):
-        props = self.Properties(self.PacketTypes.PUBLISH)
-        if response:
-            props.ResponseTopic = "v1/device/%s/%s" % (dev, response)
-        payload = body if isinstance(body, (bytes, str)) else json.dumps(body)
-        self.client.publish("v1/device/%s/%s" % (dev, leaf), payload, qos=1,
-                            properties=props)
+        self.session.publish("v1/device/%s/%s" % (dev, leaf), body, response_topic=response
+                             and "v1/device/%s/%s" % (dev, response))
 
     def handle(self, m):
         parts = m.topic.split("/")
@@ -474,7 +430,7 @@ class ServerSide:
     async def tick(self):
         c = self.cloud
         live = c.live()
-        if live and self.connected:
+        if live and self.session.connected:
             dev = live[0]
             for row in c.conn.execute("select id, name, parameters, status from command where "
                                       "published=0").fetchall():
@@ -504,21 +460,9 @@ class ServerSide:
                                          ).fetchall():
                 await c.delete(dev, "access key expired")
 
-    async def run(self):
-        while True:
-            try:
-                await self.tick()
-            except Exception as e:  # a broker hiccup must not stop the loop
-                self.cloud.event("tick-failed", None, {"error": repr(e)})
-            await asyncio.sleep(0.2)
-
-
-def _pki(data):
-    d = os.path.join(data, "pki")
-    if not os.path.exists(os.path.join(d, "ca.pem")):
-        return make_certs(d)
-    return {"ca": os.path.join(d, "ca.pem"), "server_cert": os.path.join(d, "server.pem"),
-            "server_key": os.path.join(d, "server.key")}
+    def run(self):
+        return cloudkit.ticking(self.tick, 0.2, lambda e: self.cloud.event(
+            "tick-failed", None, {"error": repr(e)}))
 
 
 def provision(data):
@@ -534,102 +478,52 @@ def provision(data):
 
 
 async def serve(data, port, token_ttl, broker):
-    pki = _pki(data)
+    pki = cloudkit.pki(data)
     hardware_key = provision(data)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(pki["server_cert"], pki["server_key"])
     info = {"mqtt_url": broker.tls_url}
     cloud = Cloud(data, token_ttl, broker, info)
-    runner = web.AppRunner(cloud.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    info["api_url"] = "https://127.0.0.1:%d" % port
     side = cloud.bridge = ServerSide(cloud, broker, asyncio.get_running_loop())
     side.start()
-    task = asyncio.get_running_loop().create_task(side.run())
+
+    def describe(port):
+        info["api_url"] = "https://127.0.0.1:%d" % port
+        return cloud_json(info, pki, hardware_key), "xyte cloud on %s, broker %s (data %s)" % (
+            info["api_url"], broker.tls_url, data)
+
+    await cloudkit.serve(data, pki, cloud.app(), port, describe, [side.run()], [side.stop])
+
+
+def cloud_json(info, pki, hardware_key):
+    """What run_local and the tests read (info: the Cloud's, holding api_url and
+    mqtt_url)."""
     info.update({"ca_file": pki["ca"], "hardware_key": hardware_key, "device_cloud": {
         "platform": "xyte", "registration_url": info["api_url"], "hardware_key": hardware_key,
         "serial_number": SN, "firmware_version": "1.0.0", "name": "local-xyte-demo",
         "command_topic": "commands", "ca_file": "ca.pem"},
         "hint": "try: .venv/bin/python -m tools.xyte_cloud send-command --data run/cloud "
                 "set_4 --params '{\"value\": 42}'"})
-    tmp = os.path.join(data, "cloud.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(info, f)
-    os.replace(tmp, os.path.join(data, "cloud.json"))
-    print("xyte cloud on %s, broker %s (data %s)" % (info["api_url"], broker.tls_url, data),
-          flush=True)
-    # explicit handlers: a cloud started from a background shell inherits SIGINT ignored
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        task.cancel()
-        side.stop()
-        await runner.cleanup()
+    return info
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m tools.xyte_cloud",
-                                 description="local Xyte cloud (HTTPS + MQTT 5)")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve")
-    s.add_argument("--data", required=True)
-    s.add_argument("--port", type=int, default=0)
-    s.add_argument("--token-ttl", type=int, default=0,
-                   help="revoke access keys older than this many seconds (0: never)")
-    sc = sub.add_parser("send-command")
-    sc.add_argument("--data", required=True)
+    me = sys.modules[__name__]
+    ap, sub, _ = cloudkit.cli(
+        "xyte_cloud", "local Xyte cloud (HTTPS + MQTT 5)", 0,
+        lambda a: cloudkit.run(a.data, lambda broker: serve(a.data, a.port, a.token_ttl,
+                                                            broker), broker=True),
+        ttl_help="revoke access keys older than this many seconds (0: never)")
+    sc = cloudkit.command(sub, "send-command", lambda a: operator_cli.xyte_send(
+        me, a.data, a.name, json.loads(a.params), a.wait))
     sc.add_argument("name")
     sc.add_argument("--params", default="{}")
-    sc.add_argument("--wait", type=float, nargs="?", const=60, metavar="SECONDS",
-                   help="then wait (default 60 s) for the device's answer and print it")
-    cf = sub.add_parser("set-config")
-    cf.add_argument("--data", required=True)
+    cloudkit.wait_option(sc)
+    cf = cloudkit.command(sub, "set-config", lambda a: operator_cli.xyte_set_config(
+        me, a.data, json.loads(a.fields), a.wait))
     cf.add_argument("fields")
-    cf.add_argument("--wait", type=float, nargs="?", const=60, metavar="SECONDS",
-                   help="then wait (default 60 s) for the device's answer and print it")
-    sh = sub.add_parser("show")
-    sh.add_argument("--data", required=True)
-    sh.add_argument("--json", action="store_true", help="the raw state as JSON")
-    k = sub.add_parser("fault")
-    k.add_argument("--data", required=True)
-    k.add_argument("kind", choices=FAULTS)
-    k.add_argument("--count", type=int, default=1)
-    a = ap.parse_args(argv)
-    if a.cmd == "serve":
-        from tools.mosquitto import Broker
-
-        os.makedirs(a.data, exist_ok=True)
-        broker = Broker(os.path.join(a.data, "mqtt"), certs=_pki(a.data)).start()
-        try:
-            asyncio.run(serve(a.data, a.port, a.token_ttl, broker))
-        except KeyboardInterrupt:
-            pass
-        finally:
-            broker.stop()
-    elif a.cmd == "send-command":
-        from tools import operator_cli
-
-        return operator_cli.xyte_send(sys.modules[__name__], a.data, a.name,
-                                      json.loads(a.params), a.wait)
-    elif a.cmd == "set-config":
-        from tools import operator_cli
-
-        return operator_cli.xyte_set_config(sys.modules[__name__], a.data,
-                                            json.loads(a.fields), a.wait)
-    elif a.cmd == "show":
-        from tools import operator_cli
-
-        state = show(a.data)
-        print(json.dumps(state, indent=2) if a.json else operator_cli.xyte_show(state))
-    elif a.cmd == "fault":
-        set_fault(a.data, a.kind, a.count)
-    return 0
+    cloudkit.wait_option(cf)
+    cloudkit.show_command(sub, "show", show, operator_cli.xyte_show)
+    cloudkit.fault_command(sub, FAULTS, lambda a: set_fault(a.data, a.kind, a.count))
+    return cloudkit.main(ap, argv)
 
 
 if __name__ == "__main__":
