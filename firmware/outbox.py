@@ -658,7 +658,12 @@ def capacity(root):
         st = os.statvfs(root)
     except (AttributeError, OSError):  # no statvfs: no limit of its own
         return 1 << 30
-    pairs = (st[2] * 3 // 4 - 8) * st[0] // 8192
+    return fits(st[0], st[2])
+
+
+def fits(block_size, blocks):
+    """capacity() of a filesystem of that many blocks."""
+    pairs = (blocks * 3 // 4 - 8) * block_size // 8192
     return max(_G, (pairs - 2) * _G)
 
 
