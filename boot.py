@@ -33,5 +33,13 @@ def _boot(root):
     print("boot: app from", slot)
 
 
-# The frozen _boot.py has already mounted the internal LittleFS at / on the board.
+# The frozen _boot.py has already mounted the internal LittleFS at / on the board, with a
+# modification time on every file; firmware/fsmount.py mounts it again without (less wear).
+if sys.platform == "esp32":
+    import vfs
+    from flashbdev import bdev
+
+    from firmware import fsmount
+
+    fsmount.remount(vfs, bdev)
 _boot("" if sys.platform == "esp32" else (__import__("os").getenv("FIRMWARE_ROOT") or ""))

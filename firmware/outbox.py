@@ -1,20 +1,24 @@
 """The outbox: a persistent, crash-safe queue of records waiting for delivery (flash, LittleFS).
 
-Layout v2 (bench/outbox-wear.md has the measurements behind it). Every durable operation is
-one small LittleFS metadata commit, never a data-block copy:
+Layout v3 (bench/outbox-wear.md has the measurements behind it). Every durable operation is
+one small LittleFS metadata commit, never a data-block copy. The sizes below are for the
+board's mount (boot.py: mtime off, program size 32: a commit carries 24 bytes of its own, so
+up to 8 bytes of file make a 32-byte commit, up to 40 a 64-byte one):
 
-    b<E:08x>_<B:06x>/<s:x>  record slots: record number n = B * 32 + s is slot s of bucket B
-    a0, a1                  ack index, written alternately: head, delivered count, the few
-                            records resolved out of order, how many slots are marked resolved
-    m0, m1                  meta, written alternately: version, dead/dropped/expired counts,
-                            epoch E, lowest and top bucket number, boot counter
+    b<E:08x>_<B:06x>/<s:x>  record slots: record number n = B * 28 + s is slot s of bucket B
+    a0, a1                  ack index, written alternately: head; only when some exist, how
+                            many slots are marked resolved and the records resolved out of order
+    m0, m1                  meta, written alternately: version, dead/dropped/expired/damaged
+                            counts, delivered base, epoch E, lowest and top bucket, boot counter
 
-- A record is a small file (typically 20-28 bytes: one 64-byte commit with MicroPython's mtime
-  attribute) OVERWRITTEN into an existing slot. Creating a file costs two commits and mkdir an
-  erase, so slots are reused: a bucket whose 32 records are all resolved is renamed to the next
-  bucket number (one commit per 32 records) instead of being deleted and made anew. Buckets
-  form one contiguous range low..top; the space a drained backlog used stays for the next one
-  (compact() gives it back). One bucket is one metadata pair (two blocks).
+- A record is a small file (typically 20-28 bytes: one 64-byte commit) OVERWRITTEN into an
+  existing slot. Creating a file costs two commits and mkdir an erase, so slots are reused: a
+  bucket whose 28 records are all resolved is renamed to the next bucket number (one commit
+  per 28 records) instead of being deleted and made anew. 28 slots: a new bucket's first lap
+  (28 creates of 128 bytes) fits in one block, so it costs one erase, not two. Buckets form
+  one contiguous range low..top; the space a drained backlog used stays for the next one
+  (compact() gives it back). One bucket is one metadata pair (two blocks); capacity() caps
+  max_records to what the filesystem holds.
 - Record numbers n are dense: the next append takes the next slot; a failed append retries the
   same slot (its id was never handed out). message_id = "<boot hex>-<n hex>": n makes it
   unique, the boot counter (persisted in the meta file at each open, before any id of that boot
@@ -22,8 +26,10 @@ one small LittleFS metadata commit, never a data-block copy:
   creation (a wiped board never repeats its ids) and kept in the bucket names; an id whose
   boot is below E is a v1 id. A slot keeps the low 16 bits of its boot. Ids are ordered like
   the queue.
-- A resolution (delivered / dead / dropped / expired) rewrites the ack index: one 64-byte
-  commit, no file created or deleted, no record read for an id of this store. A record
+- A resolution (delivered / dead / dropped / expired) rewrites the ack index: 7 bytes, one
+  32-byte commit, no file created or deleted, no record read for an id of this store. The
+  delivered count is not written: stats() derives it from head, the out-of-order
+  resolutions and the other counts (a lost meta file makes it count every resolution). A record
   resolved further out of order than the index holds (overflow drops behind a stuck report)
   gets a resolution marker written over its slot first. Dead/dropped/expired counts go to the
   meta file right after (a power cut in between undercounts by one, never loses a record).
@@ -41,12 +47,14 @@ resolved, and the records around it stay.
 
 Open (boot): read m0/m1 and a0/a1, check the bucket range with one lookup each way, list the
 top bucket (names and sizes) to find where the queue ends; nothing grows with the backlog but
-LittleFS's own walk of the outbox directory. pending() reads slots from head on. RAM holds the
+LittleFS's own walk of the outbox directory. The root is listed only when the meta file is
+lost or says a v1 conversion left files behind. pending() reads slots from head on. RAM holds the
 counters, one buffer and the out-of-order list.
 
 A store in the v1 layout (segments, state.json, k/ markers; firmware/outbox_v1.py) is
 converted on the first open: every pending record keeps its message_id and the stats carry
-over; the meta file is the commit point, so a conversion cut short is done again.
+over; the meta file is the commit point, so a conversion cut short is done again (the v1
+files go after it; a meta flag says so until this boot's meta write).
 
 Overflow: at most max_records records are pending. Appending one more first drops the oldest
 pending sensor reading (a record without desired_id and report_status); only when every pending
@@ -71,17 +79,20 @@ from micropython import const
 from firmware import clock, log
 
 _TAG = "outbox"
-_G = const(32)  # slots per bucket (space: one metadata pair, two blocks, per bucket)
+_G = const(28)  # slots per bucket: their first lap (28 creates, 128 bytes each) fits one block
 SLOTS_PER_BUCKET = _G
 _MAX_PAYLOAD = const(1024)
-_VERSION = const(2)
+_CAP_CHECK = const(64)  # pending records from which max_records is checked against the space
+_VERSION = const(3)
 _F_BIGT = const(1)  # t did not fit u32: it is the JSON list's 7th item
 _F_DONE = const(0x80)  # a resolution marker written over a record resolved far out of order
-_OO_MAX = const(6)  # out-of-order resolutions kept in the index (keeps it one 64-byte commit)
-# generation, version, dead, dropped, expired, epoch, top bucket, top - low, boot: 28 bytes,
-# so with its CRC one 64-byte commit
-_META = "<BBIIIIiHI"
-_META_LEN = const(28)
+_OO_MAX = const(12)  # out-of-order resolutions kept in the index (one 64-byte commit)
+# generation, version (+ _M_V1LEFT), dead, dropped, expired, damaged, delivered base, epoch,
+# top bucket, top - low, boot: 36 bytes, so with its CRC one 64-byte commit (mtime off)
+_META = "<BBIIIIiIiHI"
+_META_LEN = const(36)
+_M_V1LEFT = const(0x80)  # converted from v1; its files may still be there
+_IDX = "<BI"  # generation, head (+ marks u16, out-of-order u16 each when there are any)
 _KINDS = ("sensor", "command", "reading", "report", "state")
 _STATUS_NAMES = {"D": "delivered", "X": "dead", "P": "dropped", "E": "expired"}
 
@@ -164,6 +175,7 @@ class Outbox:
         self._mv = memoryview(self._buf)
         self.epoch = self.boot = 0
         self._igen = self._mgen = 0  # generation of the newer a/m file
+        self._capped = False  # max_records checked against the filesystem's size
         try:
             _mkdirs(self.root)
             self._open()
@@ -211,11 +223,15 @@ class Outbox:
         with open(self._p("%s%d" % (name, gen & 1)), "wb") as f:
             f.write(_seal(body))
 
-    def _write_index(self, head, delivered, marks, oo):
+    def _write_index(self, head, marks, oo):
+        # 5 bytes + CRC in the usual case (nothing resolved out of order): with mtime off,
+        # one 32-byte commit
         gen = (self._igen + 1) & 0xFF
-        body = struct.pack("<BIIH", gen, head, delivered, marks)
-        for n in oo:
-            body += struct.pack("<H", n - head)
+        body = struct.pack(_IDX, gen, head)
+        if marks or oo:
+            body += struct.pack("<H", marks)
+            for n in oo:
+                body += struct.pack("<H", n - head)
         self._write_pair("a", gen, body)
         self._igen = gen
 
@@ -225,28 +241,30 @@ class Outbox:
         gen = (self._mgen + 1) & 0xFF
         s = self._stats
         span = self._top - self._low if self._low >= 0 else 0xFFFF
-        self._write_pair("m", gen, struct.pack(_META, gen, _VERSION, s["dead"], s["dropped"],
-                                               s["expired"], self.epoch, self._top, span,
-                                               self.boot))
+        self._write_pair("m", gen, struct.pack(
+            _META, gen, _VERSION | (_M_V1LEFT if self._v1left else 0), s["dead"], s["dropped"],
+            s["expired"], self._bad, self._base, self.epoch, self._top, span, self.boot))
         self._mgen = gen
 
     # ---- open
     def _open(self):
-        self._stats = {"delivered": 0, "dead": 0, "dropped": 0, "expired": 0}
+        self._stats = {"dead": 0, "dropped": 0, "expired": 0}
+        self._bad = 0  # damaged records skipped
+        self._base = 0  # delivered = resolved record numbers - base - the other resolutions
         self._igen = self._mgen = 0
-        self._converting = False
+        self._converting = self._v1left = False
         self._oo: list = []  # record numbers resolved beyond head, ascending
         self._marks = 0  # slots marked resolved beyond head (0: acks need no read)
         meta, meta_seen = self._read_pair("m")
         if meta is None and _v1_present(self.root):
             self._migrate_v1()
             meta, meta_seen = self._read_pair("m")
-        elif meta is not None:
-            _v1_remove(self.root)  # leftovers of a conversion cut short after its commit
-        if meta is not None and len(meta[1]) == _META_LEN and meta[1][1] == _VERSION:
+        if meta is not None and len(meta[1]) == _META_LEN and meta[1][1] & 0x7F == _VERSION:
             self._mgen = meta[0]
-            (_, _, dead, dropped, expired, self.epoch, self._top, span,
-             boot) = struct.unpack(_META, meta[1])
+            (_, version, dead, dropped, expired, self._bad, self._base, self.epoch, self._top,
+             span, boot) = struct.unpack(_META, meta[1])
+            if version & _M_V1LEFT:  # a conversion cut short after its commit
+                _v1_remove(self.root)
             self._low = self._top - span if span != 0xFFFF and self._top >= 0 else -1
             self._stats.update(dead=dead, dropped=dropped, expired=expired)
             self._check_range()
@@ -264,20 +282,22 @@ class Outbox:
         self.head = self._low * _G if self._top >= 0 else self._end
         self._count = self._end - self.head  # exact from the index; else until a full scan
         idx, idx_seen = self._read_pair("a")
-        if idx is not None and len(idx[1]) >= 11 and (len(idx[1]) - 11) % 2 == 0:
+        ln = len(idx[1]) if idx is not None else 0
+        if ln == 5 or (ln >= 7 and ln % 2):
             self._igen = idx[0]
-            _, head, delivered, self._marks = struct.unpack_from("<BIIH", idx[1])
-            self._stats["delivered"] = delivered
+            head = struct.unpack_from(_IDX, idx[1])[1]
+            if ln > 5:
+                self._marks = struct.unpack_from("<H", idx[1], 5)[0]
             if head > self.head:
                 self.head = min(head, self._end)
-            for i in range(11, len(idx[1]), 2):
+            for i in range(7, ln, 2):
                 n = head + struct.unpack_from("<H", idx[1], i)[0]
                 if self.head < n < self._end:
                     self._oo.append(n)
             self._count = max(0, self._end - self.head - len(self._oo) - (
                 self._marks if self._marks < 0xFFFF else 0))
         elif self._top < 0 and not idx_seen:
-            self._write_index(self.head, 0, 0, [])  # a new store
+            self._write_index(self.head, 0, [])  # a new store
         else:
             if self._top >= 0:
                 self._marks = 0xFFFF  # unknown: check slots while advancing
@@ -407,6 +427,14 @@ class Outbox:
         data = self._encode(n, mid, kind, source, value, t, desired_id, report_status)
         if len(data) > _MAX_PAYLOAD:
             raise OutboxError("record too large (%d bytes)" % len(data))
+        if self._count >= _CAP_CHECK and not (self._capped or self._converting):
+            # once a boot, and only with a backlog: LittleFS's statvfs walks the whole tree
+            self._capped = True
+            cap = capacity(self.root)
+            if cap < self.max_records:
+                log.warn(_TAG, "max_records %d does not fit the filesystem: %d kept at most",
+                         self.max_records, cap)
+                self.max_records = cap
         if self._count >= self.max_records:
             self._drop_one()
         try:
@@ -480,6 +508,11 @@ class Outbox:
     def stats(self) -> dict:
         s = dict(self._stats)
         s["pending"] = self._count
+        # every resolution moves head or joins the out-of-order list / the marks, so the
+        # delivered count needs no write of its own
+        s["delivered"] = max(0, self.head + len(self._oo) + (
+            self._marks if self._marks < 0xFFFF else 0) - self._base - self._bad - s["dead"] -
+                             s["dropped"] - s["expired"])
         return s
 
     def compact(self) -> None:
@@ -515,7 +548,6 @@ class Outbox:
         if n < self.head or n >= self._end or n in self._oo:
             return False
         head, oo, marks = self.head, list(self._oo), self._marks
-        delivered = self._stats["delivered"] + (status == "D")
         try:
             if n == head:
                 head, marks = self._advance(head + 1, oo, marks)
@@ -526,14 +558,16 @@ class Outbox:
                 with open(self._slot(n), "wb") as f:
                     f.write(_seal(_parity(struct.pack("<BI", _F_DONE, n), n)))
                 marks = min(marks + 1, 0xFFFF)
-            self._write_index(head, delivered, marks, oo)
+            self._write_index(head, marks, oo)
         except OSError as e:
             raise OutboxError("ack failed: %s" % log.describe(e))
         self.head, self._oo, self._marks = head, oo, marks
-        self._stats["delivered"] = delivered
         self._count = max(0, self._count - 1)
-        if status is not None and status != "D":
-            self._stats[_STATUS_NAMES[status]] += 1
+        if status != "D":
+            if status is None:
+                self._bad += 1
+            else:
+                self._stats[_STATUS_NAMES[status]] += 1
             try:
                 self._write_meta()
             except OSError as e:  # the record is resolved; only its counter is not durable
@@ -600,13 +634,37 @@ class Outbox:
         old._records(old._hseg, old._hoff, carry)
         if self._top < 0:
             self._new_bucket(0)  # the epoch lives in bucket names: keep it above the v1 ids
-        self._stats = dict(old._stats)
-        self._write_index(0, self._stats["delivered"], 0, [])
+        st = old._stats
+        self._stats = {"dead": st["dead"], "dropped": st["dropped"], "expired": st["expired"]}
+        # what stats() adds up to the v1 store's delivered count
+        self._base = -(st["delivered"] + st["dead"] + st["dropped"] + st["expired"])
+        self._write_index(0, 0, [])
         self._converting = False
-        self._write_meta()  # the commit point: from here on the store is v2
+        self._v1left = True
+        self._write_meta()  # the commit point: from here on the store is v3
         self.max_records = keep
         _v1_remove(self.root)
+        self._v1left = False  # the write of this boot's counter records it
         log.info(_TAG, "converted: %d pending records kept with their ids", len(carried))
+
+
+def capacity(root):
+    """How many pending records the filesystem holding root can keep: a bucket of 28 records is
+    one LittleFS metadata pair (two blocks); the outbox takes at most 3/4 of the filesystem
+    less 8 blocks (config, CA, OTA state and LittleFS's own spare blocks keep the rest), and
+    two of its buckets are the partly used head and top ones. The board's 448 KB vfs partition
+    (112 blocks) gives 1008."""
+    try:
+        st = os.statvfs(root)
+    except (AttributeError, OSError):  # no statvfs: no limit of its own
+        return 1 << 30
+    return fits(st[0], st[2])
+
+
+def fits(block_size, blocks):
+    """capacity() of a filesystem of that many blocks."""
+    pairs = (blocks * 3 // 4 - 8) * block_size // 8192
+    return max(_G, (pairs - 2) * _G)
 
 
 def _names(path):

@@ -241,7 +241,8 @@ def test_corrupt_index_and_meta_logged_no_loss_no_id_reuse():
                 assert pend == ids, (garbage, pend)  # re-delivery possible, never loss
             else:
                 assert pend == ids[3:], (garbage, pend)
-                assert ob.stats()["delivered"] == 2
+                # the dead count was in the meta file: delivered now counts every resolution
+                assert ob.stats()["delivered"] == 3
             new = ob.append("reading", 1, "x", T0)
             assert new not in ids
             support.rmtree(root.rsplit("/", 1)[0])
@@ -547,3 +548,94 @@ def test_v1_store_is_converted_with_every_pending_record_and_id():
     got = _fields(_all(ob))
     assert got == want, got[:3]
     support.rmtree(base)
+
+
+def test_ack_index_stays_one_small_commit():
+    # 8 bytes or less is one 32-byte LittleFS commit on the board's mount (mtime off)
+    root, ob = _fresh("small")
+    ids = _fill(ob, 40)
+    for mid in ids[:30]:
+        ob.delivered(mid)
+    sizes = [os.stat(root + "/" + n)[6] for n in ("a0", "a1")]
+    assert max(sizes) <= 8, sizes
+    ob.delivered(ids[35])  # out of order: the list follows, one 64-byte commit
+    assert max(os.stat(root + "/" + n)[6] for n in ("a0", "a1")) <= 40
+    ob = Outbox(root)
+    assert [r.message_id for r in _all(ob)] == [m for m in ids[30:] if m != ids[35]]
+    assert ob.stats()["delivered"] == 31
+    support.rmtree(root.rsplit("/", 1)[0])
+
+
+def test_opening_lists_only_the_top_bucket():
+    import firmware.outbox as mod
+
+    root, ob = _fresh("list")
+    _fill(ob, 3 * G + 5)
+    listed = []
+    names, sizes = mod._names, mod._sizes
+    mod._names = lambda path: listed.append(path) or names(path)
+    mod._sizes = lambda path: listed.append(path) or sizes(path)
+    try:
+        ob = Outbox(root)
+    finally:
+        mod._names, mod._sizes = names, sizes
+    assert listed == [ob._bucket(3)], listed  # not the outbox directory, whatever it holds
+    assert ob.pending_count() == 3 * G + 5
+    support.rmtree(root.rsplit("/", 1)[0])
+
+
+def test_conversion_cut_after_its_commit_finishes_at_the_next_open():
+    import firmware.outbox as mod
+
+    base = support.tmpdir("v1cut")
+    root = base + "/ob"
+    _v1_store(root)
+    remove = mod._v1_remove
+
+    def cut(path):
+        raise OSError(5)  # the power goes while the v1 files are removed
+
+    mod._v1_remove = cut
+    try:
+        support.raises(OutboxError, Outbox, root, 90)
+    finally:
+        mod._v1_remove = remove
+    assert "state.json" in os.listdir(root)  # left behind, the meta file says so
+    ob = Outbox(root, max_records=90)
+    left = [n for n in os.listdir(root) if n.endswith(".seg") or n in ("k", "state.json")]
+    assert left == [], left
+    assert ob.pending_count() > 50
+    support.rmtree(base)
+
+
+def test_max_records_fits_the_filesystem():
+    import firmware.outbox as mod
+
+    # the board's 448 KB vfs partition: 112 blocks of 4 KB, 36 buckets of 28
+    assert mod.fits(4096, 112) == 36 * G
+    assert mod.fits(4096, 8) == G  # never below one bucket
+    real = mod.capacity
+    mod.capacity = lambda root: 70
+    lines = _capture()
+    try:
+        root, ob = _fresh("cap", max_records=2000)
+        ids = _fill(ob, 75)
+    finally:
+        mod.capacity = real
+        log.set_sink(None)
+    assert ob.max_records == 70
+    assert any("does not fit" in ln for ln in lines), lines
+    assert ob.pending_count() == 70 and ob.stats()["dropped"] == 5
+    assert [r.message_id for r in _all(ob)] == ids[5:]
+    support.rmtree(root.rsplit("/", 1)[0])
+    if support.IS_MICROPYTHON:  # LittleFS's own statvfs, as on the board
+        import vfs
+        from test_fsmount import RamDevice
+
+        dev = RamDevice(48)
+        vfs.VfsLfs2.mkfs(dev)
+        vfs.mount(vfs.VfsLfs2(dev, mtime=False), "/capfs")
+        try:
+            assert mod.capacity("/capfs") == mod.fits(4096, 48)
+        finally:
+            vfs.umount("/capfs")

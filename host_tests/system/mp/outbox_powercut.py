@@ -73,7 +73,9 @@ def sequence(st):
     # returned: accepted ids with their content, ids whose ack returned.
     ob = Outbox("/flash/ob", max_records=1000)
     i = 0
-    for life, count in enumerate((60, 40, 16)):  # past buckets of 32: renamed for reuse
+    # past buckets of 28: renamed for reuse; the last life drains the queue, so compact()
+    # removes the buckets the backlog left (slot deletes and rmdir cut too)
+    for life, count in enumerate((60, 40, 16, 10)):
         for _ in range(count):
             st["current"] = ["a", i]
             src = i if i % 2 else "s%d" % i
@@ -81,7 +83,7 @@ def sequence(st):
                             desired_id=("d%d" % i) if i % 3 == 0 else None)
             st["ok"][mid] = i
             i += 1
-        recs = ob.pending(18)
+        recs = ob.pending(18 if life < 3 else 1000)
         if life == 1:
             recs.reverse()
         for n, r in enumerate(recs):
@@ -93,6 +95,8 @@ def sequence(st):
             st["acked"].append(r.message_id)
         st["current"] = ["c"]
         ob.compact()
+        if life == 3:
+            st["compacted"] = ob._low
         st["current"] = ["r"]
         ob = Outbox("/flash/ob", max_records=1000)
     st["current"] = None
@@ -108,8 +112,7 @@ def check(ram, st):
     bad = []
     dev = CutDevice(ram)
     try:
-        fs = vfs.VfsLfs2(dev)
-        vfs.mount(fs, "/flash")
+        mount(dev)
     except Exception as e:
         return ["remount failed: %r" % e]
     try:
@@ -151,12 +154,17 @@ def check(ram, st):
 V1_FIRST = 1000
 
 
+def mount(dev):
+    # as the board mounts its filesystem (boot.py, firmware/fsmount.py): mtime off
+    vfs.mount(vfs.VfsLfs2(dev, mtime=False), "/flash")
+
+
 def fresh_image():
     # a v1 store: 30 records, the first 8 acknowledged (what a device brings to the upgrade)
     ram = bytearray(b"\xff" * (BS * NBLOCKS))
     dev = CutDevice(ram)
     vfs.VfsLfs2.mkfs(dev)
-    vfs.mount(vfs.VfsLfs2(dev), "/flash")
+    mount(dev)
     ob = OutboxV1("/flash/ob", max_records=1000)
     st = {"ok": {}, "acked": [], "current": None}
     for i in range(V1_FIRST, V1_FIRST + 30):
@@ -178,7 +186,7 @@ TEMPLATE_ST: dict = {}
 def run(template, ram, cut):
     ram[:] = template  # one RAM image reused: a fresh 192 KB per k fragments the heap
     dev = CutDevice(ram, cut)
-    vfs.mount(vfs.VfsLfs2(dev), "/flash")
+    mount(dev)
     st = {"ok": dict(TEMPLATE_ST["ok"]), "acked": list(TEMPLATE_ST["acked"]), "current": None}
     try:
         sequence(st)
@@ -200,7 +208,7 @@ def main():
             print("sequence did not finish")
         bad = check(ram, st)
         print(json.dumps({"writes": writes, "bad": bad, "appended": len(st["ok"]),
-                          "acked": len(st["acked"])}))
+                          "acked": len(st["acked"]), "compacted": st.get("compacted")}))
         return
     first, last = int(sys.argv[1]), int(sys.argv[2])
     tried = 0
