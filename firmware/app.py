@@ -436,30 +436,25 @@ def _expiry(value):
     return None
 
 
-# platform (and transport, for Realer) -> (module, class); imported only when chosen, so a
-# board carries in RAM just the adapter it uses
-_ADAPTERS = {
-    "realer/https": ("firmware.clouds.realer_https", "RealerHttps"),
-    "realer/mqtt": ("firmware.clouds.realer_mqtt", "RealerMqtt"),
-    "nubison": ("firmware.clouds.nubison", "Nubison"),
-    "devicehive": ("firmware.clouds.devicehive", "DeviceHive"),
-    "xyte": ("firmware.clouds.xyte", "Xyte"),
-}
-
-
 def make_cloud(cfg):
+    """The adapter the config names (firmware/platforms.py), imported only now, so a board
+    carries in RAM just the one it uses; ConfigError when it is not in this build."""
+    from firmware import platforms
+
     platform = cfg.get("cloud.platform")
-    key = platform + "/" + cfg.get("cloud.transport") if platform == "realer" else platform
-    entry = _ADAPTERS.get(key)
+    transport = cfg.get("cloud.transport")
+    entry = platforms.row(platform, transport)
     if entry is None:
         raise config.ConfigError(["cloud.platform: %s over %s is not in this build" %
-                                  (platform, cfg.get("cloud.transport"))])
+                                  (platform, transport)])
+    name, cls = entry[platforms.MODULE], entry[platforms.CLASS]
+    config.unload("firmware.platforms")  # start-up only
     try:
-        module = __import__(entry[0], None, None, (entry[1],))
+        module = __import__(name, None, None, (cls,))
     except ImportError as e:
         raise config.ConfigError(["cloud.platform: the %s adapter is not in this build (%s)" %
                                   (platform, e)])
-    return getattr(module, entry[1])(cfg)
+    return getattr(module, cls)(cfg)
 
 
 def _setup_ota(app, cfg):
@@ -524,8 +519,9 @@ def main(root=None):
         log.error(_TAG, "not starting: fix config.json and reset")
         return 1
     platform = app.cfg.get("cloud.platform")
+    transport = app.cfg.get("cloud.transport")
     log.info(_TAG, "starting: %s%s, %d sensors, %d commands", platform,
-             " over " + app.cfg.get("cloud.transport") if platform == "realer" else "",
+             " over " + transport if transport else "",
              len(app.board.sensors), len(app.board.actuators))
     if app.cfg.get("lowpower.enabled"):
         from firmware import lowpower

@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 
+from firmware import platforms
 from tools import devicehive_cloud, nubison_cloud, realer_cloud, run_local, xyte_cloud
 
 ROOT = run_local.ROOT
@@ -242,10 +243,11 @@ def search(tree, transport, lo, hi, step, seconds, threshold, width, platform="r
             bad = max(failed)
 
 
-# `make memory`: every configuration, name -> (platform, transport, target K)
-CONFIGS = (("realer-https", "realer", "https", 48), ("realer-mqtt", "realer", "mqtt", 56),
-           ("nubison", "nubison", "https", 48), ("devicehive", "devicehive", "https", 56),
-           ("xyte", "xyte", "https", 64))
+# `make memory`: every configuration of the platform registry, (name, platform, transport,
+# target K); a run without its own target here is held to 64K
+TARGETS = {"realer-https": 48, "realer-mqtt": 56, "nubison": 48, "devicehive": 56, "xyte": 64}
+CONFIGS = tuple((name, plat, transport, TARGETS.get(name, 64))
+                for name, plat, transport in platforms.runs())
 
 
 def memory(frozen, search_s, confirm_s, step, width):
@@ -348,9 +350,8 @@ def breakdown(tree, transport, frozen=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--platform", default="realer",
-                    choices=("realer", "nubison", "devicehive", "xyte"))
-    ap.add_argument("--transport", default="https", choices=("https", "mqtt"),
+    ap.add_argument("--platform", default="realer", choices=platforms.names())
+    ap.add_argument("--transport", default="https", choices=run_local.transports(),
                     help="Realer only")
     ap.add_argument("--minutes", type=float, default=0.5)
     ap.add_argument("--heaps", help="comma-separated sizes to run side by side, e.g. 96K,88K")

@@ -1,7 +1,8 @@
 """The app's wiring between the pieces (both runtimes): uplink failures count toward each
 command's fallback_after_failures and a delivery resets the count; the uplink waits for the
 Wi-Fi station; shutdown stops the tasks and awaits the adapter's close(); Xyte's firmware
-message fetches the file record and hands it to the updater; make_cloud's config errors.
+message fetches the file record and hands it to the updater (make_cloud's config errors:
+test_platforms.py).
 Scripted clouds step the tasks one send at a time: bounded step counts, no timed checks."""
 import asyncio
 
@@ -620,32 +621,3 @@ def test_xyte_update_firmware_command_that_cannot_start_is_an_error():
         started, answers, lines = _update_command(params, ota, start_ok)
         assert [a[0] for a in answers] == ["in_progress", "error"], (params, ota, answers)
         assert len(started) == (1 if not start_ok else 0), (params, started)
-
-
-# --- 5. make_cloud: what is not in the build is a ConfigError naming it -----------------------
-
-class _Cfg:
-    def __init__(self, platform, transport=None):
-        self.cloud = {"platform": platform, "transport": transport}
-
-    def get(self, key, default=None):
-        if key.startswith("cloud."):
-            return self.cloud.get(key[6:], default)
-        return default
-
-
-def test_make_cloud_unknown_platform_or_transport_is_a_config_error():
-    e = support.raises(config.ConfigError, app_mod.make_cloud, _Cfg("thingsboard"))
-    assert len(e.problems) == 1 and "thingsboard" in e.problems[0], e.problems
-    e = support.raises(config.ConfigError, app_mod.make_cloud, _Cfg("realer", "coap"))
-    assert "realer" in e.problems[0] and "coap" in e.problems[0], e.problems
-
-
-def test_make_cloud_missing_adapter_module_is_a_config_error():
-    app_mod._ADAPTERS["ghost"] = ("firmware.clouds.ghost_not_built", "Ghost")
-    try:
-        e = support.raises(config.ConfigError, app_mod.make_cloud, _Cfg("ghost"))
-    finally:
-        del app_mod._ADAPTERS["ghost"]
-    assert len(e.problems) == 1, e.problems
-    assert "ghost" in e.problems[0] and "not in this build" in e.problems[0], e.problems

@@ -1,0 +1,101 @@
+"""The platform registry (firmware/platforms.py) is the one list of clouds: a row added there
+is a platform the config check, the adapter factory and the log hints know, with nothing
+else to edit."""
+import json
+
+import support
+from firmware import app as app_mod
+from firmware import config, logfix, platforms
+
+_GHOST = ("ghost", None, "firmware.clouds.ghost_not_built", "Ghost", ("api_url", "device_id",
+          "access_key"), (("ws_path", "/ghost"),), "api_url", "cloud.access_key (ghost)")
+
+
+class _Rows:
+    """platforms.ROWS with the ghost row added while the `with` block runs."""
+
+    def __enter__(self):
+        from firmware import platforms as current  # make_cloud drops it after use
+
+        self.module, self.saved = current, current.ROWS
+        current.ROWS = self.saved + (_GHOST,)
+
+    def __exit__(self, *exc):
+        self.module.ROWS = self.saved
+
+
+def _load(cloud):
+    root = support.tmpdir("plat")
+    support.write(root + "/ca.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n"
+                  "-----END CERTIFICATE-----\n")
+    support.write(root + "/config.json", json.dumps({"cloud": dict(cloud, ca_file="ca.pem"),
+                                                     "board": "sim"}))
+    try:
+        return config.load(root)
+    finally:
+        support.rmtree(root)
+
+
+def test_a_new_row_is_a_platform_the_config_check_knows():
+    with _Rows():
+        e = support.raises(config.ConfigError, _load, {"platform": "ghost",
+                                                       "api_url": "https://g.example"})
+        # its required keys, not "not supported"
+        assert "cloud.platform" not in " ".join(e.problems), e.problems
+        assert any(p.startswith("cloud.device_id: missing") for p in e.problems), e.problems
+        assert any(p.startswith("cloud.access_key: missing") for p in e.problems), e.problems
+        cfg = _load({"platform": "ghost", "api_url": "https://g.example", "device_id": 1,
+                     "access_key": "k-123"})
+        assert cfg.get("cloud.ws_path") == "/ghost"  # the row's defaults
+        assert not any("access_key" in w for w in cfg.warnings), cfg.warnings  # a known key
+        assert cfg.get("cloud.transport") is None  # one transport: no transport key
+        e = support.raises(config.ConfigError, _load, {"platform": "ghost",
+                                                       "api_url": "http://g.example",
+                                                       "device_id": 1, "access_key": "k-123"})
+        assert any(p.startswith("cloud.api_url: http:// is not encrypted")
+                   for p in e.problems), e.problems
+    e = support.raises(config.ConfigError, _load, {"platform": "ghost"})
+    assert "is not supported; use one of realer, nubison, devicehive, xyte" in e.problems[0]
+
+
+def test_transports_come_from_the_rows():
+    assert platforms.transports("realer") == ("https", "mqtt")
+    assert platforms.transports("xyte") == ()
+    e = support.raises(config.ConfigError, _load, {
+        "platform": "realer", "transport": "coap", "api_url": "https://r.example",
+        "device_id": 1, "client_id": "cid-1", "client_secret": "sec-123"})
+    assert 'cloud.transport: \'coap\'; use "https" or "mqtt"' in e.problems, e.problems
+
+
+class _Cfg:
+    def __init__(self, platform, transport=None):
+        self.cloud = {"platform": platform, "transport": transport}
+
+    def get(self, key, default=None):
+        if key.startswith("cloud."):
+            return self.cloud.get(key[6:], default)
+        return default
+
+
+def test_make_cloud_reads_the_registry():
+    with _Rows():
+        e = support.raises(config.ConfigError, app_mod.make_cloud, _Cfg("ghost"))
+    assert len(e.problems) == 1, e.problems
+    assert "ghost" in e.problems[0] and "not in this build" in e.problems[0], e.problems
+    e = support.raises(config.ConfigError, app_mod.make_cloud, _Cfg("thingsboard"))
+    assert "thingsboard" in e.problems[0], e.problems
+    e = support.raises(config.ConfigError, app_mod.make_cloud, _Cfg("realer", "coap"))
+    assert "realer" in e.problems[0] and "coap" in e.problems[0], e.problems
+
+
+def test_refused_credentials_hint_names_the_rows_keys():
+    with _Rows():
+        hint = logfix.hint("auth: HTTP 401", "ghost")
+    assert hint is not None and "cloud.access_key (ghost)" in hint, hint
+    assert "cloud.hardware_key" in logfix.hint("auth: HTTP 401", "xyte")
+    assert "the cloud credentials" in logfix.hint("auth: HTTP 401", "nowhere")
+
+
+def test_runs_name_one_run_per_row():
+    names = [r[0] for r in platforms.runs()]
+    assert names == ["realer-https", "realer-mqtt", "nubison", "devicehive", "xyte"], names
