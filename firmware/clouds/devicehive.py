@@ -46,6 +46,7 @@ from micropython import const
 from firmware import clock, log
 from firmware.backoff import Backoff
 from firmware.clouds import SendResult
+from firmware.clouds.base import Adapter
 from firmware.net import conn, ws
 
 _TAG = "devicehive"
@@ -98,8 +99,9 @@ def command_value(params):
     return params
 
 
-class DeviceHive:
-    def __init__(self, cfg, connect=None):
+class DeviceHive(Adapter):
+    def __init__(self, cfg, connect=None, **hooks):
+        super().__init__(**hooks)  # on_desired, on_link_up(first) after every handshake
         cloud = cfg.get("cloud")
         self.url = cloud["api_url"].rstrip("/") + cloud.get("ws_path", "/api/websocket")
         self.device_id = str(cloud["device_id"])
@@ -114,8 +116,6 @@ class DeviceHive:
         self.enabled_sensors = None  # DeviceHive has no sensor catalog: report every sensor
         self.renewals = 0  # token refreshes
         self.renew_at = clock.Deadline(_CHECK_MS)  # tokens are refreshed on 401, not ahead
-        self.on_desired = None  # set by the app
-        self.on_link_up = None  # set by the app: on_link_up(first) after every handshake
         # command name -> the configured command id it stands for
         self.commands = {str(c["id"]): c["id"] for c in cfg.get("commands") or ()
                          if isinstance(c, dict) and "id" in c}
@@ -144,7 +144,7 @@ class DeviceHive:
         afterwards tokens are refreshed inside the session when the server says 401."""
         return self.connects == 0
 
-    async def authenticate(self):
+    async def authenticate(self, force=False):
         """The session task authenticates; this waits a little for it. Returns wait_ms."""
         deadline = clock.Deadline(self.timeout_ms)
         while not self.ready and not deadline.expired():

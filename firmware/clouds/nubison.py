@@ -38,6 +38,7 @@ from micropython import const
 
 from firmware import clock, log
 from firmware.clouds import SendResult, shape
+from firmware.clouds.base import Adapter
 from firmware.net import http
 
 _TAG = "nubison"
@@ -137,8 +138,9 @@ def _join(root, name):
     return name if root in (None, "", ".") else root.rstrip("/") + "/" + name
 
 
-class Nubison:
-    def __init__(self, cfg, client=None):
+class Nubison(Adapter):
+    def __init__(self, cfg, client=None, **hooks):
+        super().__init__(**hooks)  # on_reached after a login; no desired state, no sessions
         cloud = cfg.get("cloud", {})
         self.base = cloud["api_url"].rstrip("/")
         self.device_key = "%s_%s" % (cloud["product_code"], cloud["device_id"])
@@ -151,9 +153,6 @@ class Nubison:
         self.renewals = 0
         self.logins = 0
         self.enabled_sensors = None  # no sensor catalog: report every sensor
-        self.on_desired = None  # no desired-state channel on NUBISON
-        self.on_link_up = None  # no sessions over HTTP
-        self.on_reached = None  # set by the app: called after a login
         self.held_until = None  # clock.Deadline while the cloud refuses the device
         self.held_reason = None
         self._basic = http.basic_auth(cloud["client_id"], cloud["client_secret"])

@@ -26,6 +26,7 @@ from micropython import const
 
 from firmware import clock, log
 from firmware.clouds import SendResult, shape
+from firmware.clouds.base import Adapter
 from firmware.net import http
 
 _TAG = "realer"
@@ -92,8 +93,9 @@ def verdict(status, body):
     return _KEEP, error_type(body) or "http %d" % status
 
 
-class RealerHttps:
-    def __init__(self, cfg, client=None):
+class RealerHttps(Adapter):
+    def __init__(self, cfg, client=None, **hooks):
+        super().__init__(**hooks)  # on_reached: after a token or catalog success
         cloud = cfg.get("cloud", {})
         self.base = cloud["api_url"].rstrip("/")
         self.device_id = cloud["device_id"]
@@ -108,13 +110,6 @@ class RealerHttps:
         self.enabled_sensors = None  # None until the sensor catalog was read: report all
         self._basic = http.basic_auth(self.client_id, self.client_secret)
         self._auth_lock = asyncio.Lock()  # several tasks may find the token due at once
-        self.on_desired = None  # set by the app (desired state comes from poll_catalog here)
-        self.on_link_up = None  # no sessions over HTTPS: never called
-        self.on_reached = None  # set by the app: called after a token or catalog success
-
-    def background(self):
-        """Extra tasks this adapter needs (none: HTTPS is driven by uplink and downlink)."""
-        return []
 
     def _url(self, tail):
         return "%s/iot/v1/devices/%s/%s" % (self.base, self.device_id, tail)

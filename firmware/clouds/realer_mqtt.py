@@ -37,6 +37,7 @@ import json
 from micropython import const
 
 from firmware import clock, log
+from firmware.clouds.base import Adapter
 from firmware.clouds.realer_https import RealerError, RealerHttps, SendResult, error_type
 from firmware.clouds.realer_https import record_body as _record_body
 from firmware.net import conn, mqtt
@@ -56,9 +57,12 @@ _ACK_TIMEOUT_MS = const(15000)
 _DEFAULT_CRED_RENEW_S = const(300)
 
 
-class RealerMqtt:
-    def __init__(self, cfg, client=None):
-        self.https = RealerHttps(cfg, client)
+class RealerMqtt(Adapter):
+    def __init__(self, cfg, client=None, on_reached=None, **hooks):
+        super().__init__(**hooks)
+        # token and catalog calls run in the inner HTTPS adapter (also in HTTPS fallback):
+        # the app's on_reached goes there, or a success there would not end the backoff
+        self.https = RealerHttps(cfg, client, on_reached=on_reached)
         self.https.scope = self.https.scope or _DEFAULT_SCOPE  # the MQTT calls need them
         self.ca_file = cfg.ca_path
         self.ack_timeout_ms = int(cfg.get("cloud").get("ack_timeout_s", 0) * 1000) or \
@@ -80,23 +84,11 @@ class RealerMqtt:
         self.cred_request = None  # (method, path, body) from the catalog
         self.cred_renew = None  # clock.Deadline
         self.credentials = 0
-        self.on_desired = None  # set by the app: handles one desired command state
-        self.on_link_up = None  # set by the app: on_link_up(first) after every connect
         self._acks: dict = {}  # message_id -> ack body, for the records being sent
         self._waiting: set = set()  # their ids: late or duplicate acks are not kept
         self._ack_event = asyncio.Event()
 
     # -- what the app uses, shared with RealerHttps -------------------------------------
-
-    # Token and catalog calls run in the inner HTTPS adapter (also in HTTPS fallback): the
-    # app's hook must reach it, or a success there would not end the uplink's backoff.
-    @property
-    def on_reached(self):
-        return self.https.on_reached
-
-    @on_reached.setter
-    def on_reached(self, hook):
-        self.https.on_reached = hook
 
     @property
     def batch_max(self):

@@ -50,6 +50,7 @@ from micropython import const
 
 from firmware import clock, log
 from firmware.clouds import SendResult, shape
+from firmware.clouds.base import Adapter
 from firmware.net import conn, mqtt
 
 _TAG = "xyte"
@@ -138,8 +139,9 @@ def command_target(cmd):
     return target, params.get("value")
 
 
-class Xyte:
-    def __init__(self, cfg, http_client=None, ticks=None):
+class Xyte(Adapter):
+    def __init__(self, cfg, http_client=None, ticks=None, **hooks):
+        super().__init__(**hooks)  # on_desired, on_link_up, ota (the update command)
         cloud = cfg.get("cloud", {})
         self.root = cfg.root if hasattr(cfg, "root") else ""
         self.ca_file = cfg.ca_path
@@ -158,8 +160,6 @@ class Xyte:
         self.credentials = 0  # broker sessions opened (the status line's count)
         self.renewals = 0  # registrations made
         self.renew_at = None
-        self.on_desired = None
-        self.on_link_up = None
         self.status = "online"  # telemetry status; the app may set "error"
         self.reg: dict = {}  # {id, access_key, hub_url, hub_url_static_cert, mqtt_hub_url}
         self.config: dict = {}
@@ -167,7 +167,6 @@ class Xyte:
         self.space: dict = {}
         self.done: list = []  # handled non-actuator command ids (send_dump, ...)
         self.latest_fw = None
-        self.ota = None  # firmware.ota.updater.Updater, set by the app when updates are on
         self.enabled_sensors = None
         self.client = None
         self.generation = 0  # bumped by every (re)registration: the session starts over
@@ -364,7 +363,7 @@ class Xyte:
 
     def firmware_available(self, version, file_id):
         """Hand-off point for OTA: Xyte says `version` (file `file_id`) is the latest. With an
-        updater (`self.ota`, set by the app when config `ota` has a public key) the file's
+        updater (`self.ota`, given by the app when config `ota` has a public key) the file's
         record is read from the hub and its bundle URL and SHA-256 go to the updater, which
         verifies the Ed25519-signed bundle itself; without one it is only logged."""
         self.latest_fw = (version, file_id)

@@ -15,6 +15,7 @@ from firmware import clock, config, log
 from firmware.app import App
 from firmware.board.factory import make_board
 from firmware.clouds import SendResult
+from firmware.clouds.base import Adapter
 from firmware.outbox import Outbox
 from firmware.tasks import Supervisor
 
@@ -31,7 +32,7 @@ def _quiet(fn):
         log.set_sink(None)
 
 
-class _Scripted:
+class _Scripted(Adapter):
     """An adapter whose send() runs only when the test grants it, and then fails ("fail":
     OSError, as a lost network does) or delivers the batch ("ok") as the script says."""
 
@@ -39,8 +40,6 @@ class _Scripted:
     enabled_sensors = None
     renewals = 0
     renew_at = None
-    on_desired = None
-    on_link_up = None
 
     def __init__(self, script, gated=True):
         self.script = list(script)
@@ -94,10 +93,9 @@ def _app(cloud, records=12, commands=_COMMANDS):
     outbox = Outbox(config.join(root, "outbox"), max_records=1000)
     for i in range(records):
         outbox.append("sensor", 7, str(i), clock.unix_time())
-    if callable(cloud):  # a factory: the adapter needs the config
-        cloud = cloud(cfg)
-    a = App(cfg, board, outbox, cloud)
-    cloud.app = a
+    # a factory (the adapter needs the config) or an adapter built already
+    a = App(cfg, board, outbox, cloud if callable(cloud) else support.made(cloud))
+    a.cloud.app = a
     return a, root
 
 
@@ -297,7 +295,7 @@ def _outage(exchange, feed=None, feed_after=None):
     from firmware.clouds.realer_https import RealerHttps
 
     http = _Link()
-    a, root = _app(lambda cfg: RealerHttps(cfg, http), records=30)
+    a, root = _app(lambda cfg, **hooks: RealerHttps(cfg, http, **hooks), records=30)
     cloud = a.cloud
     seen: list = []
     if feed is not None:
@@ -374,7 +372,7 @@ def test_the_wifi_station_coming_back_ends_the_uplinks_backoff():
     from firmware.clouds.realer_https import RealerHttps
 
     http = _Link()
-    a, root = _app(lambda cfg: RealerHttps(cfg, http), records=30)
+    a, root = _app(lambda cfg, **hooks: RealerHttps(cfg, http, **hooks), records=30)
     a.wifi = _Board()
     seen: list = []
 
@@ -480,7 +478,7 @@ def test_a_failing_close_is_logged_not_raised():
     assert any("close:" in x and "104" in x for x in lines), lines
 
 
-def test_shutdown_without_close_on_the_adapter():
+def test_shutdown_with_the_contracts_default_close():
     cloud = _Scripted([])
     sup, ended, lines = _shutdown_run(cloud)
     assert ended == ["worker"]
@@ -621,3 +619,27 @@ def test_xyte_update_firmware_command_that_cannot_start_is_an_error():
         started, answers, lines = _update_command(params, ota, start_ok)
         assert [a[0] for a in answers] == ["in_progress", "error"], (params, ota, answers)
         assert len(started) == (1 if not start_ok else 0), (params, started)
+
+
+# --- 5. the adapter gets the app's hooks at construction (firmware/clouds/base.py) ----------
+
+def test_the_app_hands_its_hooks_to_the_adapter_it_makes():
+    got: dict = {}
+
+    def make(cfg, **hooks):
+        got.update(hooks)
+        return _Scripted([])
+
+    a, root = _app(make, records=0)
+    try:
+        assert sorted(got) == ["on_desired", "on_link_up", "on_reached", "ota"], got
+        assert got["ota"] is None  # no OTA key in this config
+        got["on_reached"]()
+        assert a.link.is_set()  # a success elsewhere ends the uplink's backoff
+        before = a.outbox.pending_count()
+        _quiet(lambda: got["on_link_up"](False))  # a reconnect: every actuator's state again
+        assert a.outbox.pending_count() == before + len(_COMMANDS)
+        _quiet(lambda: got["on_desired"]({"id": "c-1", "desired_id": 9, "value": "0"}))
+        assert a.applied == 1
+    finally:
+        support.rmtree(root)

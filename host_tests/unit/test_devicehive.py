@@ -369,7 +369,7 @@ def test_command_applied_once_expired_reported_and_duplicates_ignored_across_reb
         board = make_board("sim", cfg.get("sensors"), cfg.get("commands"))
         outbox = Outbox(root + "/outbox", max_records=100)
         cloud, peer, connector = adapter(cfg=cfg)
-        return App(cfg, board, outbox, cloud), peer, connector
+        return App(cfg, board, outbox, support.made(cloud)), peer, connector
 
     def push(connector, cid, value, ts, lifetime=None):
         connector.sockets[-1].push({"action": "command/insert", "subscriptionId": 7,

@@ -99,3 +99,49 @@ def test_refused_credentials_hint_names_the_rows_keys():
 def test_runs_name_one_run_per_row():
     names = [r[0] for r in platforms.runs()]
     assert names == ["realer-https", "realer-mqtt", "nubison", "devicehive", "xyte"], names
+
+
+def _registry_cfg(row, root):
+    cloud = {"platform": row[platforms.PLATFORM], "ca_file": "ca.pem"}
+    if row[platforms.TRANSPORT]:
+        cloud["transport"] = row[platforms.TRANSPORT]
+    for key in row[platforms.REQUIRED]:
+        cloud[key] = 1 if key == "device_id" else "value-%s-0001" % key
+    cloud[row[platforms.URL_KEY]] = "https://127.0.0.1:1"
+    support.write(root + "/ca.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n"
+                  "-----END CERTIFICATE-----\n")
+    return config.validate({"cloud": cloud, "board": "sim"}, root)
+
+
+def test_every_registered_adapter_keeps_the_contract_and_takes_its_hooks_at_construction():
+    from firmware.clouds.base import Adapter
+
+    def on_desired(cmd):
+        pass
+
+    def on_link_up(first):
+        pass
+
+    def on_reached():
+        pass
+
+    ota = object()
+    for row in platforms.ROWS:
+        root = support.tmpdir("reg")
+        try:
+            cloud = app_mod.make_cloud(_registry_cfg(row, root), on_desired=on_desired,
+                                       on_link_up=on_link_up, on_reached=on_reached, ota=ota)
+        finally:
+            support.rmtree(root)
+        name = row[platforms.CLASS]
+        assert type(cloud).__name__ == name and isinstance(cloud, Adapter), name
+        assert cloud.on_desired is on_desired and cloud.on_link_up is on_link_up, name
+        assert cloud.ota is ota, name
+        # Realer MQTT's token and catalog calls run in its inner HTTPS adapter
+        assert getattr(cloud, "https", cloud).on_reached is on_reached, name
+        for member in ("send", "poll_catalog"):  # what the base cannot do for it
+            assert getattr(type(cloud), member) is not getattr(Adapter, member), (name, member)
+        assert isinstance(cloud.batch_max, int) and cloud.batch_max > 0, name
+        for member in ("enabled_sensors", "renewals", "renew_at"):  # the app reads them
+            getattr(cloud, member)
+        assert isinstance(cloud.background(), list), name
