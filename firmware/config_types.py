@@ -19,7 +19,8 @@ class ConfigError(Exception):
 
 
 def join(root, name):
-    return name if root in ("", ".") else root.rstrip("/") + "/" + name
+    """`name` under the data root; a root of None, "" or "." is the current directory."""
+    return name if not root or root == "." else root.rstrip("/") + "/" + name
 
 
 class Config:

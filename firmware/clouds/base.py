@@ -35,6 +35,10 @@ What it calls (the defaults below fit a cloud without that feature):
 - background()        [(name, async factory)]: the adapter's own supervised tasks (a broker
                       or WebSocket session); they run until close() returned at shutdown
 - await close()       an orderly goodbye (logout, an offline status), at most 10 s
+Inside, by convention: `to_wire(rec)` (a module function, or a method when it needs the
+adapter's state) turns one outbox record into the cloud's documented body; the shared
+helpers are firmware/clouds/__init__.py's (SendResult, answer_json, shape) and
+firmware/statefile.py (what the adapter keeps across resets).
 """
 
 

@@ -37,9 +37,9 @@ import json
 from micropython import const
 
 from firmware import clock, log
+from firmware.clouds import answer_json
 from firmware.clouds.base import Adapter
-from firmware.clouds.realer_https import RealerError, RealerHttps, SendResult, error_type
-from firmware.clouds.realer_https import record_body as _record_body
+from firmware.clouds.realer_https import RealerError, RealerHttps, SendResult, error_type, to_wire
 from firmware.net import conn, mqtt
 
 _TAG = "realer-mqtt"
@@ -133,7 +133,7 @@ class RealerMqtt(Adapter):
         a live session must reconnect (the broker moved or the subscriptions changed)."""
         self._stale = clock.Deadline(self.catalog_ms)
         resp = await self.https._call("GET", self.https._url("mqtt"))
-        body = _json(resp)
+        body = answer_json(resp)
         cat = body.get("mqtt") if isinstance(body, dict) else None
         if resp.status != 200 or not isinstance(cat, dict):
             self._error_once("no MQTT catalog (%d %s): staying on HTTPS" %
@@ -242,7 +242,7 @@ class RealerMqtt(Adapter):
             raise RealerError("no credential_endpoint read yet")
         method, path, body = self.cred_request
         resp = await self.https._call(method, self.https.base + path, json=body)
-        data = _json(resp)
+        data = answer_json(resp)
         cred = data.get("mqtt") if isinstance(data, dict) else None
         if resp.status != 200 or not isinstance(cred, dict) or not cred.get("mqtt_credential"):
             raise RealerError("credential request answered %d %s" % (resp.status,
@@ -416,7 +416,7 @@ class RealerMqtt(Adapter):
                 result.failed = result.failed or sub.failed
                 result.wait_ms = max(result.wait_ms, sub.wait_ms)
                 continue
-            await client.publish(topic, json.dumps(_record_body(rec)), 1, wait=False)
+            await client.publish(topic, json.dumps(to_wire(rec)), 1, wait=False)
             sent.append(rec)
         try:
             if sent:
@@ -465,10 +465,3 @@ def _refusal(err):
     # the broker will not take this credential: at CONNACK, or by ending the session
     return isinstance(err, mqtt.CredentialsRefused) or (
         isinstance(err, mqtt.ServerDisconnect) and err.code in (0x86, 0x87))
-
-
-def _json(resp):
-    try:
-        return resp.json()
-    except ValueError:
-        return None

@@ -43,14 +43,14 @@ config/update with its version. Licenses: add/update -> `inuse`, remove -> `remo
 """
 import asyncio
 import json
-import os
 from time import ticks_add, ticks_diff, ticks_ms
 
 from micropython import const
 
-from firmware import clock, log
-from firmware.clouds import SendResult, shape
+from firmware import clock, log, statefile
+from firmware.clouds import SendResult, answer_json, shape
 from firmware.clouds.base import Adapter
+from firmware.config_types import join
 from firmware.net import conn, mqtt
 
 _TAG = "xyte"
@@ -188,7 +188,7 @@ class Xyte(Adapter):
     # -- persisted state ----------------------------------------------------------------
 
     def _path(self):
-        return _FILE if self.root in ("", ".") else self.root.rstrip("/") + "/" + _FILE
+        return join(self.root, _FILE)
 
     def _load(self):
         try:
@@ -224,12 +224,9 @@ class Xyte(Adapter):
         return "".join("%02x" % b for b in hashlib.sha256(raw.encode()).digest()[:8])
 
     def _save(self):
-        path = self._path()
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"reg": self.reg, "config": self.config, "licenses": self.licenses,
-                       "space": self.space, "done": self.done}, f)
-        os.rename(tmp, path)
+        statefile.write_json(self._path(), {"reg": self.reg, "config": self.config,
+                                            "licenses": self.licenses, "space": self.space,
+                                            "done": self.done})
 
     def _use(self, reg):
         log.secret(reg["access_key"])
@@ -283,7 +280,7 @@ class Xyte(Adapter):
         if self.name:
             body["name"] = self.name
         resp = await self._http().request("POST", self.reg_url + "/v1/devices", json=body)
-        data = _json(resp)
+        data = answer_json(resp)
         if resp.status not in (200, 201) or not isinstance(data, dict) or \
                 not isinstance(data.get("id"), str) or not isinstance(data.get("access_key"),
                                                                        str):
@@ -648,7 +645,7 @@ class Xyte(Adapter):
 
     # -- outgoing records ----------------------------------------------------------------
 
-    def record_message(self, rec):
+    def to_wire(self, rec):
         """(topic leaf, body) for one outbox record."""
         if rec.kind == "command" and rec.desired_id is not None:
             ok = rec.report_status in (None, "applied")
@@ -671,7 +668,7 @@ class Xyte(Adapter):
         result = SendResult()
         tasks = []
         for rec in records:
-            leaf, body = self.record_message(rec)
+            leaf, body = self.to_wire(rec)
             tasks.append(client.publish(self.topic(leaf), json.dumps(body), 1,
                                         props=self.props()))
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
@@ -708,10 +705,3 @@ def _mac():
         return ":".join("%02x" % b for b in raw)
     except Exception:  # no radio (host): a fixed placeholder; config `mac` overrides
         return "00:00:00:00:00:00"
-
-
-def _json(resp):
-    try:
-        return resp.json()
-    except ValueError:
-        return None

@@ -278,17 +278,17 @@ def test_refresh_refused_mid_send_keeps_the_record_and_drops_the_socket():
 
 def test_notification_and_report_shapes():
     cloud, _, _ = adapter()
-    action, body = cloud.message(Record("a-1", "sensor", 7, "21.5", NOW))
+    action, body = cloud.to_wire(Record("a-1", "sensor", 7, "21.5", NOW))
     assert action == "notification/insert"
     assert body == {"deviceId": "esp32-1", "notification": {
         "notification": "sensor", "timestamp": "2026-04-24T10:15:00.000",
         "parameters": {"id": 7, "value": "21.5", "message_id": "a-1"}}}
-    local = cloud.message(Record("a-2", "command", 3, "1", NOW))
+    local = cloud.to_wire(Record("a-2", "command", 3, "1", NOW))
     assert local[0] == "notification/insert" and local[1]["notification"]["notification"] == \
         "command"
     for status, expect in (("applied", "applied"), (None, "applied"),
                            ("rejected", "rejected"), ("stale", "expired")):
-        action, body = cloud.message(Record("a-3", "command", 4, "55", NOW, desired_id=901,
+        action, body = cloud.to_wire(Record("a-3", "command", 4, "55", NOW, desired_id=901,
                                             report_status=status))
         assert action == "command/update"
         assert body == {"deviceId": "esp32-1", "commandId": 901, "command": {

@@ -142,6 +142,8 @@ def test_every_registered_adapter_keeps_the_contract_and_takes_its_hooks_at_cons
         for member in ("send", "poll_catalog"):  # what the base cannot do for it
             assert getattr(type(cloud), member) is not getattr(Adapter, member), (name, member)
         assert isinstance(cloud.batch_max, int) and cloud.batch_max > 0, name
+        module = __import__(row[platforms.MODULE], None, None, ("to_wire",))
+        assert hasattr(type(cloud), "to_wire") or hasattr(module, "to_wire"), name
         for member in ("enabled_sensors", "renewals", "renew_at"):  # the app reads them
             getattr(cloud, member)
         assert isinstance(cloud.background(), list), name

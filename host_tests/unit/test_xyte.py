@@ -106,18 +106,18 @@ def test_hub_401_drops_the_registration():
 
 def test_telemetry_and_command_reports_carry_the_message_id():
     cloud, root = registered()
-    leaf, body = cloud.record_message(Record("1-a", "sensor", 7, "21.5", 1777025700))
+    leaf, body = cloud.to_wire(Record("1-a", "sensor", 7, "21.5", 1777025700))
     assert leaf == "telemetry"
     assert body == {"status": "online", "timestamp": "2026-04-24T10:15:00Z",
                     "telemetries": {"sensor_7": 21.5, "message_id": "1-a"}}
-    leaf, body = cloud.record_message(Record("1-b", "command", 3, "1", 1777025700))
+    leaf, body = cloud.to_wire(Record("1-b", "command", 3, "1", 1777025700))
     assert body["telemetries"] == {"command_3": 1, "message_id": "1-b"}
-    leaf, body = cloud.record_message(Record("1-c", "command", 4, "55", 1777025700,
+    leaf, body = cloud.to_wire(Record("1-c", "command", 4, "55", 1777025700,
                                              desired_id="cmd-1", report_status="applied"))
     assert leaf == "commands/update"
     assert body == {"id": "cmd-1", "status": "done", "message": "value 55",
                     "message_id": "1-c"}
-    leaf, body = cloud.record_message(Record("1-d", "command", 4, "0", 1777025700,
+    leaf, body = cloud.to_wire(Record("1-d", "command", 4, "0", 1777025700,
                                              desired_id="cmd-2", report_status="rejected"))
     assert body["status"] == "error" and body["message"].startswith("rejected")
     assert [xyte._number(t) for t in ("3", "-2.5", "nan", "inf", "on", "true")] == [
