@@ -121,3 +121,18 @@ def test_state_files_are_replaced_by_one_helper():
     bad = [os.path.relpath(p, ROOT) for p in _sources("firmware")
            if os.path.relpath(p, ROOT) not in own and '".tmp"' in open(p).read()]
     assert not bad, "write-temp-then-rename outside firmware/statefile.py: %s" % bad
+
+
+def test_no_firmware_class_grows_past_30_methods():
+    # a class with every concern of a platform in it (Xyte had 50 methods) is split along
+    # them, as firmware/clouds/xyte*.py are
+    big = []
+    for path in _sources("firmware"):
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, ast.ClassDef):
+                n = sum(isinstance(x, (ast.FunctionDef, ast.AsyncFunctionDef))
+                        for x in node.body)
+                if n > 30:
+                    big.append("%s: %s has %d methods" % (os.path.relpath(path, ROOT),
+                                                          node.name, n))
+    assert not big, "\n".join(big)
