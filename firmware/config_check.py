@@ -26,6 +26,7 @@ _MAX_GPIO = const(39)
 _INPUT_ONLY = (34, 35, 36, 37, 38, 39)
 _FLASH_PINS = (6, 7, 8, 9, 10, 11)
 
+# secrets of every platform (its row in firmware/platforms.py names its own) and Wi-Fi's
 _SECRETS = ("client_secret", "access_token", "refresh_token", "hardware_key", "password",
             "access_key")
 _FIX = {
@@ -118,7 +119,7 @@ def validate(raw, root="."):
     warnings: list = []
     if not isinstance(raw, dict):
         raise ConfigError(["%s: the top level must be a JSON object {...}" % FILE])
-    _register_secrets(raw)
+    _register_secrets(raw, _SECRETS + tuple(platforms.secrets()))
     for key in raw:
         if key not in _TOP_KEYS:
             warnings.append("%s: unknown key, ignored" % key)
@@ -146,16 +147,16 @@ def validate(raw, root="."):
     return Config(raw, root, warnings)
 
 
-def _register_secrets(node):
+def _register_secrets(node, keys):
     if isinstance(node, dict):
         for k, v in node.items():
-            if k in _SECRETS and isinstance(v, str):
+            if k in keys and isinstance(v, str):
                 log.secret(v)
             else:
-                _register_secrets(v)
+                _register_secrets(v, keys)
     elif isinstance(node, list):
         for v in node:
-            _register_secrets(v)
+            _register_secrets(v, keys)
 
 
 def _is_placeholder(value):
@@ -175,7 +176,8 @@ def _check_placeholders(node, where, problems):
         leaf = where.rsplit(".", 1)[-1]
         fix = _FIX.get(leaf, "set the real value")
         problems.append("%s: still the example's placeholder; %s%s" % (
-            where, fix, " (in secrets.json)" if leaf in _SECRETS else ""))
+            where, fix, " (in secrets.json)" if leaf in _SECRETS or leaf in platforms.secrets()
+            else ""))
 
 
 def _check_cloud(cloud, root, problems, warnings):

@@ -5,8 +5,10 @@ platform").
 
 A row is (platform, transport, adapter module, adapter class, cloud keys the config must
 set, defaults for other cloud keys, the config key holding the cloud's URL, what to check
-when the cloud refuses the credentials). `transport` is None for a platform with one
-transport; a platform with several lists one row per transport, the first is the default.
+when the cloud refuses the credentials, the cloud keys that are secrets: registered with
+log.secret() before anything can log them, and expected in the secrets file). `transport`
+is None for a platform with one transport; a platform with several lists one row per
+transport, the first is the default.
 Only strings and tuples of them: frozen, the table is a constant in the image (no heap);
 the adapter module is named, not imported, so a board loads only the one its config picks.
 Start-up code reads it; firmware/config.py's unload() can drop it after.
@@ -21,26 +23,29 @@ REQUIRED = 4
 DEFAULTS = 5
 URL_KEY = 6
 CREDENTIALS = 7
+SECRETS = 8
 
 # written out in full (no names inside): a literal of literals compiles to one constant
-ROWS = (
+ROWS: tuple = (
     ("realer", "https", "firmware.clouds.realer_https", "RealerHttps",
      ("api_url", "device_id", "client_id", "client_secret"), (), "api_url",
-     "cloud.client_id and cloud.client_secret"),
+     "cloud.client_id and cloud.client_secret", ("client_secret",)),
     ("realer", "mqtt", "firmware.clouds.realer_mqtt", "RealerMqtt",
      ("api_url", "device_id", "client_id", "client_secret"), (), "api_url",
-     "cloud.client_id and cloud.client_secret"),
+     "cloud.client_id and cloud.client_secret", ("client_secret",)),
     ("nubison", None, "firmware.clouds.nubison", "Nubison",
      ("api_url", "client_id", "client_secret", "product_code", "device_id", "model_name",
-      "device_name"), (), "api_url", "cloud.client_id and cloud.client_secret"),
+      "device_name"), (), "api_url", "cloud.client_id and cloud.client_secret",
+     ("client_secret",)),
     ("devicehive", None, "firmware.clouds.devicehive", "DeviceHive",
      ("api_url", "device_id", "access_token", "refresh_token"),
      (("ws_path", "/api/websocket"),), "api_url",
-     "cloud.access_token and cloud.refresh_token (provision new ones)"),
+     "cloud.access_token and cloud.refresh_token (provision new ones)",
+     ("access_token", "refresh_token")),
     ("xyte", None, "firmware.clouds.xyte", "Xyte",
      ("hardware_key", "serial_number", "firmware_version"),
      (("registration_url", "https://entry.xyte.io"), ("command_topic", "commands")),
-     "registration_url", "cloud.hardware_key"),
+     "registration_url", "cloud.hardware_key", ("hardware_key",)),
 )
 
 
@@ -66,6 +71,14 @@ def row(platform, transport=None):
                                         r[TRANSPORT] == transport):
             return r
     return None
+
+
+def secrets():
+    """Every platform's secret cloud keys."""
+    out = []
+    for r in ROWS:
+        out += [k for k in r[SECRETS] if k not in out]
+    return out
 
 
 def runs():

@@ -60,7 +60,7 @@ def _cloud(cfg, cc):
     props: dict = {}
     for key in keys:
         desc = cc._FIX.get(key, "see examples/README.md")
-        if key in cc._SECRETS:
+        if key in cc._SECRETS or key in platforms.secrets():
             desc += " (a secret: keep it in the secrets file)"
         props[key] = _text(desc)
     props["platform"] = {"enum": platforms.names(), "description": "the cloud"}

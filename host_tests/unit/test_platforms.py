@@ -5,10 +5,11 @@ import json
 
 import support
 from firmware import app as app_mod
-from firmware import config, logfix, platforms
+from firmware import config, log, logfix, platforms
 
 _GHOST = ("ghost", None, "firmware.clouds.ghost_not_built", "Ghost", ("api_url", "device_id",
-          "access_key"), (("ws_path", "/ghost"),), "api_url", "cloud.access_key (ghost)")
+          "ghost_key"), (("ws_path", "/ghost"),), "api_url", "cloud.ghost_key (ghost)",
+          ("ghost_key",))
 
 
 class _Rows:
@@ -43,19 +44,20 @@ def test_a_new_row_is_a_platform_the_config_check_knows():
         # its required keys, not "not supported"
         assert "cloud.platform" not in " ".join(e.problems), e.problems
         assert any(p.startswith("cloud.device_id: missing") for p in e.problems), e.problems
-        assert any(p.startswith("cloud.access_key: missing") for p in e.problems), e.problems
+        assert any(p.startswith("cloud.ghost_key: missing") for p in e.problems), e.problems
         cfg = _load({"platform": "ghost", "api_url": "https://g.example", "device_id": 1,
-                     "access_key": "k-123"})
+                     "ghost_key": "gk-secret-9731"})
+        assert "gk-secret-9731" not in log.redact("key gk-secret-9731")  # the row's secret
         assert cfg.get("cloud.ws_path") == "/ghost"  # the row's defaults
-        assert not any("access_key" in w for w in cfg.warnings), cfg.warnings  # a known key
+        assert not any("ghost_key" in w for w in cfg.warnings), cfg.warnings  # a known key
         assert cfg.get("cloud.transport") is None  # one transport: no transport key
         e = support.raises(config.ConfigError, _load, {"platform": "ghost",
                                                        "api_url": "http://g.example",
-                                                       "device_id": 1, "access_key": "k-123"})
+                                                       "device_id": 1, "ghost_key": "k-123"})
         assert any(p.startswith("cloud.api_url: http:// is not encrypted")
                    for p in e.problems), e.problems
     e = support.raises(config.ConfigError, _load, {"platform": "ghost"})
-    assert "is not supported; use one of realer, nubison, devicehive, xyte" in e.problems[0]
+    assert "is not supported; use one of %s" % ", ".join(platforms.names()) in e.problems[0]
 
 
 def test_transports_come_from_the_rows():
@@ -91,14 +93,17 @@ def test_make_cloud_reads_the_registry():
 def test_refused_credentials_hint_names_the_rows_keys():
     with _Rows():
         hint = logfix.hint("auth: HTTP 401", "ghost")
-    assert hint is not None and "cloud.access_key (ghost)" in hint, hint
+    assert hint is not None and "cloud.ghost_key (ghost)" in hint, hint
     assert "cloud.hardware_key" in logfix.hint("auth: HTTP 401", "xyte")
     assert "the cloud credentials" in logfix.hint("auth: HTTP 401", "nowhere")
 
 
 def test_runs_name_one_run_per_row():
-    names = [r[0] for r in platforms.runs()]
-    assert names == ["realer-https", "realer-mqtt", "nubison", "devicehive", "xyte"], names
+    runs = platforms.runs()
+    assert len(runs) == len(platforms.ROWS)
+    assert ("realer-mqtt", "realer", "mqtt") in runs and ("xyte", "xyte", "https") in runs
+    for name, platform, transport in runs:  # one transport: the platform's own name
+        assert name in (platform, platform + "-" + transport), (name, platform, transport)
 
 
 def _registry_cfg(row, root):
