@@ -12,8 +12,8 @@ from firmware import config, log, platforms
 _HERE = __file__.rsplit("/", 3)
 EXAMPLES = (_HERE[0] if len(_HERE) == 4 else ".") + "/examples"
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
-_SECRET_KEYS = ("client_secret", "access_token", "refresh_token", "hardware_key", "password",
-                "access_key")
+# every platform's secret keys (its row in firmware/platforms.py), Wi-Fi's, Xyte's access key
+_SECRET_KEYS = tuple(platforms.secrets()) + ("password", "access_key")
 
 
 def _examples(filled=True):
