@@ -1,21 +1,17 @@
 """Composition root: config -> board, outbox, cloud adapter; runs the cooperative tasks.
 
-Tasks (docs/design.md "The loop"), each restarted by the supervisor if it crashes; each
-lives in the module named after it, as a part of App (a mixin: App's state, one object):
-- sampler   (firmware/sampler.py) reads each reported sensor at its interval into the
-            outbox, wakes the uplink
-- local     (firmware/sampler.py) reports physical input changes without desired_id
-- uplink    (firmware/uplink.py) drains the outbox through the adapter; a record leaves only
-            on success/replay; its backoff ends when any task reaches the cloud (on_reached)
-- downlink  (firmware/downlink.py) polls the command catalog and applies new desired values
-- auth      (firmware/downlink.py) renews the token before `renew_after`
-- health    (firmware/health.py) feeds the watchdog while the loop progresses, confirms an
-            OTA update on trial after the first accepted delivery, logs the status line
+Tasks (docs/design.md "The loop"), each restarted by the supervisor if it crashes:
+- sampler   reads each reported sensor at its interval into the outbox, wakes the uplink
+- uplink    drains the outbox through the adapter; a record leaves only on success/replay;
+            its backoff ends when any task reaches the cloud (adapter's `on_reached`)
+- downlink  polls the command catalog and applies new desired values (firmware/desired.py)
+- auth      renews the token before `renew_after`
+- local     reports physical input changes without desired_id
+- health    feeds the watchdog while the loop progresses, confirms an OTA update on trial
+            after the first accepted delivery, one status line every `intervals.status_s`
 - wifi      (on the board) keeps the station up; senders wait for it
 - ota       (with `ota.manifest_url`) polls the update manifest
 plus the adapter's own tasks (a broker or WebSocket session) and the board's (switches).
-This module builds the parts (build()), wires them (App.__init__, supervisor()) and stops
-them (shutdown()).
 """
 import gc
 
@@ -32,22 +28,31 @@ import os  # noqa: E402
 from micropython import const  # noqa: E402
 
 from firmware import clock, config, heap, log  # noqa: E402
-from firmware.desired import DesiredState  # noqa: E402
-from firmware.downlink import Downlink  # noqa: E402
-from firmware.health import Health  # noqa: E402
+from firmware.backoff import Backoff  # noqa: E402
+from firmware.board.base import BoardError, value_text  # noqa: E402
+from firmware.desired import DesiredState, apply_desired  # noqa: E402
 from firmware.outbox import Outbox  # noqa: E402
-from firmware.sampler import Sampler  # noqa: E402
 from firmware.tasks import Supervisor, Wake  # noqa: E402
-from firmware.uplink import Uplink  # noqa: E402
 
 _TAG = "app"
+_UPLINK_BASE_MS = const(1000)
+_UPLINK_CAP_MS = const(120000)
+_IDLE_WAKE_MS = const(30000)
+_LINK_CHECK_MS = const(1000)  # how often a backing-off uplink looks at the Wi-Fi station
 _CLOSE_TIMEOUT_S = const(10)
+_SENSOR_RETRY_MS = const(1000)  # first retry of a failing sensor, doubling from there
+_SENSOR_RETRY_MIN_MS = const(100)
 # A send attempt that has not returned after this long is stuck (every HTTP request has its
 # own 60 s deadline, an MQTT publish its PUBACK timeout: this is the net under both)
 _SEND_LIMIT_MS = const(300000)
 
 
-class App(Sampler, Uplink, Downlink, Health):
+class SendStuck(Exception):
+    """The health task cancelled a send attempt that never returned (a stalled peer, not a
+    cloud that said no); the uplink keeps the records and backs off as for a network fault."""
+
+
+class App:
     """`make_cloud(cfg, **hooks)` makes the adapter (firmware/clouds/base.py: the contract)
     with the app's callbacks; `ota` is the updater (None: updates are off)."""
 
@@ -76,20 +81,286 @@ class App(Sampler, Uplink, Downlink, Health):
         self.sends = 0  # send attempts started (the watchdog's uplink progress)
         self._attempt = None  # (task, clock.Deadline, [cancelled]) while a send runs
 
+    def _append(self, kind, source, value, desired_id=None, report_status=None):
+        self.outbox.append(kind, source, value_text(value), clock.unix_time(),
+                           desired_id=desired_id, report_status=report_status)
+        self.wake.set()
 
+    async def _clock_ready(self):
+        waited = 0
+        while not clock.is_set():  # readings need a true timestamp; NTP comes with Wi-Fi
+            waited += 1
+            if waited == 10:  # say why nothing happens (each waiting task: logged once)
+                log.failing("clock", _TAG, "clock", "not set after 10 s; nothing is sampled "
+                            "or sent until it is", "; fix: it comes from NTP once Wi-Fi is "
+                            "up: check wifi.ssid, wifi.password and that the network reaches "
+                            "an NTP server")
+            await asyncio.sleep_ms(1000)
+        log.recovered("clock", _TAG, "clock: set")
 
+    # A failing sensor (error, driver bug or timeout) is logged once, then retried on its own
+    # backoff, capped at twice its interval so the watchdog still sees the sampler progress;
+    # its recovery is logged once. Other sensors keep their pace.
+    async def sampler(self):
+        await self._clock_ready()
+        due = {sid: clock.Deadline(0) for sid in self.board.sensors}
+        failing: dict = {}  # sid -> Backoff while that sensor fails
+        while True:
+            enabled = self.cloud.enabled_sensors
+            for sid, sensor in self.board.sensors.items():
+                if not due[sid].expired():
+                    continue
+                interval_ms = int(sensor.interval_s * 1000)
+                due[sid] = clock.Deadline(interval_ms)
+                if enabled is not None and sid not in enabled:
+                    continue  # the cloud's sensor catalog does not list it
+                try:
+                    value = await asyncio.wait_for(sensor.read(), sensor.timeout_s)
+                except Exception as e:  # BoardError, a driver bug, asyncio.TimeoutError
+                    self.sensor_errors += 1
+                    b = failing.get(sid)
+                    if b is None:
+                        b = failing[sid] = Backoff(min(_SENSOR_RETRY_MS, interval_ms),
+                                                   2 * interval_ms)
+                        log.warn(_TAG, "sensor %s: %s; retrying with backoff, quiet until it "
+                                 "recovers", sid, log.describe(e))
+                    due[sid] = clock.Deadline(max(_SENSOR_RETRY_MIN_MS, b.next_ms()))
+                    continue
+                b = failing.pop(sid, None)
+                if b is not None:
+                    log.info(_TAG, "sensor %s: recovered after %d failed reads", sid, b.attempts)
+                self._append("sensor", sid, value)
+                self.readings += 1
+            nxt = min(d.remaining_ms() for d in due.values()) if due else _IDLE_WAKE_MS
+            await asyncio.sleep_ms(max(50, nxt))
 
+    async def uplink(self):
+        backoff = Backoff(_UPLINK_BASE_MS, _UPLINK_CAP_MS)
+        while True:
+            records = self.outbox.pending(self.cloud.batch_max)
+            if not records:
+                await self.wake.wait(_IDLE_WAKE_MS)
+                continue
+            if self.wifi is not None and not self.wifi.up.is_set():
+                await self.wifi.up.wait()  # senders wait for the station (design practice 7)
+            self.link.clear()  # a success before this attempt says nothing about its failure
+            try:
+                result = await self._send(records)
+            except Exception as e:  # network faults: keep everything, back off
+                log.failing("uplink", _TAG, "uplink", log.describe(e),  # once, then counted
+                            "; %d pending" % self.outbox.pending_count())
+                self.board.link_failed(log.describe(e))  # actuators with a limit go safe
+                # what a server asked for (a host closed by a 429: http.RateLimited's wait_ms)
+                # is slept in full, the rest of the backoff ends with any success
+                wait_ms = getattr(e, "wait_ms", 0)
+                await self._pause(backoff, backoff.next_ms(wait_ms), wait_ms)
+                continue
+            self.board.link_ok()
+            log.recovered("uplink", _TAG, "uplink: delivering again")
+            for mid in result.ok:
+                self.outbox.delivered(mid)
+            for mid, reason in result.dead:
+                self.outbox.dead_letter(mid, reason)
+            self.delivered += len(result.ok)
+            if result.failed:
+                delay = backoff.next_ms(result.wait_ms)
+                log.info(_TAG, "uplink: the cloud kept %d of %d records sent (%d pending); "
+                         "retry in %s (server asked %s)",
+                         len(records) - len(result.ok) - len(result.dead), len(records),
+                         self.outbox.pending_count(), log.duration(delay),
+                         log.duration(result.wait_ms))
+                await self._pause(backoff, delay, result.wait_ms)
+            else:
+                backoff.reset()
 
+    # The uplink's wait after a failed attempt. What the server asked for (Retry-After, a
+    # refused device) is slept in full; the rest, backoff, ends as soon as any task has a
+    # successful exchange with the cloud (a token, a catalog, a broker session), or when the
+    # Wi-Fi station is found down (the loop then sends the moment it is back): after an
+    # outage the drain starts with the link, not up to _UPLINK_CAP_MS later.
+    async def _pause(self, backoff, delay_ms, floor_ms):
+        if floor_ms > 0:
+            await asyncio.sleep_ms(floor_ms)
+        left = clock.Deadline(max(0, delay_ms - floor_ms))
+        wifi = self.wifi
+        while not left.expired():
+            if wifi is not None and wifi.station and not wifi.up.is_set():
+                return  # the loop waits for the station and sends once it is back
+            if await self.link.wait(min(left.remaining_ms(), _LINK_CHECK_MS)):
+                backoff.reset()
+                return
+        if self.link.is_set():  # reached during the server's wait: go on, from scratch
+            self.link.clear()
+            backoff.reset()
 
+    # One send attempt as its own task, so the health task can cancel it when it never returns
+    # (check_uplink); the uplink waits on an event, not on the task, so a cancel of the one is
+    # never taken for a cancel of the other. A cancelled attempt reaches the uplink as
+    # SendStuck, an ordinary failure: the records stay, the uplink backs off.
+    async def _send(self, records):
+        out: list = [None, None]  # result, exception
+        done = asyncio.Event()
 
+        async def attempt():
+            try:
+                out[0] = await self.cloud.send(records)
+            except (asyncio.CancelledError, Exception) as e:  # handed to the uplink below
+                out[1] = e
+            done.set()
 
+        task = asyncio.create_task(attempt())
+        self._attempt = (task, clock.Deadline(self.send_limit_ms), [False])
+        self.sends += 1
+        try:
+            await done.wait()
+        except asyncio.CancelledError:  # the uplink itself is cancelled (shutdown)
+            task.cancel()  # ends the attempt too: its connection closes with it
+            raise
+        finally:
+            self._attempt = None
+        if isinstance(out[1], asyncio.CancelledError):
+            raise SendStuck("send attempt stuck for %d s; cancelled, records kept" %
+                            (self.send_limit_ms // 1000))
+        if out[1] is not None:
+            raise out[1]
+        return out[0]
 
+    def check_uplink(self):
+        """For the health task: a send attempt past its limit is cancelled (its HTTP request
+        or session drops its connection as it unwinds) and logged once. Returns True then."""
+        attempt = self._attempt
+        if attempt is None or attempt[2][0] or not attempt[1].expired():
+            return False
+        attempt[2][0] = True
+        self.stuck_sends += 1
+        log.warn(_TAG, "uplink: a send attempt has not returned in %d s (a stalled peer, not "
+                 "a refusal); cancelling it, %d records pending", self.send_limit_ms // 1000,
+                 self.outbox.pending_count())
+        attempt[0].cancel()
+        return True
 
+    def on_desired(self, cmd):
+        status = apply_desired(self.board, self.outbox, self.desired, cmd.get("id"),
+                               cmd.get("desired_id"), cmd.get("value"), seq=cmd.get("seq"),
+                               expires_at=_expiry(cmd.get("expires_at")))
+        if status != "duplicate":
+            log.info(_TAG, "command %s desired %s: %s", cmd.get("id"), cmd.get("desired_id"),
+                     status)
+            self.applied += 1
+            self.wake.set()
 
+    async def downlink(self):
+        await self._clock_ready()
+        poll_ms = int(self.cfg.get("intervals.catalog_poll_s") * 1000)
+        backoff = Backoff(_UPLINK_BASE_MS, _UPLINK_CAP_MS)
+        while True:
+            try:
+                wait = await self.cloud.poll_catalog(self.on_desired)
+                backoff.reset()
+                log.recovered("catalog", _TAG, "catalog poll: working again")
+            except Exception as e:  # a poll that failed is simply tried again later
+                log.failing("catalog", _TAG, "catalog poll", log.describe(e))
+                wait = backoff.next_ms()
+            await asyncio.sleep_ms(max(poll_ms, wait))
 
+    async def auth(self):
+        await self._clock_ready()
+        backoff = Backoff(_UPLINK_BASE_MS, _UPLINK_CAP_MS)
+        first = True
+        while True:
+            if self.cloud.token_due():
+                try:
+                    wait = await self.cloud.authenticate()
+                except Exception as e:
+                    log.failing("auth", _TAG, "auth", log.describe(e))
+                    wait = backoff.next_ms()
+                if self.cloud.token_due():
+                    await asyncio.sleep_ms(max(wait, backoff.next_ms()))
+                    continue
+                backoff.reset()
+                log.recovered("auth", _TAG, "auth: token issued again")
+                if first:  # (re)connected: let the cloud reconcile the physical state
+                    first = False
+                    self.report_command_states()
+            renew_at = self.cloud.renew_at
+            await asyncio.sleep_ms(max(1000, renew_at.remaining_ms() if renew_at else 60000))
 
+    def link_up(self, first):
+        """A broker session opened (MQTT transports): wake the uplink; after a reconnect,
+        report the physical command state again so the cloud can reconcile."""
+        self.link.set()
+        if not first:
+            self.report_command_states()
 
+    def report_command_states(self):
+        for cid, act in self.board.actuators.items():
+            try:
+                self._append("command", cid, act.value())
+            except BoardError as e:
+                log.warn(_TAG, "command %s state unknown: %s", cid, log.describe(e))
 
+    async def local(self):
+        await self._clock_ready()
+        while True:
+            for cid, value in await self.board.local.wait():
+                log.info(_TAG, "local change on command %s -> %s", cid, value)
+                self._append("command", cid, value)
+
+    async def health(self):
+        """Feeds the watchdog while every critical task progresses (firmware/watchdog.py),
+        marks the boot healthy for safe mode after a while, logs the status line."""
+        from firmware import safemode
+
+        every_ms = int(self.cfg.get("intervals.status_s") * 1000)
+        dog = self.watchdog
+        step_ms = dog.feed_every_ms(every_ms) if dog is not None else every_ms
+        if dog is not None:
+            dog.start()
+        status = clock.Deadline(every_ms)
+        healthy = clock.Deadline(safemode.HEALTHY_AFTER_MS)
+        marked = False
+        while True:
+            # a stuck send is seen within a quarter of its limit
+            await asyncio.sleep_ms(max(1, min(step_ms, status.remaining_ms(),
+                                              self.send_limit_ms // 4)))
+            self.check_uplink()
+            if dog is not None:
+                dog.feed()
+            if self.trial is not None and self.delivered:
+                self.confirm_update()
+            if not marked and healthy.expired():
+                marked = True  # crashed boots stop counting once a boot ran this long
+                try:
+                    safemode.healthy(self.cfg.root)
+                except OSError as e:
+                    log.warn(_TAG, "boot counter: %s", log.describe(e))
+            if not status.expired():
+                continue
+            status = clock.Deadline(every_ms)
+            gc.collect()
+            st = self.outbox.stats()
+            wifi = self.wifi
+            log.info("status", "readings=%d delivered=%d pending=%d dead=%d applied=%d "
+                     "renewals=%d%s%s free=%d %s", self.readings, self.delivered,
+                     self.outbox.pending_count(), st.get("dead", 0), self.applied,
+                     self.cloud.renewals, self._transport_status(),
+                     " wifi=" + wifi.status() if wifi is not None and wifi.station else "",
+                     gc.mem_free(), log.link())
+
+    def confirm_update(self):
+        """The cloud accepted data on this boot: keep the app (or image) on OTA trial."""
+        from firmware.ota import slots
+
+        try:
+            slots.confirm(self.cfg.root)
+            if slots.image_pending(self.cfg.root):
+                from firmware.ota import image
+
+                image.confirm_trial(self.cfg.root)
+            log.info("ota", "update %s confirmed", self.trial)
+        except Exception as e:  # a flash or partition error: the trial rules decide
+            log.warn("ota", "confirm %s: %s", self.trial, log.describe(e))
+        self.trial = None
 
     async def shutdown(self, sup):
         """An orderly stop (Ctrl-C on the host, a planned reset): end the app's tasks, let
@@ -109,6 +380,11 @@ class App(Sampler, Uplink, Downlink, Health):
         sup.stop()
         await asyncio.sleep_ms(0)
 
+    def _transport_status(self):
+        mode = getattr(self.cloud, "mode", None)  # optional in the contract
+        if mode is None:
+            return ""
+        return " mode=%s credentials=%d" % (mode, self.cloud.credentials)
 
     def supervisor(self, sampler=True):
         """All tasks under one Supervisor (lowpower runs them without the sampler). Makes the
@@ -152,6 +428,15 @@ class App(Sampler, Uplink, Downlink, Health):
         if self.ota is not None and self.ota.manifest_url:
             sup.add("ota", self.ota.poll)
         return sup
+
+
+def _expiry(value):
+    """Unix seconds from an ISO 8601 UTC string or a number; None when absent/unreadable."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        return clock.parse_iso8601(value)
+    return None
 
 
 def make_cloud(cfg, **hooks):

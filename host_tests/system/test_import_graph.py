@@ -136,17 +136,3 @@ def test_no_firmware_class_grows_past_30_methods():
                     big.append("%s: %s has %d methods" % (os.path.relpath(path, ROOT),
                                                           node.name, n))
     assert not big, "\n".join(big)
-
-
-def test_the_task_loops_live_outside_the_composition_root():
-    # app.py builds, wires and stops the parts; each task loop lives in the module named
-    # after it (firmware/sampler.py, uplink.py, downlink.py, health.py)
-    tree = ast.parse(open(os.path.join(ROOT, "firmware", "app.py")).read())
-    app = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "App"][0]
-    loops = [n.name for n in app.body if isinstance(n, ast.AsyncFunctionDef)]
-    assert loops == ["shutdown"], loops
-    homes = {"sampler": "sampler", "local": "sampler", "uplink": "uplink",
-             "downlink": "downlink", "auth": "downlink", "health": "health"}
-    for task, module in homes.items():
-        src = open(os.path.join(ROOT, "firmware", module + ".py")).read()
-        assert "    async def %s(self):" % task in src, (task, module)

@@ -10,8 +10,8 @@ from test_realer_https import FakeHttp, FakeResp
 from test_xyte import DEV, message, registered, sent
 
 import support
+from firmware import app as app_mod
 from firmware import clock, config, log
-from firmware import uplink as uplink_mod
 from firmware.app import App
 from firmware.board.factory import make_board
 from firmware.clouds import SendResult
@@ -273,7 +273,7 @@ class _Link:
             for i in items]})
 
 
-_REAL_BACKOFF = uplink_mod.Backoff
+_REAL_BACKOFF = app_mod.Backoff
 
 
 def _longest_backoff(base_ms, cap_ms):
@@ -311,11 +311,11 @@ def _outage(exchange, feed=None, feed_after=None):
         await _rounds()
         seen.append((http.posts - before, a.outbox.pending_count()))
 
-    uplink_mod.Backoff = _longest_backoff
+    app_mod.Backoff = _longest_backoff
     try:
         _run([("uplink", a.uplink)], judge)
     finally:
-        uplink_mod.Backoff = _REAL_BACKOFF
+        app_mod.Backoff = _REAL_BACKOFF
     support.rmtree(root)
     return seen[0]
 
@@ -387,11 +387,11 @@ def test_the_wifi_station_coming_back_ends_the_uplinks_backoff():
         await _rounds()
         seen.append((http.posts - before, a.outbox.pending_count()))
 
-    uplink_mod.Backoff = _longest_backoff
+    app_mod.Backoff = _longest_backoff
     try:
         _run([("uplink", a.uplink)], judge)
     finally:
-        uplink_mod.Backoff = _REAL_BACKOFF
+        app_mod.Backoff = _REAL_BACKOFF
     support.rmtree(root)
     posts, pending = seen[0]
     assert posts >= 1 and pending <= 10, (posts, pending)

@@ -7,7 +7,7 @@ import asyncio
 from test_app_wiring import _app, _run, _Scripted, _until
 
 import support
-from firmware import uplink as uplink_mod
+from firmware import app as app_mod
 
 
 class _Stalled(_Scripted):
@@ -92,7 +92,7 @@ def test_the_health_task_runs_the_check_and_shutdown_still_ends_a_hung_send():
     _run([("uplink", a.uplink), ("health", a.health)], judge)
     # the supervisor's stop cancelled the uplink mid-send: the attempt was unwound with it
     assert cloud.unwound == cloud.entered and a.outbox.pending_count() == 1
-    assert isinstance(uplink_mod.SendStuck("x"), Exception)
+    assert isinstance(app_mod.SendStuck("x"), Exception)
     support.rmtree(root)
 
 
