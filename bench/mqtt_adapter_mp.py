@@ -27,9 +27,9 @@ class Board:
 async def main():
     root, n = sys.argv[1], int(sys.argv[2])
     cfg = config.load(root)
-    cloud = make_cloud(cfg)
     outbox = Outbox(root + "/outbox")
-    app = App(cfg, Board(), outbox, cloud)
+    app = App(cfg, Board(), outbox, make_cloud)
+    cloud = app.cloud
     await cloud.authenticate()
     session = asyncio.create_task(cloud.session())
     deadline = clock.Deadline(60000)

@@ -53,15 +53,20 @@ class SendStuck(Exception):
 
 
 class App:
-    def __init__(self, cfg, board, outbox, cloud):
+    """`make_cloud(cfg, **hooks)` makes the adapter (firmware/clouds/base.py: the contract)
+    with the app's callbacks; `ota` is the updater (None: updates are off)."""
+
+    def __init__(self, cfg, board, outbox, make_cloud, ota=None):
         self.cfg = cfg
         self.board = board
         self.outbox = outbox
-        self.cloud = cloud
-        cloud.on_desired = self.on_desired  # desired state may also arrive by subscription
-        cloud.on_link_up = self.link_up  # a broker session (re)opened
         self.link = Wake()  # the cloud is reachable again: ends the uplink's backoff
-        cloud.on_reached = self.link.set  # any task's successful exchange (token, catalog)
+        self.ota = ota  # firmware.ota.updater.Updater when config `ota` has a public key
+        self.cloud = make_cloud(
+            cfg, on_desired=self.on_desired,  # desired state may also arrive by subscription
+            on_link_up=self.link_up,  # a broker session (re)opened
+            on_reached=self.link.set,  # any task's successful exchange (token, catalog)
+            ota=ota)
         self.desired = DesiredState(cfg.root)
         self.wake = Wake()
         self.readings = 0
@@ -70,7 +75,6 @@ class App:
         self.sensor_errors = 0
         self.wifi = None  # firmware.wifi.Wifi, made by main() or supervisor()
         self.watchdog = None  # firmware.watchdog.Watchdog, made by supervisor()
-        self.ota = None  # firmware.ota.updater.Updater when config `ota` has a public key
         self.trial = None  # the update on trial this boot, confirmed after a delivery
         self.send_limit_ms = _SEND_LIMIT_MS
         self.stuck_sends = 0  # send attempts the health task had to cancel
@@ -278,7 +282,8 @@ class App:
                 if first:  # (re)connected: let the cloud reconcile the physical state
                     first = False
                     self.report_command_states()
-            await asyncio.sleep_ms(max(1000, self.cloud.renew_at.remaining_ms()))
+            renew_at = self.cloud.renew_at
+            await asyncio.sleep_ms(max(1000, renew_at.remaining_ms() if renew_at else 60000))
 
     def link_up(self, first):
         """A broker session opened (MQTT transports): wake the uplink; after a reconnect,
@@ -368,17 +373,15 @@ class App:
             if task is not None and name not in keep:
                 task.cancel()
         await asyncio.sleep_ms(0)
-        close = getattr(self.cloud, "close", None)
-        if close is not None:
-            try:  # a goodbye is not worth a hung Ctrl-C (a QoS 1 PUBACK may never come)
-                await asyncio.wait_for(close(), _CLOSE_TIMEOUT_S)
-            except Exception as e:  # asyncio.TimeoutError included
-                log.warn(_TAG, "close: %s", log.describe(e))
+        try:  # a goodbye is not worth a hung Ctrl-C (a QoS 1 PUBACK may never come)
+            await asyncio.wait_for(self.cloud.close(), _CLOSE_TIMEOUT_S)
+        except Exception as e:  # asyncio.TimeoutError included
+            log.warn(_TAG, "close: %s", log.describe(e))
         sup.stop()
         await asyncio.sleep_ms(0)
 
     def _transport_status(self):
-        mode = getattr(self.cloud, "mode", None)
+        mode = getattr(self.cloud, "mode", None)  # optional in the contract
         if mode is None:
             return ""
         return " mode=%s credentials=%d" % (mode, self.cloud.credentials)
@@ -436,48 +439,45 @@ def _expiry(value):
     return None
 
 
-# platform (and transport, for Realer) -> (module, class); imported only when chosen, so a
-# board carries in RAM just the adapter it uses
-_ADAPTERS = {
-    "realer/https": ("firmware.clouds.realer_https", "RealerHttps"),
-    "realer/mqtt": ("firmware.clouds.realer_mqtt", "RealerMqtt"),
-    "nubison": ("firmware.clouds.nubison", "Nubison"),
-    "devicehive": ("firmware.clouds.devicehive", "DeviceHive"),
-    "xyte": ("firmware.clouds.xyte", "Xyte"),
-}
+def make_cloud(cfg, **hooks):
+    """The adapter the config names (firmware/platforms.py), imported only now, so a board
+    carries in RAM just the one it uses; ConfigError when it is not in this build."""
+    from firmware import platforms
 
-
-def make_cloud(cfg):
     platform = cfg.get("cloud.platform")
-    key = platform + "/" + cfg.get("cloud.transport") if platform == "realer" else platform
-    entry = _ADAPTERS.get(key)
+    transport = cfg.get("cloud.transport")
+    entry = platforms.row(platform, transport)
     if entry is None:
         raise config.ConfigError(["cloud.platform: %s over %s is not in this build" %
-                                  (platform, cfg.get("cloud.transport"))])
+                                  (platform, transport)])
+    name, cls = entry[platforms.MODULE], entry[platforms.CLASS]
+    config.unload("firmware.platforms")  # start-up only
     try:
-        module = __import__(entry[0], None, None, (entry[1],))
+        module = __import__(name, None, None, (cls,))
     except ImportError as e:
         raise config.ConfigError(["cloud.platform: the %s adapter is not in this build (%s)" %
                                   (platform, e)])
-    return getattr(module, entry[1])(cfg)
+    return getattr(module, cls)(cfg, **hooks)
 
 
-def _setup_ota(app, cfg):
-    """The updater (None without an OTA key), the trial to confirm, a rollback to report."""
+def _setup_ota(cfg):
+    """(the update on trial to confirm or None, the updater or None without an OTA key);
+    logs a rollback."""
     from firmware.ota import slots
 
-    app.trial = slots.on_trial(cfg.root) or slots.image_pending(cfg.root)
+    trial = slots.on_trial(cfg.root) or slots.image_pending(cfg.root)
+    ota = None
     if cfg.get("ota.public_key") or _exists(slots.path(cfg.root, "ota_public_key.bin")):
         from firmware.ota.updater import UpdateError, Updater  # 7K of RAM: only when on
 
         try:
-            app.ota = Updater.from_config(cfg)
+            ota = Updater.from_config(cfg)
         except UpdateError as e:
             log.error("ota", "%s: updates are off", e)
-    app.cloud.ota = app.ota  # adapters start updates with ota.start(url, version, sha256)
     failed = slots.failure(cfg.root)
     if failed:
         log.warn("ota", "update %s rolled back: %s", failed.get("version"), failed.get("reason"))
+    return trial, ota
 
 
 def _exists(path):
@@ -500,8 +500,9 @@ def build(root=None):
     board.safe_all()
     outbox = Outbox(config.join(cfg.root, "outbox"), max_records=cfg.get("outbox.max_records"),
                     ttl_s=cfg.get("outbox.ttl_s"))
-    app = App(cfg, board, outbox, make_cloud(cfg))
-    _setup_ota(app, cfg)
+    trial, ota = _setup_ota(cfg)
+    app = App(cfg, board, outbox, make_cloud, ota)  # adapters start updates with ota.start()
+    app.trial = trial
     if app.desired.claims():
         app.desired.recover(board, outbox)
     gc.collect()  # start-up garbage and the dropped modules go before the tasks start
@@ -524,8 +525,9 @@ def main(root=None):
         log.error(_TAG, "not starting: fix config.json and reset")
         return 1
     platform = app.cfg.get("cloud.platform")
+    transport = app.cfg.get("cloud.transport")
     log.info(_TAG, "starting: %s%s, %d sensors, %d commands", platform,
-             " over " + app.cfg.get("cloud.transport") if platform == "realer" else "",
+             " over " + transport if transport else "",
              len(app.board.sensors), len(app.board.actuators))
     if app.cfg.get("lowpower.enabled"):
         from firmware import lowpower

@@ -19,7 +19,6 @@ import sys
 
 from firmware.config_types import (  # noqa: F401  (config.X is the public name)
     FILE,
-    PLATFORMS,
     SECRETS_FILE,
     SECRETS_KEY,
     Config,

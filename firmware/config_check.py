@@ -9,10 +9,9 @@ import os
 
 from micropython import const
 
-from firmware import log
+from firmware import log, platforms
 from firmware.config_types import (
     FILE,
-    PLATFORMS,
     SECRETS_FILE,
     SECRETS_KEY,
     Config,
@@ -27,14 +26,7 @@ _MAX_GPIO = const(39)
 _INPUT_ONLY = (34, 35, 36, 37, 38, 39)
 _FLASH_PINS = (6, 7, 8, 9, 10, 11)
 
-# platform -> keys under `cloud` it needs (beyond `platform`)
-_REQUIRED = {
-    "realer": ("api_url", "device_id", "client_id", "client_secret"),
-    "nubison": ("api_url", "client_id", "client_secret", "product_code", "device_id",
-                "model_name", "device_name"),
-    "devicehive": ("api_url", "device_id", "access_token", "refresh_token"),
-    "xyte": ("hardware_key", "serial_number", "firmware_version"),
-}
+# secrets of every platform (its row in firmware/platforms.py names its own) and Wi-Fi's
 _SECRETS = ("client_secret", "access_token", "refresh_token", "hardware_key", "password",
             "access_key")
 _FIX = {
@@ -64,7 +56,6 @@ _WATCHDOG_S = (1, 3600)
 _OTA_MIN_INTERVAL_S = 60
 _TRIAL_BOOTS = (1, 2)
 _POSITIVE_CLOUD = ("batch_max", "ack_timeout_s", "mqtt_catalog_s")
-_TRANSPORTS = ("https", "mqtt")
 _SENSOR_DRIVERS = ("sim", "dht22", "dht11", "ds18b20", "adc", "digital", "bme280")
 _COMMAND_DRIVERS = ("sim", "relay", "pwm", "gpio")
 _DEFAULTS: dict = {
@@ -128,7 +119,7 @@ def validate(raw, root="."):
     warnings: list = []
     if not isinstance(raw, dict):
         raise ConfigError(["%s: the top level must be a JSON object {...}" % FILE])
-    _register_secrets(raw)
+    _register_secrets(raw, _SECRETS + tuple(platforms.secrets()))
     for key in raw:
         if key not in _TOP_KEYS:
             warnings.append("%s: unknown key, ignored" % key)
@@ -156,16 +147,16 @@ def validate(raw, root="."):
     return Config(raw, root, warnings)
 
 
-def _register_secrets(node):
+def _register_secrets(node, keys):
     if isinstance(node, dict):
         for k, v in node.items():
-            if k in _SECRETS and isinstance(v, str):
+            if k in keys and isinstance(v, str):
                 log.secret(v)
             else:
-                _register_secrets(v)
+                _register_secrets(v, keys)
     elif isinstance(node, list):
         for v in node:
-            _register_secrets(v)
+            _register_secrets(v, keys)
 
 
 def _is_placeholder(value):
@@ -185,35 +176,37 @@ def _check_placeholders(node, where, problems):
         leaf = where.rsplit(".", 1)[-1]
         fix = _FIX.get(leaf, "set the real value")
         problems.append("%s: still the example's placeholder; %s%s" % (
-            where, fix, " (in secrets.json)" if leaf in _SECRETS else ""))
+            where, fix, " (in secrets.json)" if leaf in _SECRETS or leaf in platforms.secrets()
+            else ""))
 
 
 def _check_cloud(cloud, root, problems, warnings):
     platform = cloud.get("platform")
-    if platform not in PLATFORMS:
+    names = platforms.names()
+    if platform not in names:
         problems.append("cloud.platform: %r is not supported; use one of %s" %
-                        (platform, ", ".join(PLATFORMS)))
+                        (platform, ", ".join(names)))
         return
     log.set_cloud(platform)  # runtime errors then name this platform's credential keys
+    entry = platforms.row(platform)
     for key in cloud:
-        if key not in _CLOUD_KEYS:
+        if key not in _CLOUD_KEYS and key not in entry[platforms.REQUIRED] and not any(
+                key == k for k, _ in entry[platforms.DEFAULTS]):
             warnings.append("cloud.%s: unknown key, ignored" % key)
-    if platform == "realer":
-        cloud.setdefault("transport", "https")
-        if cloud["transport"] not in _TRANSPORTS:
-            problems.append("cloud.transport: %r; use \"https\" or \"mqtt\"" %
-                            (cloud["transport"],))
+    offered = platforms.transports(platform)
+    if offered:
+        cloud.setdefault("transport", offered[0])
+        if cloud["transport"] not in offered:
+            problems.append("cloud.transport: %r; use %s" % (
+                cloud["transport"], " or ".join('"%s"' % t for t in offered)))
     for key in _POSITIVE_CLOUD:
         value = cloud.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or value <= 0):
             problems.append("cloud.%s: must be a number > 0" % key)
-    if platform == "xyte":
-        cloud.setdefault("registration_url", "https://entry.xyte.io")
-        cloud.setdefault("command_topic", "commands")
-    if platform == "devicehive":
-        cloud.setdefault("ws_path", "/api/websocket")
-    for key in _REQUIRED[platform]:
+    for key, value in entry[platforms.DEFAULTS]:
+        cloud.setdefault(key, value)
+    for key in entry[platforms.REQUIRED]:
         value = cloud.get(key)
         if value is None or value == "":
             problems.append("cloud.%s: missing; %s" % (key, _FIX.get(key, "required for %s" %
@@ -223,9 +216,9 @@ def _check_cloud(cloud, root, problems, warnings):
                 problems.append("cloud.device_id: must be a number or a string")
         elif not isinstance(value, str):
             problems.append("cloud.%s: must be a string, got %s" % (key, type(value).__name__))
-    url = cloud.get("api_url") if platform != "xyte" else cloud.get("registration_url")
+    url_key = "cloud." + entry[platforms.URL_KEY]
+    url = cloud.get(entry[platforms.URL_KEY])
     scheme = url.split("://", 1)[0] if isinstance(url, str) and "://" in url else None
-    url_key = "cloud.api_url" if platform != "xyte" else "cloud.registration_url"
     if isinstance(url, str) and url and scheme is None:
         problems.append("%s: %r has no scheme; write https://host/..." % (url_key, url))
     elif scheme is not None and scheme not in _TLS_SCHEMES:

@@ -1,13 +1,13 @@
-"""What a loaded configuration is: the `Config` object, `ConfigError`, the file names and the
-platform list. Shared by firmware/config.py (loading, resident) and firmware/config_check.py
-(the checks, start-up only), so the checker never imports the loader that loads it.
+"""What a loaded configuration is: the `Config` object, `ConfigError` and the file names (the
+platform list is firmware/platforms.py's). Shared by firmware/config.py (loading, resident)
+and firmware/config_check.py (the checks, start-up only), so the checker never imports the
+loader that loads it.
 config.py re-exports every name: callers use `config.X`.
 """
 
 FILE = "config.json"
 SECRETS_KEY = "secrets_file"
 SECRETS_FILE = "secrets.json"  # the name `make provision` and Improv Wi-Fi use by default
-PLATFORMS = ("realer", "nubison", "devicehive", "xyte")
 
 
 class ConfigError(Exception):
@@ -19,7 +19,8 @@ class ConfigError(Exception):
 
 
 def join(root, name):
-    return name if root in ("", ".") else root.rstrip("/") + "/" + name
+    """`name` under the data root; a root of None, "" or "." is the current directory."""
+    return name if not root or root == "." else root.rstrip("/") + "/" + name
 
 
 class Config:

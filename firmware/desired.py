@@ -24,12 +24,12 @@ Outcomes that apply nothing (stale, rejected before any write) append first and 
 a crash between repeats the same report, never loses it.
 """
 import json
-import os
 
 from micropython import const
 
-from firmware import clock, log
+from firmware import clock, log, statefile
 from firmware.board.base import BoardError, Rejected, value_text
+from firmware.config_types import join
 
 _TAG = "desired"
 _FILE = "desired.json"
@@ -46,17 +46,11 @@ class DesiredError(ValueError):
     """A desired-state message the adapter passed on is malformed (no id, bad expiry)."""
 
 
-def _join(root, name):
-    if not root:
-        return name
-    return root.rstrip("/") + "/" + name
-
-
 class DesiredState:
     """The persisted memory of handled desired values under `root`."""
 
     def __init__(self, root):
-        self.path = _join(root, _FILE)
+        self.path = join(root, _FILE)
         self._cmds: dict = {}
         self._routes: dict = {}
         self._load()
@@ -84,12 +78,8 @@ class DesiredState:
                 if isinstance(seq, int):
                     self._routes[key] = seq
 
-    # Write-temp-then-rename: after a power cut the file is the old or the new one, whole.
-    def _save(self):
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"cmds": self._cmds, "routes": self._routes}, f)
-        os.rename(tmp, self.path)
+    def _save(self):  # after a power cut the file is the old or the new one, whole
+        statefile.write_json(self.path, {"cmds": self._cmds, "routes": self._routes})
 
     def _cmd(self, command_id):
         key = str(command_id)

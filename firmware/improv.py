@@ -34,7 +34,7 @@ import sys
 
 from micropython import const
 
-from firmware import config, log
+from firmware import config, log, statefile
 
 _TAG = "improv"
 HEADER = b"IMPROV"
@@ -294,7 +294,7 @@ def save_wifi(root, ssid, password):
         name = config.SECRETS_FILE
         if isinstance(raw, dict):
             raw[config.SECRETS_KEY] = name
-            _replace(cfg_path, raw)
+            statefile.write_json(cfg_path, raw)
     path = config.join(root, name)
     secrets = {}
     try:
@@ -305,15 +305,8 @@ def save_wifi(root, ssid, password):
     if not isinstance(secrets, dict):
         secrets = {}
     secrets["wifi"] = {"ssid": ssid, "password": password}
-    _replace(path, secrets)
+    statefile.write_json(path, secrets)
     return name
-
-
-def _replace(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.rename(tmp, path)
 
 
 def serve(root=None):

@@ -5,15 +5,10 @@ warning is logged or an update runs.
 `hint(text, platform)` names the config key or action for a cause it recognises (credentials
 refused, unknown host, unknown device, certificate, clock not set, connection refused or
 timed out), looking only at the text before the first `; `. `progress(stage, detail)` gives
-the line to log, or None; firmware/log.py logs it (this module imports nothing).
+the line to log, or None; firmware/log.py logs it (this module imports only the platform
+registry, for the credentials a refusal names).
 """
 
-_CREDENTIALS = {
-    "realer": "cloud.client_id and cloud.client_secret",
-    "nubison": "cloud.client_id and cloud.client_secret",
-    "devicehive": "cloud.access_token and cloud.refresh_token (provision new ones)",
-    "xyte": "cloud.hardware_key",
-}
 # (needles, fix) in order: the first needle found in a warning or error line names the fix
 _FIXES = (
     (("401", "403", "nauthorized", "orbidden", "refused the tokens", "tokens are refused"),
@@ -47,10 +42,16 @@ def hint(text, platform=None):
         for n in needles:
             if n in text:
                 if "%s" in fix:
-                    return fix % _CREDENTIALS.get(platform,
-                                                  "the cloud credentials in config.json")
+                    return fix % _credentials(platform)
                 return fix
     return None
+
+
+def _credentials(platform):
+    from firmware import platforms  # the registry's row says which keys
+
+    entry = platforms.row(platform)
+    return entry[platforms.CREDENTIALS] if entry else "the cloud credentials in config.json"
 
 
 _progress = [0, 0]  # KB logged of the download, files unpacked

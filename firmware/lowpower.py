@@ -13,13 +13,12 @@ the file `lowpower.state` in the data root and the "sleep" is a pause, then the 
 """
 import asyncio
 import json
-import os
 import time
 from time import ticks_diff, ticks_ms
 
 from micropython import const
 
-from firmware import clock, config, log, safemode
+from firmware import clock, config, log, safemode, statefile
 from firmware.board.base import BoardError
 
 _TAG = "lowpower"
@@ -45,9 +44,7 @@ class FileMemory:
                     return f.read()
             except OSError:
                 return b""
-        with open(self.path + ".tmp", "wb") as f:
-            f.write(data)
-        os.rename(self.path + ".tmp", self.path)
+        statefile.write(self.path, data)
         return None
 
 

@@ -51,15 +51,23 @@ def _gpio(cc, desc):
 
 
 def _cloud(cfg, cc):
+    from firmware import platforms
+
+    keys = list(cc._CLOUD_KEYS)
+    for row in platforms.ROWS:  # a platform's own keys are known keys too
+        keys += [k for k in row[platforms.REQUIRED] + tuple(d[0] for d in row[platforms.DEFAULTS])
+                 if k not in keys]
     props: dict = {}
-    for key in cc._CLOUD_KEYS:
+    for key in keys:
         desc = cc._FIX.get(key, "see examples/README.md")
-        if key in cc._SECRETS:
+        if key in cc._SECRETS or key in platforms.secrets():
             desc += " (a secret: keep it in the secrets file)"
         props[key] = _text(desc)
-    props["platform"] = {"enum": list(cfg.PLATFORMS), "description": "the cloud"}
-    props["transport"] = {"enum": list(cc._TRANSPORTS), "default": "https",
-                          "description": "Realer only"}
+    props["platform"] = {"enum": platforms.names(), "description": "the cloud"}
+    props["transport"] = {"enum": _transports(platforms), "default": "https",
+                          "description": "%s only" % ", ".join(
+                              p.capitalize() for p in platforms.names()
+                              if platforms.transports(p))}
     props["device_id"] = {"type": ["integer", "string"], "description": cc._FIX["device_id"]}
     url = {"type": "string", "pattern": "^(%s)://" % "|".join(cc._TLS_SCHEMES),
            "description": "the cloud's URL; TLS only (%s)" % ", ".join(cc._TLS_SCHEMES)}
@@ -72,8 +80,15 @@ def _cloud(cfg, cc):
     return {"type": "object", "properties": props, "required": ["platform"],
             "additionalProperties": False,
             "allOf": [{"if": {"properties": {"platform": {"const": p}}},
-                       "then": {"required": list(cc._REQUIRED[p])}}
-                      for p in cfg.PLATFORMS]}
+                       "then": {"required": list(platforms.row(p)[platforms.REQUIRED])}}
+                      for p in platforms.names()]}
+
+
+def _transports(platforms):
+    out: list = []
+    for p in platforms.names():
+        out += [t for t in platforms.transports(p) if t not in out]
+    return out
 
 
 def _entries(cc, drivers, key, desc):

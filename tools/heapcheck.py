@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 
+from firmware import platforms
 from tools import devicehive_cloud, nubison_cloud, realer_cloud, run_local, xyte_cloud
 
 ROOT = run_local.ROOT
@@ -82,6 +83,13 @@ MEMORY_ERRORS = ("MemoryError", "memory allocation failed")
 STEADY_PENDING = 3
 
 
+def has_desired(platform):
+    """Whether the operator can send the platform a desired value (NUBISON cannot)."""
+    if platform in ("realer", "devicehive", "xyte"):
+        return True
+    return platform != "nubison" and hasattr(_cloud_module(platform), "send_desired")
+
+
 def send_desired(platform, cloud_dir, value):
     """The operator's downlink on each platform (a value in command 4's 0-100 range)."""
     if platform == "realer":
@@ -90,7 +98,11 @@ def send_desired(platform, cloud_dir, value):
         devicehive_cloud.send_command(cloud_dir, "4", value, lifetime=60)
     elif platform == "xyte":
         xyte_cloud.send_command(cloud_dir, "set_4", {"value": value})
-    # nubison: the platform has no desired-state channel
+    elif platform != "nubison":  # the platform has no desired-state channel
+        # a platform added later: its local cloud's own send_desired, when it has one
+        send = getattr(_cloud_module(platform), "send_desired", None)
+        if send is not None:
+            send(cloud_dir, 4, value)
 
 
 def stored_rows(platform, cloud_dir):
@@ -101,7 +113,17 @@ def stored_rows(platform, cloud_dir):
         return len(nubison_cloud.data_rows(cloud_dir))
     if platform == "devicehive":
         return len(devicehive_cloud.notifications(cloud_dir))
-    return len(xyte_cloud.telemetry_rows(cloud_dir))
+    if platform == "xyte":
+        return len(xyte_cloud.telemetry_rows(cloud_dir))
+    return len(_cloud_module(platform).stored_rows(cloud_dir))  # a platform added later
+
+
+def _cloud_module(platform):
+    """tools/<platform>_cloud.py: a local cloud added after these four names its operator
+    calls `send_desired(data_dir, command_id, value)` and `stored_rows(data_dir)`."""
+    import importlib
+
+    return importlib.import_module("tools.%s_cloud" % platform)
 
 
 def _k(text):
@@ -184,7 +206,7 @@ class Trial:
         # the last 30 s of status lines (one every 2 s)
         drained = any(int(r[2]) <= STEADY_PENDING for r in rows[-15:])
         ok = (alive and delivered > 0 and mem_errors == 0 and drained and
-              (applied > 0 or self.seconds < 30 or self.platform == "nubison") and
+              (applied > 0 or self.seconds < 30 or not has_desired(self.platform)) and
               (self.platform != "realer" or self.transport != "mqtt" or mode == "mqtt"))
         return {"ok": ok, "alive": alive, "readings": int(last[0]) if last else 0,
                 "delivered": delivered, "pending": int(last[2]) if last else 0,
@@ -242,10 +264,11 @@ def search(tree, transport, lo, hi, step, seconds, threshold, width, platform="r
             bad = max(failed)
 
 
-# `make memory`: every configuration, name -> (platform, transport, target K)
-CONFIGS = (("realer-https", "realer", "https", 48), ("realer-mqtt", "realer", "mqtt", 56),
-           ("nubison", "nubison", "https", 48), ("devicehive", "devicehive", "https", 56),
-           ("xyte", "xyte", "https", 64))
+# `make memory`: every configuration of the platform registry, (name, platform, transport,
+# target K); a run without its own target here is held to 64K
+TARGETS = {"realer-https": 48, "realer-mqtt": 56, "nubison": 48, "devicehive": 56, "xyte": 64}
+CONFIGS = tuple((name, plat, transport, TARGETS.get(name, 64))
+                for name, plat, transport in platforms.runs())
 
 
 def memory(frozen, search_s, confirm_s, step, width):
@@ -348,9 +371,8 @@ def breakdown(tree, transport, frozen=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--platform", default="realer",
-                    choices=("realer", "nubison", "devicehive", "xyte"))
-    ap.add_argument("--transport", default="https", choices=("https", "mqtt"),
+    ap.add_argument("--platform", default="realer", choices=platforms.names())
+    ap.add_argument("--transport", default="https", choices=run_local.transports(),
                     help="Realer only")
     ap.add_argument("--minutes", type=float, default=0.5)
     ap.add_argument("--heaps", help="comma-separated sizes to run side by side, e.g. 96K,88K")

@@ -8,8 +8,10 @@ board) and the cloud's CA, and the firmware log device.log. Runs `micropython ma
 and shows the firmware's status line live until Ctrl-C. `--fresh` (`make run FRESH=1`) starts
 that run directory over (a new cloud, an empty outbox).
 
-    python -m tools.run_local [--platform realer|nubison|devicehive|xyte]
-                              [--transport https|mqtt] [--fresh] [--run-dir DIR]
+    python -m tools.run_local [--platform P] [--transport https|mqtt] [--fresh]
+                              [--run-dir DIR]
+
+(the platforms: firmware/platforms.py's registry)
 
 Contract for every local cloud module: `python -m tools.<platform>_cloud serve --data DIR
 --port 0` writes DIR/cloud.json once it listens, holding at least "ca_file" (the CA PEM the
@@ -24,6 +26,8 @@ import signal
 import subprocess
 import sys
 import time
+
+from firmware import platforms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MICROPYTHON = os.path.join(ROOT, ".venv", "bin", "micropython")
@@ -119,14 +123,21 @@ def start_firmware(device_dir, log_file, micropython=None):
 def run_name(platform, transport="https"):
     """The run directory's name: the platform, and for Realer its transport too (the MQTT
     cloud keeps other tables than the HTTPS one)."""
-    return "%s-%s" % (platform, transport) if platform == "realer" else platform
+    return "%s-%s" % (platform, transport) if platforms.transports(platform) else platform
+
+
+def transports():
+    """Every transport some platform offers (the --transport choices)."""
+    out: list = []
+    for p in platforms.names():
+        out += [t for t in platforms.transports(p) if t not in out]
+    return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--platform", default="realer",
-                    choices=("realer", "nubison", "devicehive", "xyte"))
-    ap.add_argument("--transport", default="https", choices=("https", "mqtt"))
+    ap.add_argument("--platform", default="realer", choices=platforms.names())
+    ap.add_argument("--transport", default="https", choices=transports())
     ap.add_argument("--fresh", action="store_true",
                     help="start this platform's run directory over (cloud, outbox, state)")
     ap.add_argument("--run-dir", default=os.path.join(ROOT, "run"),

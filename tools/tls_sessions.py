@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 
+from firmware import platforms
 from tools import run_local
 
 _ESTABLISHED = "01"
@@ -140,9 +141,8 @@ def run(platform, transport, seconds, frozen=None, workdir=None, renewals=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--platform", default="realer",
-                    choices=("realer", "nubison", "devicehive", "xyte"))
-    ap.add_argument("--transport", default="https", choices=("https", "mqtt"))
+    ap.add_argument("--platform", default="realer", choices=platforms.names())
+    ap.add_argument("--transport", default="https", choices=run_local.transports())
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--frozen", help="run this frozen image instead of firmware/ from source")
     a = ap.parse_args()

@@ -15,6 +15,15 @@ class SendResult:
         self.failed = False
 
 
+def answer_json(resp):
+    """The answer's body as JSON, or None when it is not JSON (the caller's shape check then
+    keeps the record and says what came instead: shape())."""
+    try:
+        return resp.json()
+    except ValueError:
+        return None
+
+
 def shape(raw, parsed):
     """A short, secret-free description of an answer that is not the documented one, for
     the warning that keeps its record: JSON by shape only (key names, never values), anything

@@ -39,13 +39,14 @@ Choices where the spec is silent or contradicts itself (docs/devicehive.md has t
 """
 import asyncio
 import json
-import os
 
 from micropython import const
 
-from firmware import clock, log
+from firmware import clock, log, statefile
 from firmware.backoff import Backoff
 from firmware.clouds import SendResult
+from firmware.clouds.base import Adapter
+from firmware.config_types import join
 from firmware.net import conn, ws
 
 _TAG = "devicehive"
@@ -98,8 +99,9 @@ def command_value(params):
     return params
 
 
-class DeviceHive:
-    def __init__(self, cfg, connect=None):
+class DeviceHive(Adapter):
+    def __init__(self, cfg, connect=None, **hooks):
+        super().__init__(**hooks)  # on_desired, on_link_up(first) after every handshake
         cloud = cfg.get("cloud")
         self.url = cloud["api_url"].rstrip("/") + cloud.get("ws_path", "/api/websocket")
         self.device_id = str(cloud["device_id"])
@@ -114,13 +116,10 @@ class DeviceHive:
         self.enabled_sensors = None  # DeviceHive has no sensor catalog: report every sensor
         self.renewals = 0  # token refreshes
         self.renew_at = clock.Deadline(_CHECK_MS)  # tokens are refreshed on 401, not ahead
-        self.on_desired = None  # set by the app
-        self.on_link_up = None  # set by the app: on_link_up(first) after every handshake
         # command name -> the configured command id it stands for
         self.commands = {str(c["id"]): c["id"] for c in cfg.get("commands") or ()
                          if isinstance(c, dict) and "id" in c}
-        self.state_path = _join(cfg.root, _STATE_FILE) if getattr(cfg, "root", None) \
-            else _STATE_FILE
+        self.state_path = join(getattr(cfg, "root", None), _STATE_FILE)
         self.last_ts = None  # timestamp (as the server wrote it) of the last handled command
         self.subscription = None
         self.connects = 0
@@ -144,7 +143,7 @@ class DeviceHive:
         afterwards tokens are refreshed inside the session when the server says 401."""
         return self.connects == 0
 
-    async def authenticate(self):
+    async def authenticate(self, force=False):
         """The session task authenticates; this waits a little for it. Returns wait_ms."""
         deadline = clock.Deadline(self.timeout_ms)
         while not self.ready and not deadline.expired():
@@ -169,10 +168,7 @@ class DeviceHive:
             self.last_ts = data["last_command_ts"]
 
     def _save_state(self):
-        tmp = self.state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"last_command_ts": self.last_ts}, f)
-        os.rename(tmp, self.state_path)
+        statefile.write_json(self.state_path, {"last_command_ts": self.last_ts})
 
     # -- requests ------------------------------------------------------------------------
 
@@ -430,7 +426,7 @@ class DeviceHive:
 
     # -- outgoing ------------------------------------------------------------------------
 
-    def message(self, rec):
+    def to_wire(self, rec):
         """(action, body) for one outbox record."""
         if rec.kind == "command" and rec.desired_id is not None:
             status = _STATUS.get(rec.report_status or "applied", rec.report_status)
@@ -453,7 +449,7 @@ class DeviceHive:
         todo = []
         for rec in records:
             try:
-                todo.append((rec,) + self.message(rec))
+                todo.append((rec,) + self.to_wire(rec))
             except (clock.ClockUnset, ValueError, TypeError) as e:
                 # a record that cannot be written (time before 2025) would block the queue
                 result.dead.append((rec.message_id, "unsendable: %s" % log.describe(e)))
@@ -507,7 +503,3 @@ class DeviceHive:
             result.failed = True
             result.wait_ms = _RETRY_BASE_MS
         return out
-
-
-def _join(root, name):
-    return name if root in ("", ".") else root.rstrip("/") + "/" + name

@@ -32,12 +32,13 @@ Choices (reading rules in docs/design.md; docs/nubison.md has the longer story):
 """
 import asyncio
 import json
-import os
 
 from micropython import const
 
-from firmware import clock, log
-from firmware.clouds import SendResult, shape
+from firmware import clock, log, statefile
+from firmware.clouds import SendResult, answer_json, shape
+from firmware.clouds.base import Adapter
+from firmware.config_types import join
 from firmware.net import http
 
 _TAG = "nubison"
@@ -106,7 +107,7 @@ def verdict(status, body, raw=None):
     return _KEEP, "http %d" % status
 
 
-def record_data(rec):
+def to_wire(rec):
     """The `data` object for one outbox record."""
     data = {"message_id": rec.message_id, "kind": rec.kind, "id": rec.source,
             "value": rec.value, "time": clock.iso8601(rec.t)}
@@ -114,13 +115,6 @@ def record_data(rec):
         data["desired_id"] = rec.desired_id
         data["report_status"] = rec.report_status or "applied"
     return data
-
-
-def _json(resp):
-    try:
-        return resp.json()
-    except ValueError:
-        return None
 
 
 def _token_from(body):
@@ -133,12 +127,9 @@ def _token_from(body):
     return None
 
 
-def _join(root, name):
-    return name if root in (None, "", ".") else root.rstrip("/") + "/" + name
-
-
-class Nubison:
-    def __init__(self, cfg, client=None):
+class Nubison(Adapter):
+    def __init__(self, cfg, client=None, **hooks):
+        super().__init__(**hooks)  # on_reached after a login; no desired state, no sessions
         cloud = cfg.get("cloud", {})
         self.base = cloud["api_url"].rstrip("/")
         self.device_key = "%s_%s" % (cloud["product_code"], cloud["device_id"])
@@ -151,15 +142,12 @@ class Nubison:
         self.renewals = 0
         self.logins = 0
         self.enabled_sensors = None  # no sensor catalog: report every sensor
-        self.on_desired = None  # no desired-state channel on NUBISON
-        self.on_link_up = None  # no sessions over HTTP
-        self.on_reached = None  # set by the app: called after a login
         self.held_until = None  # clock.Deadline while the cloud refuses the device
         self.held_reason = None
         self._basic = http.basic_auth(cloud["client_id"], cloud["client_secret"])
         self._login_json = False
         self._lock = asyncio.Lock()
-        self._state_path = _join(getattr(cfg, "root", None), _STATE_FILE)
+        self._state_path = join(getattr(cfg, "root", None), _STATE_FILE)
         self.registered = self._load_registered()
 
     def background(self):
@@ -180,10 +168,7 @@ class Nubison:
 
     def _save_registered(self, yes):
         self.registered = yes
-        tmp = self._state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"registered": self.device_key if yes else None}, f)
-        os.rename(tmp, self._state_path)  # a power cut leaves the old or the new file
+        statefile.write_json(self._state_path, {"registered": self.device_key if yes else None})
 
     # -- login / register -------------------------------------------------------------
     def token_due(self):
@@ -235,7 +220,7 @@ class Nubison:
                 self._login_json = True
                 continue
             break
-        body = _json(resp)
+        body = answer_json(resp)
         if resp.status == 200:
             tok = _token_from(body)
             if tok is None:
@@ -269,7 +254,7 @@ class Nubison:
     async def _register(self):
         resp = await self._post("/devices", {"deviceName": self.device_name,
                                              "modelName": self.model_name})
-        body = _json(resp)
+        body = answer_json(resp)
         what, reason = verdict(resp.status, body, resp.body)
         if what == _OK:
             self._save_registered(True)
@@ -327,10 +312,10 @@ class Nubison:
         return result
 
     async def _send_one(self, rec):
-        fields = {"data": record_data(rec)}
+        fields = {"data": to_wire(rec)}
         for attempt in (0, 1):
             resp = await self._post("/devices/data", fields)
-            what, reason = verdict(resp.status, _json(resp), resp.body)
+            what, reason = verdict(resp.status, answer_json(resp), resp.body)
             if attempt or what not in (_RELOGIN, _REREGISTER):
                 break
             if what == _REREGISTER:

@@ -25,7 +25,8 @@ import asyncio
 from micropython import const
 
 from firmware import clock, log
-from firmware.clouds import SendResult, shape
+from firmware.clouds import SendResult, answer_json, shape
+from firmware.clouds.base import Adapter
 from firmware.net import http
 
 _TAG = "realer"
@@ -55,7 +56,7 @@ def error_type(body):
     return None
 
 
-def record_body(rec):
+def to_wire(rec):
     """The feed-data JSON for one outbox record: value as string, time as ISO 8601 UTC,
     `report_status` only with a desired_id and omitted for the default `applied`."""
     body = {"value": rec.value, "value_received_at": clock.iso8601(rec.t),
@@ -92,8 +93,9 @@ def verdict(status, body):
     return _KEEP, error_type(body) or "http %d" % status
 
 
-class RealerHttps:
-    def __init__(self, cfg, client=None):
+class RealerHttps(Adapter):
+    def __init__(self, cfg, client=None, **hooks):
+        super().__init__(**hooks)  # on_reached: after a token or catalog success
         cloud = cfg.get("cloud", {})
         self.base = cloud["api_url"].rstrip("/")
         self.device_id = cloud["device_id"]
@@ -108,13 +110,6 @@ class RealerHttps:
         self.enabled_sensors = None  # None until the sensor catalog was read: report all
         self._basic = http.basic_auth(self.client_id, self.client_secret)
         self._auth_lock = asyncio.Lock()  # several tasks may find the token due at once
-        self.on_desired = None  # set by the app (desired state comes from poll_catalog here)
-        self.on_link_up = None  # no sessions over HTTPS: never called
-        self.on_reached = None  # set by the app: called after a token or catalog success
-
-    def background(self):
-        """Extra tasks this adapter needs (none: HTTPS is driven by uplink and downlink)."""
-        return []
 
     def _url(self, tail):
         return "%s/iot/v1/devices/%s/%s" % (self.base, self.device_id, tail)
@@ -133,7 +128,7 @@ class RealerHttps:
             form["scope"] = self.scope
         resp = await self.http.request("POST", self.base + "/oauth/token", form=form,
                                        headers={"Authorization": self._basic}, idempotent=True)
-        body = _json(resp)
+        body = answer_json(resp)
         if resp.status == 200 and isinstance(body, dict) and body.get("access_token"):
             if self.token:
                 log.forget(self.token)
@@ -178,15 +173,15 @@ class RealerHttps:
         result = SendResult()
         if len(records) == 1:
             rec = records[0]
-            resp = await self._call("POST", self._url("feed-data"), json=record_body(rec))
-            body = _json(resp)
+            resp = await self._call("POST", self._url("feed-data"), json=to_wire(rec))
+            body = answer_json(resp)
             if self._judge(result, rec, resp.status, body, resp):
                 log.warn(_TAG, "feed-data answered %d with %s: not an acceptance, %s kept",
                          resp.status, shape(resp.body, body), rec.message_id)
             return result
-        items = [record_body(r) for r in records]
+        items = [to_wire(r) for r in records]
         resp = await self._call("POST", self._url("feed-data/batches"), json={"items": items})
-        body = _json(resp)
+        body = answer_json(resp)
         results = body.get("results") if isinstance(body, dict) else None
         if not (200 <= resp.status < 300) or not isinstance(results, list):
             if resp.status == 413:  # too big as a batch: the next attempt goes one by one
@@ -246,7 +241,7 @@ class RealerHttps:
         on_desired None only the sensor catalog is read). Returns the wait the server asked
         for (429 Retry-After) in ms, else 0."""
         resp = await self._call("GET", self._url("sensors"))
-        body = _json(resp)
+        body = answer_json(resp)
         if resp.status == 200 and isinstance(body, dict) and isinstance(body.get("sensors"),
                                                                          list):
             self.enabled_sensors = [s.get("id") for s in body["sensors"] if isinstance(s, dict)]
@@ -256,7 +251,7 @@ class RealerHttps:
         if on_desired is None:
             return 0
         resp = await self._call("GET", self._url("commands"))
-        body = _json(resp)
+        body = answer_json(resp)
         if resp.status != 200:
             return self._catalog_wait(resp, body)
         commands = body.get("commands") if isinstance(body, dict) else None
@@ -273,10 +268,3 @@ class RealerHttps:
         if resp.status in _DEVICE_BLOCKED:
             return _BLOCKED_WAIT_MS
         return resp.retry_after_ms() or 0
-
-
-def _json(resp):
-    try:
-        return resp.json()
-    except ValueError:
-        return None

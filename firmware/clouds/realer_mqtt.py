@@ -37,8 +37,9 @@ import json
 from micropython import const
 
 from firmware import clock, log
-from firmware.clouds.realer_https import RealerError, RealerHttps, SendResult, error_type
-from firmware.clouds.realer_https import record_body as _record_body
+from firmware.clouds import answer_json
+from firmware.clouds.base import Adapter
+from firmware.clouds.realer_https import RealerError, RealerHttps, SendResult, error_type, to_wire
 from firmware.net import conn, mqtt
 
 _TAG = "realer-mqtt"
@@ -56,9 +57,12 @@ _ACK_TIMEOUT_MS = const(15000)
 _DEFAULT_CRED_RENEW_S = const(300)
 
 
-class RealerMqtt:
-    def __init__(self, cfg, client=None):
-        self.https = RealerHttps(cfg, client)
+class RealerMqtt(Adapter):
+    def __init__(self, cfg, client=None, on_reached=None, **hooks):
+        super().__init__(**hooks)
+        # token and catalog calls run in the inner HTTPS adapter (also in HTTPS fallback):
+        # the app's on_reached goes there, or a success there would not end the backoff
+        self.https = RealerHttps(cfg, client, on_reached=on_reached)
         self.https.scope = self.https.scope or _DEFAULT_SCOPE  # the MQTT calls need them
         self.ca_file = cfg.ca_path
         self.ack_timeout_ms = int(cfg.get("cloud").get("ack_timeout_s", 0) * 1000) or \
@@ -80,23 +84,11 @@ class RealerMqtt:
         self.cred_request = None  # (method, path, body) from the catalog
         self.cred_renew = None  # clock.Deadline
         self.credentials = 0
-        self.on_desired = None  # set by the app: handles one desired command state
-        self.on_link_up = None  # set by the app: on_link_up(first) after every connect
         self._acks: dict = {}  # message_id -> ack body, for the records being sent
         self._waiting: set = set()  # their ids: late or duplicate acks are not kept
         self._ack_event = asyncio.Event()
 
     # -- what the app uses, shared with RealerHttps -------------------------------------
-
-    # Token and catalog calls run in the inner HTTPS adapter (also in HTTPS fallback): the
-    # app's hook must reach it, or a success there would not end the uplink's backoff.
-    @property
-    def on_reached(self):
-        return self.https.on_reached
-
-    @on_reached.setter
-    def on_reached(self, hook):
-        self.https.on_reached = hook
 
     @property
     def batch_max(self):
@@ -141,7 +133,7 @@ class RealerMqtt:
         a live session must reconnect (the broker moved or the subscriptions changed)."""
         self._stale = clock.Deadline(self.catalog_ms)
         resp = await self.https._call("GET", self.https._url("mqtt"))
-        body = _json(resp)
+        body = answer_json(resp)
         cat = body.get("mqtt") if isinstance(body, dict) else None
         if resp.status != 200 or not isinstance(cat, dict):
             self._error_once("no MQTT catalog (%d %s): staying on HTTPS" %
@@ -250,7 +242,7 @@ class RealerMqtt:
             raise RealerError("no credential_endpoint read yet")
         method, path, body = self.cred_request
         resp = await self.https._call(method, self.https.base + path, json=body)
-        data = _json(resp)
+        data = answer_json(resp)
         cred = data.get("mqtt") if isinstance(data, dict) else None
         if resp.status != 200 or not isinstance(cred, dict) or not cred.get("mqtt_credential"):
             raise RealerError("credential request answered %d %s" % (resp.status,
@@ -424,7 +416,7 @@ class RealerMqtt:
                 result.failed = result.failed or sub.failed
                 result.wait_ms = max(result.wait_ms, sub.wait_ms)
                 continue
-            await client.publish(topic, json.dumps(_record_body(rec)), 1, wait=False)
+            await client.publish(topic, json.dumps(to_wire(rec)), 1, wait=False)
             sent.append(rec)
         try:
             if sent:
@@ -473,10 +465,3 @@ def _refusal(err):
     # the broker will not take this credential: at CONNACK, or by ending the session
     return isinstance(err, mqtt.CredentialsRefused) or (
         isinstance(err, mqtt.ServerDisconnect) and err.code in (0x86, 0x87))
-
-
-def _json(resp):
-    try:
-        return resp.json()
-    except ValueError:
-        return None

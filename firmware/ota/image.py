@@ -16,7 +16,7 @@ import struct
 
 from micropython import const
 
-from firmware import log
+from firmware import log, statefile
 from firmware.ota import slots
 from firmware.ota.errors import DownloadFailed, UpdateError
 from firmware.ota.updater import healthy_before_reset, reset_board
@@ -164,10 +164,7 @@ class ImageUpdater:
             os.mkdir(slots.path(self.root, "ota"))
         except OSError:
             pass
-        final = slots.path(self.root, "ota", _STATE)
-        with open(final + ".tmp", "w") as f:
-            f.write(json.dumps(st))
-        os.rename(final + ".tmp", final)
+        statefile.write_json(slots.path(self.root, "ota", _STATE), st)
 
     async def run(self, url, version=None):
         """Stream the image bundle into the next partition, verify, set it to boot, reset."""

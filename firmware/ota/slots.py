@@ -19,6 +19,8 @@ returns to `active` and records the failed version for the app to report.
 import json
 import os
 
+from firmware import statefile
+
 SLOTS = ("a", "b")
 _DIR = "ota"
 _STATE = "state.json"
@@ -75,11 +77,7 @@ def save(root, st):
     """Replace the state file atomically (rename over the old one: LittleFS and POSIX keep
     either the old or the new file across a power cut)."""
     _mkdir(path(root, _DIR))
-    final = path(root, _DIR, _STATE)
-    tmp = final + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(st))
-    os.rename(tmp, final)
+    statefile.write_json(path(root, _DIR, _STATE), st)
 
 
 def _fail(st, reason):

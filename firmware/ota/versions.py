@@ -15,7 +15,7 @@ pre-release after "-" ranks below its release (1.0.0-rc.1 < 1.0.0), build metada
 import json
 import os
 
-from firmware import log
+from firmware import log, statefile
 from firmware.ota import slots
 from firmware.ota.errors import Downgrade, UpdateError
 
@@ -111,10 +111,7 @@ def raise_floor(root, v, kind="app"):
         os.mkdir(slots.path(root, "ota"))
     except OSError:  # exists
         pass
-    final = slots.path(root, "ota", _FLOOR)
-    with open(final + ".tmp", "w") as f:
-        f.write(json.dumps(st))
-    os.rename(final + ".tmp", final)
+    statefile.write_json(slots.path(root, "ota", _FLOOR), st)
     log.info(_TAG, "minimum secure %s version now %s", kind, v)
 
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from firmware import config_check
+from firmware import config_check, platforms
 from tools import config_schema
 
 
@@ -35,7 +35,7 @@ def test_schema_follows_the_validator_rules():
     cloud = s["properties"]["cloud"]
     for rule in cloud["allOf"]:
         platform = rule["if"]["properties"]["platform"]["const"]
-        assert rule["then"]["required"] == list(config_check._REQUIRED[platform])
+        assert rule["then"]["required"] == list(platforms.row(platform)[platforms.REQUIRED])
     url = re.compile(cloud["properties"]["api_url"]["pattern"])
     assert url.match("https://a") and url.match("wss://a") and not url.match("http://a")
     placeholder = re.compile(cloud["properties"]["client_secret"]["not"]["pattern"])

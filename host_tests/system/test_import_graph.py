@@ -110,3 +110,29 @@ def test_no_tool_imports_from_the_test_tree():
             if top == "host_tests" or top in test_only:
                 bad.append("%s: imports %s" % (os.path.relpath(path, ROOT), mod))
     assert not bad, "\n".join(bad)
+
+
+def test_state_files_are_replaced_by_one_helper():
+    # write-temp-then-rename lives in firmware/statefile.py; the outbox keeps its own journal
+    # (firmware/outbox.py names its files), outbox_v1.py is the pinned old-format writer and
+    # safemode.py, which boot.py imports first, imports nothing from the firmware
+    own = {"firmware/statefile.py", "firmware/outbox.py", "firmware/outbox_v1.py",
+           "firmware/safemode.py"}
+    bad = [os.path.relpath(p, ROOT) for p in _sources("firmware")
+           if os.path.relpath(p, ROOT) not in own and '".tmp"' in open(p).read()]
+    assert not bad, "write-temp-then-rename outside firmware/statefile.py: %s" % bad
+
+
+def test_no_firmware_class_grows_past_30_methods():
+    # a class with every concern of a platform in it (Xyte had 50 methods) is split along
+    # them, as firmware/clouds/xyte*.py are
+    big = []
+    for path in _sources("firmware"):
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, ast.ClassDef):
+                n = sum(isinstance(x, (ast.FunctionDef, ast.AsyncFunctionDef))
+                        for x in node.body)
+                if n > 30:
+                    big.append("%s: %s has %d methods" % (os.path.relpath(path, ROOT),
+                                                          node.name, n))
+    assert not big, "\n".join(big)

@@ -10,6 +10,7 @@ from firmware import config, log
 from firmware.board import esp32, sim
 from firmware.board.base import BoardConfigError, Rejected
 from firmware.board.factory import make_board
+from firmware.clouds.base import Adapter
 from firmware.desired import DesiredState, apply_desired
 from firmware.outbox import Outbox
 
@@ -154,11 +155,9 @@ def test_link_failed_logs_an_actuator_that_would_not_go_safe():
 
 # --- the sampler: a failing sensor is logged once and retried with backoff ----------------
 
-class _Cloud:
+class _Cloud(Adapter):
     batch_max = 10
     enabled_sensors = None
-    on_desired = None
-    on_link_up = None
 
 
 class _Broken(sim.SimSensor):
@@ -186,7 +185,7 @@ def _sampler_run(bad, until):
         board.sensors[2] = bad
         outbox = Outbox(config.join(root, "outbox"), max_records=100000)
         cfg = config.Config({"cloud": {}, "intervals": {"catalog_poll_s": 60}}, root, [])
-        a = app_mod.App(cfg, board, outbox, _Cloud())
+        a = app_mod.App(cfg, board, outbox, support.made(_Cloud()))
 
         async def go():
             t = asyncio.create_task(a.sampler())

@@ -1,7 +1,8 @@
 """The app's wiring between the pieces (both runtimes): uplink failures count toward each
 command's fallback_after_failures and a delivery resets the count; the uplink waits for the
 Wi-Fi station; shutdown stops the tasks and awaits the adapter's close(); Xyte's firmware
-message fetches the file record and hands it to the updater; make_cloud's config errors.
+message fetches the file record and hands it to the updater (make_cloud's config errors:
+test_platforms.py).
 Scripted clouds step the tasks one send at a time: bounded step counts, no timed checks."""
 import asyncio
 
@@ -14,6 +15,7 @@ from firmware import clock, config, log
 from firmware.app import App
 from firmware.board.factory import make_board
 from firmware.clouds import SendResult
+from firmware.clouds.base import Adapter
 from firmware.outbox import Outbox
 from firmware.tasks import Supervisor
 
@@ -30,7 +32,7 @@ def _quiet(fn):
         log.set_sink(None)
 
 
-class _Scripted:
+class _Scripted(Adapter):
     """An adapter whose send() runs only when the test grants it, and then fails ("fail":
     OSError, as a lost network does) or delivers the batch ("ok") as the script says."""
 
@@ -38,8 +40,6 @@ class _Scripted:
     enabled_sensors = None
     renewals = 0
     renew_at = None
-    on_desired = None
-    on_link_up = None
 
     def __init__(self, script, gated=True):
         self.script = list(script)
@@ -93,10 +93,9 @@ def _app(cloud, records=12, commands=_COMMANDS):
     outbox = Outbox(config.join(root, "outbox"), max_records=1000)
     for i in range(records):
         outbox.append("sensor", 7, str(i), clock.unix_time())
-    if callable(cloud):  # a factory: the adapter needs the config
-        cloud = cloud(cfg)
-    a = App(cfg, board, outbox, cloud)
-    cloud.app = a
+    # a factory (the adapter needs the config) or an adapter built already
+    a = App(cfg, board, outbox, cloud if callable(cloud) else support.made(cloud))
+    a.cloud.app = a
     return a, root
 
 
@@ -296,7 +295,7 @@ def _outage(exchange, feed=None, feed_after=None):
     from firmware.clouds.realer_https import RealerHttps
 
     http = _Link()
-    a, root = _app(lambda cfg: RealerHttps(cfg, http), records=30)
+    a, root = _app(lambda cfg, **hooks: RealerHttps(cfg, http, **hooks), records=30)
     cloud = a.cloud
     seen: list = []
     if feed is not None:
@@ -373,7 +372,7 @@ def test_the_wifi_station_coming_back_ends_the_uplinks_backoff():
     from firmware.clouds.realer_https import RealerHttps
 
     http = _Link()
-    a, root = _app(lambda cfg: RealerHttps(cfg, http), records=30)
+    a, root = _app(lambda cfg, **hooks: RealerHttps(cfg, http, **hooks), records=30)
     a.wifi = _Board()
     seen: list = []
 
@@ -479,7 +478,7 @@ def test_a_failing_close_is_logged_not_raised():
     assert any("close:" in x and "104" in x for x in lines), lines
 
 
-def test_shutdown_without_close_on_the_adapter():
+def test_shutdown_with_the_contracts_default_close():
     cloud = _Scripted([])
     sup, ended, lines = _shutdown_run(cloud)
     assert ended == ["worker"]
@@ -622,30 +621,25 @@ def test_xyte_update_firmware_command_that_cannot_start_is_an_error():
         assert len(started) == (1 if not start_ok else 0), (params, started)
 
 
-# --- 5. make_cloud: what is not in the build is a ConfigError naming it -----------------------
+# --- 5. the adapter gets the app's hooks at construction (firmware/clouds/base.py) ----------
 
-class _Cfg:
-    def __init__(self, platform, transport=None):
-        self.cloud = {"platform": platform, "transport": transport}
+def test_the_app_hands_its_hooks_to_the_adapter_it_makes():
+    got: dict = {}
 
-    def get(self, key, default=None):
-        if key.startswith("cloud."):
-            return self.cloud.get(key[6:], default)
-        return default
+    def make(cfg, **hooks):
+        got.update(hooks)
+        return _Scripted([])
 
-
-def test_make_cloud_unknown_platform_or_transport_is_a_config_error():
-    e = support.raises(config.ConfigError, app_mod.make_cloud, _Cfg("thingsboard"))
-    assert len(e.problems) == 1 and "thingsboard" in e.problems[0], e.problems
-    e = support.raises(config.ConfigError, app_mod.make_cloud, _Cfg("realer", "coap"))
-    assert "realer" in e.problems[0] and "coap" in e.problems[0], e.problems
-
-
-def test_make_cloud_missing_adapter_module_is_a_config_error():
-    app_mod._ADAPTERS["ghost"] = ("firmware.clouds.ghost_not_built", "Ghost")
+    a, root = _app(make, records=0)
     try:
-        e = support.raises(config.ConfigError, app_mod.make_cloud, _Cfg("ghost"))
+        assert sorted(got) == ["on_desired", "on_link_up", "on_reached", "ota"], got
+        assert got["ota"] is None  # no OTA key in this config
+        got["on_reached"]()
+        assert a.link.is_set()  # a success elsewhere ends the uplink's backoff
+        before = a.outbox.pending_count()
+        _quiet(lambda: got["on_link_up"](False))  # a reconnect: every actuator's state again
+        assert a.outbox.pending_count() == before + len(_COMMANDS)
+        _quiet(lambda: got["on_desired"]({"id": "c-1", "desired_id": 9, "value": "0"}))
+        assert a.applied == 1
     finally:
-        del app_mod._ADAPTERS["ghost"]
-    assert len(e.problems) == 1, e.problems
-    assert "ghost" in e.problems[0] and "not in this build" in e.problems[0], e.problems
+        support.rmtree(root)

@@ -278,17 +278,17 @@ def test_refresh_refused_mid_send_keeps_the_record_and_drops_the_socket():
 
 def test_notification_and_report_shapes():
     cloud, _, _ = adapter()
-    action, body = cloud.message(Record("a-1", "sensor", 7, "21.5", NOW))
+    action, body = cloud.to_wire(Record("a-1", "sensor", 7, "21.5", NOW))
     assert action == "notification/insert"
     assert body == {"deviceId": "esp32-1", "notification": {
         "notification": "sensor", "timestamp": "2026-04-24T10:15:00.000",
         "parameters": {"id": 7, "value": "21.5", "message_id": "a-1"}}}
-    local = cloud.message(Record("a-2", "command", 3, "1", NOW))
+    local = cloud.to_wire(Record("a-2", "command", 3, "1", NOW))
     assert local[0] == "notification/insert" and local[1]["notification"]["notification"] == \
         "command"
     for status, expect in (("applied", "applied"), (None, "applied"),
                            ("rejected", "rejected"), ("stale", "expired")):
-        action, body = cloud.message(Record("a-3", "command", 4, "55", NOW, desired_id=901,
+        action, body = cloud.to_wire(Record("a-3", "command", 4, "55", NOW, desired_id=901,
                                             report_status=status))
         assert action == "command/update"
         assert body == {"deviceId": "esp32-1", "commandId": 901, "command": {
@@ -369,7 +369,7 @@ def test_command_applied_once_expired_reported_and_duplicates_ignored_across_reb
         board = make_board("sim", cfg.get("sensors"), cfg.get("commands"))
         outbox = Outbox(root + "/outbox", max_records=100)
         cloud, peer, connector = adapter(cfg=cfg)
-        return App(cfg, board, outbox, cloud), peer, connector
+        return App(cfg, board, outbox, support.made(cloud)), peer, connector
 
     def push(connector, cid, value, ts, lifetime=None):
         connector.sockets[-1].push({"action": "command/insert", "subscriptionId": 7,

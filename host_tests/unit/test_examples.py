@@ -7,13 +7,13 @@ import json
 import os
 
 import support
-from firmware import config, log
+from firmware import config, log, platforms
 
 _HERE = __file__.rsplit("/", 3)
 EXAMPLES = (_HERE[0] if len(_HERE) == 4 else ".") + "/examples"
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
-_SECRET_KEYS = ("client_secret", "access_token", "refresh_token", "hardware_key", "password",
-                "access_key")
+# every platform's secret keys (its row in firmware/platforms.py), Wi-Fi's, Xyte's access key
+_SECRET_KEYS = tuple(platforms.secrets()) + ("password", "access_key")
 
 
 def _examples(filled=True):
@@ -104,10 +104,10 @@ def test_placeholders_as_shipped_are_refused_naming_each_key():
                 assert "cloud.%s: still the example's placeholder" % key in text, (name, key)
 
 
-def test_every_platform_and_realer_transport_has_an_example():
+def test_every_platform_and_transport_has_an_example():
     have = [(raw["cloud"]["platform"], raw["cloud"].get("transport", "https"))
             for _, raw, _ in _examples()]
-    want = [(p, "https") for p in config.PLATFORMS] + [("realer", "mqtt")]
+    want = [(p, t) for _, p, t in platforms.runs()]
     for pt in want:
         assert pt in have, "no example for %s over %s" % pt
 

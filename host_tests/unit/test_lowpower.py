@@ -7,6 +7,7 @@ import support
 from firmware import clock, config, log, lowpower, safemode
 from firmware.app import App
 from firmware.board.factory import make_board
+from firmware.clouds.base import Adapter
 from firmware.outbox import Outbox
 
 _PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -20,13 +21,11 @@ class _Result:
         self.wait_ms = 0
 
 
-class _Cloud:
+class _Cloud(Adapter):
     """An adapter that accepts every record (or, offline, fails every send like a dead link)."""
 
     batch_max = 10
     renewals = 0
-    on_desired = None
-    on_link_up = None
 
     def __init__(self, offline=False):
         self.offline = offline
@@ -78,7 +77,7 @@ def _app(root, cloud, lp=None):
     (cfg, _) = _quiet(lambda: config.validate(raw, root))
     board = make_board("sim", raw["sensors"], [], [])
     outbox = Outbox(config.join(root, "outbox"), max_records=1000)
-    return App(cfg, board, outbox, cloud)
+    return App(cfg, board, outbox, support.made(cloud))
 
 
 def _fresh_rtc():

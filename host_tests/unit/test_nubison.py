@@ -180,12 +180,12 @@ def test_readings_go_out_as_data_with_the_message_id_inside():
 
 
 def test_command_states_and_desired_reports_are_data_too():
-    assert nb.record_data(_rec(1, "command", 3)) == {
+    assert nb.to_wire(_rec(1, "command", 3)) == {
         "message_id": "1a-1", "kind": "command", "id": 3, "value": "1",
         "time": "2026-04-24T10:15:00Z"}
-    d = nb.record_data(_rec(2, "command", 4, "des_9", "rejected"))
+    d = nb.to_wire(_rec(2, "command", 4, "des_9", "rejected"))
     assert d["desired_id"] == "des_9" and d["report_status"] == "rejected"
-    assert nb.record_data(_rec(3, "command", 4, "des_8", None))["report_status"] == "applied"
+    assert nb.to_wire(_rec(3, "command", 4, "des_8", None))["report_status"] == "applied"
 
 
 def test_no_desired_channel_poll_never_calls_back():

@@ -8,7 +8,7 @@ from firmware.outbox import Record
 
 def test_sensor_record_body_matches_the_spec_example():
     rec = Record("1a-7", "sensor", 7, "21.4", 1777025700)
-    assert rh.record_body(rec) == {"sensor_id": 7, "value": "21.4",
+    assert rh.to_wire(rec) == {"sensor_id": 7, "value": "21.4",
                                    "value_received_at": "2026-04-24T10:15:00Z",
                                    "message_id": "1a-7"}
 
@@ -17,10 +17,10 @@ def test_command_reports_carry_status_only_when_not_applied():
     applied = Record("1-1", "command", 3, "1", 1777025700, "des_1", "applied")
     rejected = Record("1-2", "command", 3, "0", 1777025700, "des_2", "rejected")
     local = Record("1-3", "command", 3, "1", 1777025700)
-    assert rh.record_body(applied)["desired_id"] == "des_1"
-    assert "report_status" not in rh.record_body(applied)
-    assert rh.record_body(rejected)["report_status"] == "rejected"
-    body = rh.record_body(local)
+    assert rh.to_wire(applied)["desired_id"] == "des_1"
+    assert "report_status" not in rh.to_wire(applied)
+    assert rh.to_wire(rejected)["report_status"] == "rejected"
+    body = rh.to_wire(local)
     assert "desired_id" not in body and "report_status" not in body
     assert body["command_id"] == 3 and "sensor_id" not in body
 

@@ -37,9 +37,9 @@ def _token():
     return FakeResp(200, {"access_token": "bearer-token-1", "renew_after": 100})
 
 
-def adapter(answers):
+def adapter(answers, **hooks):
     http = FakeHttp(answers)
-    return rm.RealerMqtt(Cfg(), http), http
+    return rm.RealerMqtt(Cfg(), http, **hooks), http
 
 
 def test_catalog_sets_up_broker_topics_and_routes():
@@ -307,11 +307,10 @@ def test_no_publishing_before_the_ack_topic_is_subscribed():
 
 
 def test_a_token_success_reaches_the_apps_hook_through_the_inner_https_adapter():
-    # the app sets on_reached on the adapter it holds; RealerMqtt's token and catalog calls
+    # the app gives on_reached to the adapter it makes; RealerMqtt's token and catalog calls
     # (and its HTTPS fallback) run in the inner RealerHttps, which must call that hook
-    cloud, http = adapter([_token()])
     reached = []
-    cloud.on_reached = lambda: reached.append(1)
+    cloud, http = adapter([_token()], on_reached=lambda: reached.append(1))
     support.run(cloud.authenticate())
     assert reached == [1], reached
     # the app reads these as plain values, whatever RealerMqtt forwards to RealerHttps

@@ -9,6 +9,7 @@ import support
 from firmware import clock, config, log
 from firmware.app import App
 from firmware.board.factory import make_board
+from firmware.clouds.base import Adapter
 from firmware.outbox import Outbox
 from firmware.watchdog import Watchdog
 
@@ -122,18 +123,16 @@ def test_feed_interval_is_a_third_of_the_timeout():
 _PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
-class _Offline:
+class _Offline(Adapter):
     """A cloud that is never reachable: the app's network tasks back off; only health,
     the sampler and the watchdog matter here."""
 
     batch_max = 10
     enabled_sensors = None
     renewals = 0
-    renew_at = None
-    on_desired = None
-    on_link_up = None
 
-    def __init__(self):
+    def __init__(self, cfg, **hooks):
+        super().__init__(**hooks)
         self.renew_at = clock.Deadline(3600000)
 
     async def send(self, records):
@@ -163,7 +162,7 @@ def _app(root, hang_after, stall_s=0.3):
     (cfg, _) = _quiet(lambda: config.validate(raw, root))
     board = make_board("sim", raw["sensors"], [], [])
     outbox = Outbox(config.join(root, "outbox"), max_records=100000)
-    app = App(cfg, board, outbox, _Offline())
+    app = App(cfg, board, outbox, _Offline)
     sensor = board.sensors[1]
     read = sensor.read
 

@@ -6,7 +6,7 @@ from test_realer_https import FakeHttp, FakeResp
 
 import support
 from firmware import log
-from firmware.clouds import xyte
+from firmware.clouds import xyte, xyte_inbox, xyte_reg, xyte_session
 from firmware.net import conn, mqtt
 from firmware.outbox import Record
 
@@ -94,7 +94,7 @@ def test_hub_401_drops_the_registration():
     err = None
     try:
         support.run(cloud.probe())
-    except xyte.Reregister as e:
+    except xyte_reg.Reregister as e:
         err = e
     assert err is not None and cloud.token_due()
     method, url, kw = cloud.http.calls[0]
@@ -106,24 +106,24 @@ def test_hub_401_drops_the_registration():
 
 def test_telemetry_and_command_reports_carry_the_message_id():
     cloud, root = registered()
-    leaf, body = cloud.record_message(Record("1-a", "sensor", 7, "21.5", 1777025700))
+    leaf, body = cloud.to_wire(Record("1-a", "sensor", 7, "21.5", 1777025700))
     assert leaf == "telemetry"
     assert body == {"status": "online", "timestamp": "2026-04-24T10:15:00Z",
                     "telemetries": {"sensor_7": 21.5, "message_id": "1-a"}}
-    leaf, body = cloud.record_message(Record("1-b", "command", 3, "1", 1777025700))
+    leaf, body = cloud.to_wire(Record("1-b", "command", 3, "1", 1777025700))
     assert body["telemetries"] == {"command_3": 1, "message_id": "1-b"}
-    leaf, body = cloud.record_message(Record("1-c", "command", 4, "55", 1777025700,
+    leaf, body = cloud.to_wire(Record("1-c", "command", 4, "55", 1777025700,
                                              desired_id="cmd-1", report_status="applied"))
     assert leaf == "commands/update"
     assert body == {"id": "cmd-1", "status": "done", "message": "value 55",
                     "message_id": "1-c"}
-    leaf, body = cloud.record_message(Record("1-d", "command", 4, "0", 1777025700,
+    leaf, body = cloud.to_wire(Record("1-d", "command", 4, "0", 1777025700,
                                              desired_id="cmd-2", report_status="rejected"))
     assert body["status"] == "error" and body["message"].startswith("rejected")
     assert [xyte._number(t) for t in ("3", "-2.5", "nan", "inf", "on", "true")] == [
         3, -2.5, "nan", "inf", "on", True]
-    assert xyte.mqtt_url("hub.example") == "mqtts://hub.example:8883"
-    assert xyte.mqtt_url("mqtts://h:1") == "mqtts://h:1"
+    assert xyte_session.mqtt_url("hub.example") == "mqtts://hub.example:8883"
+    assert xyte_session.mqtt_url("mqtts://h:1") == "mqtts://h:1"
     support.rmtree(root)
 
 
@@ -254,7 +254,7 @@ def test_send_sorts_pubacks_into_ok_dead_and_kept():
 
 
 def test_ring_keeps_the_last_lines_in_order():
-    ring = xyte.Ring(3)
+    ring = xyte_inbox.Ring(3)
     ring.prev = [].append
     for i in range(5):
         ring.add("line %d" % i)
@@ -262,11 +262,11 @@ def test_ring_keeps_the_last_lines_in_order():
 
 
 def test_command_target_forms():
-    assert xyte.command_target({"name": "set_4", "parameters": {"value": 1}}) == (4, 1)
-    assert xyte.command_target({"name": "7"}) == (7, None)
-    assert xyte.command_target({"name": "x", "parameters": {"command": 3}}) == (3, None)
-    assert xyte.command_target({"name": "send_dump"}) == (None, None)
-    assert xyte.command_target({"parameters": "bad"}) == (None, None)
+    assert xyte_inbox.command_target({"name": "set_4", "parameters": {"value": 1}}) == (4, 1)
+    assert xyte_inbox.command_target({"name": "7"}) == (7, None)
+    assert xyte_inbox.command_target({"name": "x", "parameters": {"command": 3}}) == (3, None)
+    assert xyte_inbox.command_target({"name": "send_dump"}) == (None, None)
+    assert xyte_inbox.command_target({"parameters": "bad"}) == (None, None)
 
 
 def test_close_says_offline_then_disconnects():
