@@ -142,9 +142,14 @@ class Inbox:
             self.enabled_sensors = None
         else:
             log.warn(_TAG, "config enabled_sensors must be a list of sensor ids; ignored")
+        name = body.get("log_level")
+        if name is None:
+            return
         level = {"debug": log.DEBUG, "info": log.INFO, "warn": log.WARN,
-                 "error": log.ERROR}.get(body.get("log_level"))
-        if level is not None:
+                 "error": log.ERROR}.get(name) if isinstance(name, str) else None
+        if level is None:  # a list or object here would not even hash
+            log.warn(_TAG, "config log_level must be debug, info, warn or error; ignored")
+        else:
             log.set_level(level)
 
     def _config(self, body, msg):

@@ -218,6 +218,23 @@ def test_space_firmware_and_malformed_messages():
     support.rmtree(root)
 
 
+def test_config_with_a_bad_log_level_is_a_logged_rejection():
+    cloud, root = registered()
+    lines: list = []
+    log.set_sink(lines.append)
+    try:
+        for bad in ([], {"a": 1}, "loud", 3):  # a list once raised TypeError (unhashable)
+            cloud._on_message(message("config", {"version": "v9", "log_level": bad,
+                                                 "enabled_sensors": [7]}))
+    finally:
+        log.set_sink(None)
+        log.set_level(log.INFO)
+    assert cloud.enabled_sensors == {7}  # the rest of the config still applies
+    assert "\n".join(lines).count("log_level must be") == 4, lines
+    assert len(sent(cloud)) == 4  # each config acknowledged with its version
+    support.rmtree(root)
+
+
 class FakeClient:
     """Stands in for mqtt.Client.publish: answers per topic from a script."""
 
