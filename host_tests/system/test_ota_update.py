@@ -25,6 +25,7 @@ MP_DIR = os.path.join(ROOT, "host_tests", "system", "mp")
 SHIMS = os.path.join(ROOT, "host_tests", "shims")
 # what the test board's firmware/ holds besides its app (the OTA path and what it imports)
 MODULES = ["__init__.py", "log.py", "logfix.py", "clock.py", "backoff.py", "safemode.py",
+           "statefile.py", "platforms.py",
            "version.py", "ota/__init__.py", "ota/slots.py", "ota/updater.py", "ota/fetch.py",
            "ota/versions.py", "ota/errors.py", "ota/bundle.py", "ota/ed25519.py", "ota/sha512.py",
            "net/__init__.py", "net/conn.py", "net/tls.py", "net/http.py"]
