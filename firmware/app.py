@@ -149,6 +149,7 @@ class App:
                 # what a server asked for (a host closed by a 429: http.RateLimited's wait_ms)
                 # is slept in full, the rest of the backoff ends with any success
                 wait_ms = getattr(e, "wait_ms", 0)
+                records = None  # they are on flash: the batch is not held in RAM meanwhile
                 await self._pause(backoff, backoff.next_ms(wait_ms), wait_ms)
                 continue
             self.board.link_ok()
@@ -165,7 +166,9 @@ class App:
                          len(records) - len(result.ok) - len(result.dead), len(records),
                          self.outbox.pending_count(), log.duration(delay),
                          log.duration(result.wait_ms))
-                await self._pause(backoff, delay, result.wait_ms)
+                floor_ms = result.wait_ms
+                records = result = None  # as above
+                await self._pause(backoff, delay, floor_ms)
             else:
                 backoff.reset()
 
@@ -504,6 +507,11 @@ def build(root=None):
     _setup_ota(app, cfg)
     if app.desired.claims():
         app.desired.recover(board, outbox)
+    # the OTA slot logic is start-up only when no update is on trial and OTA is off (main.py's
+    # crash handler imports it again if it must): 0.8K of RAM. (The board factory stays: the
+    # drivers imported later register in its table.)
+    if app.trial is None and app.ota is None:
+        config.unload("firmware.ota.slots")
     gc.collect()  # start-up garbage and the dropped modules go before the tasks start
     return app
 
