@@ -15,12 +15,14 @@ plus the adapter's own tasks (a broker or WebSocket session) and the board's (sw
 """
 import gc
 
-# Collect every 8K allocated, from before the firmware's modules load: loading .mpy bytecode
-# into RAM (the unix port; a board running .mpy from its filesystem) leaves small temporaries
-# between long-lived code, and without frequent collections the heap ends up in holes too
-# small for the TLS context or a read buffer (bench/memory.md: 168K failed with 32K free).
+# Collect every 1K allocated, from before the firmware's modules load. Without frequent
+# collections allocations walk up through all free space before the first one, and what is
+# made meanwhile to last (a connection, a token, a catalog's routes) lands anywhere among the
+# garbage: the heap ends up in holes too small for a TLS context, a read buffer or a catalog
+# answer (bench/memory.md: .mpy at 168K failed with 32K free; the frozen Realer MQTT image
+# at 56K passes with 1024, not with 2048 or more).
 if hasattr(gc, "threshold"):  # MicroPython only
-    gc.threshold(8192)
+    gc.threshold(1024)
 
 import asyncio  # noqa: E402
 import os  # noqa: E402
