@@ -15,12 +15,14 @@ plus the adapter's own tasks (a broker or WebSocket session) and the board's (sw
 """
 import gc
 
-# Collect every 8K allocated, from before the firmware's modules load: loading .mpy bytecode
-# into RAM (the unix port; a board running .mpy from its filesystem) leaves small temporaries
-# between long-lived code, and without frequent collections the heap ends up in holes too
-# small for the TLS context or a read buffer (bench/memory.md: 168K failed with 32K free).
+# Collect every 1K allocated, from before the firmware's modules load. Without frequent
+# collections allocations walk up through all free space before the first one, and what is
+# made meanwhile to last (a connection, a token, a catalog's routes) lands anywhere among the
+# garbage: the heap ends up in holes too small for a TLS context, a read buffer or a catalog
+# answer (bench/memory.md: .mpy at 168K failed with 32K free; the frozen Realer MQTT image
+# at 56K passes with 1024, not with 2048 or more).
 if hasattr(gc, "threshold"):  # MicroPython only
-    gc.threshold(8192)
+    gc.threshold(1024)
 
 import asyncio  # noqa: E402
 import os  # noqa: E402
@@ -153,6 +155,7 @@ class App:
                 # what a server asked for (a host closed by a 429: http.RateLimited's wait_ms)
                 # is slept in full, the rest of the backoff ends with any success
                 wait_ms = getattr(e, "wait_ms", 0)
+                records = None  # they are on flash: the batch is not held in RAM meanwhile
                 await self._pause(backoff, backoff.next_ms(wait_ms), wait_ms)
                 continue
             self.board.link_ok()
@@ -169,7 +172,9 @@ class App:
                          len(records) - len(result.ok) - len(result.dead), len(records),
                          self.outbox.pending_count(), log.duration(delay),
                          log.duration(result.wait_ms))
-                await self._pause(backoff, delay, result.wait_ms)
+                floor_ms = result.wait_ms
+                records = result = None  # as above
+                await self._pause(backoff, delay, floor_ms)
             else:
                 backoff.reset()
 
@@ -505,6 +510,11 @@ def build(root=None):
     app.trial = trial
     if app.desired.claims():
         app.desired.recover(board, outbox)
+    # the OTA slot logic is start-up only when no update is on trial and OTA is off (main.py's
+    # crash handler imports it again if it must): 0.8K of RAM. (The board factory stays: the
+    # drivers imported later register in its table.)
+    if app.trial is None and app.ota is None:
+        config.unload("firmware.ota.slots")
     gc.collect()  # start-up garbage and the dropped modules go before the tasks start
     return app
 

@@ -176,6 +176,7 @@ class Trial:
                         value = (value + 17) % 100
                         send_desired(self.platform, cloud_dir, value)
                 alive = proc.poll() is None
+                cpu_s = _cpu_seconds(proc.pid)
                 proc.kill()
                 proc.wait()
                 stored = stored_rows(self.platform, cloud_dir)
@@ -186,6 +187,7 @@ class Trial:
             out = f.read().decode(errors="replace")
         self.result = self.read_log(out, alive, t0)
         self.result["stored"] = stored
+        self.result["cpu_s"] = cpu_s
         self.result["ok"] = self.result["ok"] and stored > 0
         self.result["log"] = log_path
         return self.result
@@ -225,18 +227,30 @@ def run_trials(tree, transport, heaps, seconds, threshold, platform="realer", fr
     for t in trials:
         r = t.result
         print("heapsize=%4dK %s alive=%s readings=%d delivered=%d stored=%d pending=%d%s "
-              "applied=%d%s MemoryErrors=%d used@1min=%s used@end=%s max=%s" % (
+              "applied=%d%s MemoryErrors=%d used@1min=%s used@end=%s max=%s cpu=%s" % (
                   t.heap_k, "ok  " if r.get("ok") else "FAIL", r.get("alive"),
                   r.get("readings", 0), r.get("delivered", 0), r.get("stored", 0),
                   r.get("pending", 0), "" if r.get("drained") else " (not drained)",
                   r.get("applied", 0),
                   " mode=" + r["mode"] if r.get("mode") else "", r.get("mem_errors", 0),
-                  _kb(r.get("used_1min")), _kb(r.get("used_end")), _kb(r.get("used_max"))),
+                  _kb(r.get("used_1min")), _kb(r.get("used_end")), _kb(r.get("used_max")),
+                  "-" if r.get("cpu_s") is None else "%.1fs" % r["cpu_s"]),
               flush=True)
         if not r.get("ok") and os.getenv("HEAPCHECK_VERBOSE"):
             with open(r["log"]) as f:
                 print(f.read()[-3000:])
     return {t.heap_k: t.result for t in trials}
+
+
+def _cpu_seconds(pid):
+    """CPU time (user + system) the firmware process used so far (Linux /proc), or None: the
+    cost of the garbage collector's threshold shows here."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _kb(n):

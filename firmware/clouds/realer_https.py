@@ -256,7 +256,8 @@ class RealerHttps(Adapter):
             return self._catalog_wait(resp, body)
         commands = body.get("commands") if isinstance(body, dict) else None
         if not isinstance(commands, list):
-            log.warn(_TAG, "command catalog without a commands list; ignored: %r", resp.body[:80])
+            log.warn(_TAG, "command catalog without a commands list; ignored: %r",
+                     bytes(resp.body[:80]))
             return 0
         for cmd in commands:
             if isinstance(cmd, dict) and cmd.get("desired_id") is not None:

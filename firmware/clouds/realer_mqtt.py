@@ -70,6 +70,7 @@ class RealerMqtt(Adapter):
         self.catalog_ms = int(cfg.get("cloud").get("mqtt_catalog_s", 0) * 1000) or _CATALOG_MS
         self.mode = None  # None until the MQTT catalog was read, then HTTPS or MQTT
         self.client = None  # mqtt.Client once the catalog named a broker
+        mqtt.reserve()  # its buffers, made now while the heap is whole
         self.routes: dict = {}  # (kind, source id) -> feed_data_topic, routes naming an id
         self.type_routes: dict = {}  # kind -> feed_data_topic of its first route without id
         self.desired_routes: dict = {}  # desired_topic -> command id, or None (no id)

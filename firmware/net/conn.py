@@ -15,15 +15,17 @@ from firmware.net import tls
 _BUF_SIZE = const(1024)
 _MAX_LINE = const(1024)
 
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "mqtt": 1883, "mqtts": 8883}
+# Tables as tuples: constants of the frozen image, where a dict would be built in RAM
+_SCHEMES = ("http", "https", "ws", "wss", "mqtt", "mqtts")
+_DEFAULT_PORTS = (80, 443, 80, 443, 1883, 8883)  # of each scheme above
 _SECURE = ("https", "wss", "mqtts")
 # errno -> meaning, ESP32 and POSIX alike
-_ERRNO_TEXT = {
-    104: "connection reset", 110: "timed out", 111: "connection refused",
-    113: "host unreachable", 118: "host unreachable", 32: "broken pipe",
-    -202: "DNS lookup failed", -29312: "TLS connection closed by peer",
-    -30592: "TLS handshake failed", -9984: "TLS certificate verification failed",
-}
+_ERRNO_TEXT = (
+    (104, "connection reset"), (110, "timed out"), (111, "connection refused"),
+    (113, "host unreachable"), (118, "host unreachable"), (32, "broken pipe"),
+    (-202, "DNS lookup failed"), (-29312, "TLS connection closed by peer"),
+    (-30592, "TLS handshake failed"), (-9984, "TLS certificate verification failed"),
+)
 
 
 class NetError(Exception):
@@ -65,11 +67,11 @@ def parse_url(url):
         raise URLError("not an absolute URL: %r" % (url,))
     scheme, rest = url.split("://", 1)
     scheme = scheme.lower()
-    if scheme not in _DEFAULT_PORTS:
+    if scheme not in _SCHEMES:
         raise URLError("unsupported scheme %r" % scheme)
     slash = rest.find("/")
     hostport, path = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
-    port = _DEFAULT_PORTS[scheme]
+    port = _DEFAULT_PORTS[_SCHEMES.index(scheme)]
     if hostport.startswith("["):  # [::1]:8443
         end = hostport.find("]")
         host, tail = hostport[1:end], hostport[end + 1:]
@@ -97,7 +99,12 @@ def _port(text, url):
 
 def describe_errno(e):
     code = e.args[0] if e.args and isinstance(e.args[0], int) else None
-    return _ERRNO_TEXT.get(code, "errno %s" % code) if code is not None else str(e)
+    if code is None:
+        return str(e)
+    for n, text in _ERRNO_TEXT:
+        if n == code:
+            return text
+    return "errno %s" % code
 
 
 def as_net_error(e, what):
@@ -142,23 +149,38 @@ class Until:
         return min(timeout_ms, left)
 
 
+def new_buf():
+    """A read buffer for Stream."""
+    return bytearray(_BUF_SIZE)
+
+
 class Stream:
     """A connection and its one read buffer (bytes [start, end) of buf are read, not yet
     consumed): bounded lines and exact-length reads, shared by the HTTP, WebSocket and MQTT
     clients. A line longer than the buffer raises `LineError`. With `deadline` (an Until)
-    set, no read waits beyond it, however steadily the peer trickles."""
+    set, no read waits beyond it, however steadily the peer trickles. `buf` lets a client
+    that reads one connection at a time keep one buffer for all of them (`new_buf()`,
+    allocated once at start-up), so a reconnect needs no new 1K block from a fragmented
+    heap; a connection that ends an exchange with bytes unread then gets its own (`detach`)."""
 
     LineError: type = ProtocolError
 
-    def __init__(self, reader, writer):
+    def __init__(self, reader, writer, buf=None):
         self.reader = reader
         self.writer = writer
-        self.buf = bytearray(_BUF_SIZE)
+        self.buf = buf if buf is not None else new_buf()
         self.mv = memoryview(self.buf)
         self.start = 0
         self.end = 0
         self.got_bytes = False
         self.deadline = None
+
+    def detach(self):
+        """Move the unread bytes into a buffer of this stream's own."""
+        buf = new_buf()
+        n = self.end - self.start
+        buf[:n] = self.mv[self.start:self.end]
+        self.buf, self.mv, self.start, self.end = buf, memoryview(buf), 0, n
 
     async def _fill(self, timeout_ms):
         if self.start == self.end:

@@ -19,6 +19,7 @@ them all, and a request meanwhile fails fast with RateLimited, sending nothing.
 import asyncio
 import binascii
 import json as _json
+import sys
 from time import ticks_ms
 
 from micropython import const
@@ -36,6 +37,7 @@ _DEFAULT_TIMEOUT_MS = const(15000)  # any single wait: connect, a write, one rea
 _DEFAULT_DEADLINE_MS = const(60000)  # the whole exchange, however steadily a peer trickles
 _MAX_GATE_MS = const(3600000)  # a 429's Retry-After closes a host for an hour at most
 _DEFAULT_MAX_BODY = const(16384)
+_IN_PLACE = sys.implementation.name == "micropython"  # requests built in the read buffer
 _SAFE_METHODS = ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
 _UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
 
@@ -140,6 +142,8 @@ def parse_chunk_size(line):
 
 
 class Response:
+    """`body` is bytes-like: a bytearray when the answer had a Content-Length, else bytes."""
+
     def __init__(self, status, reason, headers, body):
         self.status = status
         self.reason = reason
@@ -161,21 +165,37 @@ class Stream(conn.Stream):
 
 
 class _Collect:
-    """Body sink into memory, refusing more than `limit` bytes."""
+    """Body sink into memory, refusing more than `limit` bytes. A body of known length
+    (`expect`: Content-Length) goes into one bytearray of that size: no pieces, no joined
+    copy of them, so a catalog answer needs one block of its size, not three."""
 
     def __init__(self, limit):
         self.limit = limit
         self.parts: list = []
         self.size = 0
+        self.whole = None
+
+    def expect(self, n):
+        if n:
+            self.whole = bytearray(n)
 
     def __call__(self, chunk):
+        start = self.size
         self.size += len(chunk)
         if self.size > self.limit:
             raise BodyTooLarge("response body over %d bytes" % self.limit)
-        self.parts.append(bytes(chunk))
+        if self.whole is not None:
+            self.whole[start:self.size] = chunk
+        else:
+            self.parts.append(bytes(chunk))
 
     def value(self):
-        return b"".join(self.parts)
+        if self.whole is not None:
+            return self.whole
+        parts = self.parts
+        if len(parts) == 1:  # no second copy of a body that came in one piece
+            return parts[0]
+        return b"".join(parts)
 
 
 class Client:
@@ -198,6 +218,9 @@ class Client:
         self._gates: dict = {}
         # tasks share the client; one request at a time keeps answers on their requests
         self._lock = asyncio.Lock()
+        # ...so its connections share one read buffer, made now while the heap is whole: a
+        # reconnect on a fragmented heap needs no new 1K block (bench/memory.md)
+        self._buf = conn.new_buf()
 
     async def close(self):
         for c in self._conns.values():
@@ -267,14 +290,15 @@ class Client:
                     reader, writer = await conn.open_connection(
                         host, port, secure, self.ca_file, until.cap(timeout_ms, what))
                     self.handshakes += 1
-                    c = self._conns[key] = Stream(reader, writer)
+                    c = self._conns[key] = Stream(reader, writer, self._buf)
                 c.got_bytes = False
                 c.deadline = until
-                # one write: head and body in separate segments meet Nagle + delayed ACK
-                await conn.send(c.writer, head + body if body else head,
+                await conn.send(c.writer, self._message(c, head, body),
                                 until.cap(timeout_ms, what))
                 resp, keep = await self._read_response(c, method, timeout_ms,
                                                        max_body or self.max_body, sink)
+                if c.start != c.end and c.buf is self._buf:
+                    c.detach()  # bytes beyond the answer (pipelined): not for the next one
                 done = True
             except Exception as e:  # the connection's state is unknown now: drop it
                 self._forget(key)
@@ -304,6 +328,23 @@ class Client:
                 self._forget(key)
             return resp
         raise conn.Closed("unreachable")  # the loop always returns or raises
+
+    # Head and body go in one write (in separate segments they meet Nagle + delayed ACK).
+    # On MicroPython they are copied into the shared read buffer when they fit: it is idle
+    # until the answer comes (no connection on it holds unread bytes), so a request
+    # needs no block of its whole size on a fragmented heap; asyncio's writer copies what
+    # the socket did not take and drain() sends it all before the answer is read. (CPython
+    # 3.12's transports keep a view of unsent bytes: there, a copy.)
+    def _message(self, c, head, body):
+        if not body:
+            return head
+        n = len(head) + len(body)
+        buf = self._buf
+        if n > len(buf) or not _IN_PLACE or c.buf is not buf:
+            return head + body
+        buf[:len(head)] = head
+        buf[len(head):n] = body
+        return memoryview(buf)[:n]
 
     def _close_gate(self, host, resp):
         try:
@@ -383,8 +424,10 @@ class Client:
                 raise HttpProtocolError("bad Content-Length")
             if n < 0:
                 raise HttpProtocolError("bad Content-Length")
-            if collect is not None and n > max_body:
-                raise BodyTooLarge("response body of %d bytes over %d" % (n, max_body))
+            if collect is not None:
+                if n > max_body:
+                    raise BodyTooLarge("response body of %d bytes over %d" % (n, max_body))
+                collect.expect(n)
             await c.read_n(n, sink, timeout_ms)
         else:  # body until close
             keep = False

@@ -61,12 +61,17 @@ _VARINT = const(5)
 _STR = const(6)
 _BIN = const(7)
 _PAIR = const(8)
-_PROPS = {
-    0x01: _BYTE, 0x02: _U32, 0x03: _STR, 0x08: _STR, 0x09: _BIN, 0x0B: _VARINT, 0x11: _U32,
-    0x12: _STR, 0x13: _U16, 0x15: _STR, 0x16: _BIN, 0x17: _BYTE, 0x18: _U32, 0x19: _BYTE,
-    0x1A: _STR, 0x1C: _STR, 0x1F: _STR, 0x21: _U16, 0x22: _U16, 0x23: _U16, 0x24: _BYTE,
-    0x25: _BYTE, 0x26: _PAIR, 0x27: _U32, 0x28: _BYTE, 0x29: _BYTE, 0x2A: _BYTE,
-}
+# The kind of each property id, indexed by id (0: no such property). A bytes constant stays
+# in the frozen image; a dict would be built in RAM at import (256 bytes).
+_PROPS = (b"\0\1\4\6\0\0\0\0\6\7\0\5\0\0\0\0"  # 0x00-0x0F
+          b"\0\4\6\2\0\6\7\1\4\1\6\0\6\0\0\6"  # 0x10-0x1F
+          b"\0\2\2\2\1\1\x08\4\1\1\1")  # 0x20-0x2A
+
+
+def _kind(pid):
+    return _PROPS[pid] if 0 <= pid < len(_PROPS) else 0
+
+
 _DEFAULT_MAX_PACKET = const(16384)
 # A PUBLISH up to this size is built in one preallocated buffer and written in one call (one
 # TCP segment: split writes meet Nagle's algorithm and the peer's delayed ACK); a bigger one
@@ -154,6 +159,18 @@ class PacketTooLarge(MqttError):
     (the broker would drop the session, and a resend would do it again)."""
 
 
+_spare: list = []  # (tx, rx, read) buffer sets from reserve(), for the next Client made
+
+
+def reserve():
+    """Make the buffers of one Client now (1.8K), for an adapter that creates its Client only
+    later, after a catalog read: by then the heap is fragmented and may lack a free block of
+    1K. Called from the adapter's constructor at start-up, while the heap is whole. One set
+    is kept at most (one adapter per firmware)."""
+    if not _spare:
+        _spare.append((bytearray(_TX_SIZE), bytearray(_RX_SIZE), conn.new_buf()))
+
+
 def refusal(code, reason=""):
     """The named ConnectRefused subclass for a CONNACK code."""
     for codes, cls in ((_BAD_CREDENTIALS, BadCredentials), (_NOT_AUTHORIZED, NotAuthorized),
@@ -203,8 +220,8 @@ def encode_props(props):
     (name, value) pairs, every other id one value."""
     out = bytearray()
     for pid, value in (props or {}).items():
-        kind = _PROPS.get(pid)
-        if kind is None:
+        kind = _kind(pid)
+        if not kind:
             raise ValueError("unknown property 0x%02x" % pid)
         for v in (value if kind == _PAIR else (value,)):
             out.append(pid)
@@ -267,8 +284,8 @@ class _Reader:
         props: dict = {}
         while self.pos < end:
             pid = self.varint()
-            kind = _PROPS.get(pid)
-            if kind is None:
+            kind = _kind(pid)
+            if not kind:
                 raise MqttProtocolError("unknown property 0x%02x" % pid)
             if kind == _BYTE:
                 value = self.u8()
@@ -566,9 +583,14 @@ class Client:
         self.session_present = False
         self.connects = 0
         self.server_props: dict = {}
-        self._tx = bytearray(_TX_SIZE)
+        # the read buffer (_rbuf) serves every session (one at a time): a reconnect on a
+        # fragmented heap needs no new 1K block
+        bufs = _spare.pop() if _spare else (bytearray(_TX_SIZE), bytearray(_RX_SIZE),
+                                             conn.new_buf())
+        self._tx: bytearray = bufs[0]
+        self._rx: bytearray = bufs[1]
+        self._rbuf: bytearray = bufs[2]
         self._txv = memoryview(self._tx)
-        self._rx = bytearray(_RX_SIZE)
         self._topics: dict = {}  # topic -> its UTF-8 bytes
 
     @property
@@ -586,7 +608,7 @@ class Client:
         reader, writer = await conn.open_connection(self.host, self.port, self.secure,
                                                     self.ca_file, until.cap(self.timeout_ms,
                                                                             what))
-        stream = conn.Stream(reader, writer)
+        stream = conn.Stream(reader, writer, self._rbuf)
         try:
             props = None
             if self.v5:
