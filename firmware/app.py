@@ -3,6 +3,7 @@
 Tasks (docs/design.md "The loop"), each restarted by the supervisor if it crashes:
 - sampler   reads each reported sensor at its interval into the outbox, wakes the uplink
 - uplink    drains the outbox through the adapter; a record leaves only on success/replay;
+            up to the adapter's `send_depth` batches in flight at once (Realer MQTT: 2);
             its backoff ends when any task reaches the cloud (adapter's `on_reached`)
 - downlink  polls the command catalog and applies new desired values (firmware/desired.py)
 - auth      renews the token before `renew_after`

@@ -23,8 +23,10 @@ missing; a record without a route goes over HTTPS (also logged once).
 Delivery: a record is published QoS 1, retain off, on its route's `feed_data_topic` and
 leaves the outbox only on an `accepted` / `replayed` ack on the ack topic (a PUBACK is
 broker acceptance only). `conflict` / `rejected` dead-letter it; `error` follows its
-`retryable` (absent: retry). A record without an ack within `ack_timeout_s` stays pending
-and is published again, with the same message_id, on the next attempt.
+`retryable` (absent: retry). A record without an ack within `ack_timeout_s`, or whose
+broker session ended before its ack, stays pending and is published again, with the same
+message_id, on the next attempt. Sends may overlap (`send_depth`): the uplink publishes the
+next batch while the last one waits for its acks; each send waits for its own records.
 
 Ack and desired bodies are not documented; they are read tolerantly:
 ack {"message_id", "status", "retryable"?, "error"?: {"type"} or "text"};
