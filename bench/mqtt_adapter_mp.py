@@ -15,7 +15,9 @@ from firmware.outbox import Outbox
 
 
 class Board:
-    """The uplink only tells the board whether the link works (actuators' failsafe)."""
+    """The uplink only tells the board whether the link works (actuators' failsafe); after a
+    reconnect the app reports its actuators' states (none here)."""
+    actuators: dict = {}
 
     def link_ok(self):
         pass

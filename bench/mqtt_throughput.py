@@ -289,16 +289,23 @@ def adapter_median(cloud, data, tree, n, route_ids, work, tag, reps=3):
     return runs[len(runs) // 2]
 
 
-def adapter_main(n, latency, before):
+# 947be03 publishes nothing over MQTT unless the routes name their source ids
+NEEDS_ROUTE_IDS = ("947be03",)
+
+
+def adapter_main(n, latency, befores):
     """The firmware's own path (RealerMqtt + App.uplink, default batch and window) on both
-    links vs umqtt.simple on the same kinds of link, in one invocation; then the heap
-    allocated per publish by firmware.net.mqtt, at `before` and now."""
+    links vs umqtt.simple on the same kinds of link, in one invocation, now and at each of
+    the `befores` revisions; then the heap allocated per publish by firmware.net.mqtt, at
+    the first of them and now."""
+    before = befores[0]
     from tools import realer_cloud, run_local
 
     work = tempfile.mkdtemp(prefix="mqtt-adapter-bench-")
     tree = os.path.join(work, "tree")
     compile_into(ROOT, "firmware", tree)
-    old = tree_at(before, work)
+    olds = [tree_at(rev, work) for rev in befores]
+    old = olds[0]
     umqtt_dir = fetch_umqtt(os.path.join(ROOT, "build", "bench"))
     compile_into(umqtt_dir, "umqtt", tree)
     password = secrets.token_urlsafe(12)
@@ -327,8 +334,9 @@ def adapter_main(n, latency, before):
             base = mp_median(["umqtt", "127.0.0.1", bport, USER, password, n], tree)
             realer_cloud.set_knob(data, "broker_url", "mqtts://127.0.0.1:%d" % cport)
             now = adapter_median(cloud, data, tree, n, False, work, name[0] + "n")
-            # the firmware before: it needs source ids in the routes to publish at all
-            was = adapter_median(cloud, data, old, n, True, work, name[0] + "b")
+            was = [adapter_median(cloud, data, t, n, rev in NEEDS_ROUTE_IDS, work,
+                                  "%sb%d" % (name[0], i))
+                   for i, (rev, t) in enumerate(zip(befores, olds))]
             results[name] = (base, now, was)
         alloc = [run_mp(ALLOC_SCRIPT, ["mqtt://127.0.0.1:%d" % broker.port, USER, password,
                                        200], t) for t in (old, tree)]
@@ -348,8 +356,9 @@ def adapter_main(n, latency, before):
         base_rate = n * 1000 / max(1, base["ms"])
         print("| %s | umqtt.simple 1.3.4 (stop-and-wait, plain TCP) | 1 | 1 | %d | %.1f | "
               "1.00x |" % (name, base["ms"], base_rate))
-        for label, r in (("RealerMqtt + App.uplink at %s (before)" % before, was),
-                         ("RealerMqtt + App.uplink now", now)):
+        rows = [("RealerMqtt + App.uplink at %s (before)" % rev, r)
+                for rev, r in zip(befores, was)]
+        for label, r in rows + [("RealerMqtt + App.uplink now", now)]:
             rate = n * 1000 / max(1, r["ms"])
             print("| %s | %s | %d | %d (%d) | %d | %.1f | %.2fx |" % (
                 name, label, r["batch"], r["window"], r["send_window"], r["ms"], rate,
@@ -370,12 +379,12 @@ def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--adapter":
         args = sys.argv[2:]
         before = "947be03"
-        if "--before" in args:
+        if "--before" in args:  # one revision or several, comma-separated
             i = args.index("--before")
             before = args[i + 1]
             del args[i:i + 2]
         return adapter_main(int(args[0]) if args else 500, int(args[1]) if len(args) > 1
-                            else 25, before)
+                            else 25, before.split(","))
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     latency = int(sys.argv[2]) if len(sys.argv) > 2 else 25
     work = tempfile.mkdtemp(prefix="mqtt-bench-")

@@ -3,6 +3,7 @@
 Tasks (docs/design.md "The loop"), each restarted by the supervisor if it crashes:
 - sampler   reads each reported sensor at its interval into the outbox, wakes the uplink
 - uplink    drains the outbox through the adapter; a record leaves only on success/replay;
+            up to the adapter's `send_depth` batches in flight at once (Realer MQTT: 2);
             its backoff ends when any task reaches the cloud (adapter's `on_reached`)
 - downlink  polls the command catalog and applies new desired values (firmware/desired.py)
 - auth      renews the token before `renew_after`
@@ -54,6 +55,20 @@ class SendStuck(Exception):
     cloud that said no); the uplink keeps the records and backs off as for a network fault."""
 
 
+class _Attempt:
+    """One send attempt: its task, its records, and what came back."""
+    __slots__ = ("task", "records", "deadline", "number", "cancelled", "result", "error")
+
+    def __init__(self, records, deadline, number):
+        self.task = None
+        self.records = records
+        self.deadline = deadline
+        self.number = number  # App.sends when it started (the watchdog's uplink progress)
+        self.cancelled = False
+        self.result = None
+        self.error = None
+
+
 class App:
     """`make_cloud(cfg, **hooks)` makes the adapter (firmware/clouds/base.py: the contract)
     with the app's callbacks; `ota` is the updater (None: updates are off)."""
@@ -81,7 +96,9 @@ class App:
         self.send_limit_ms = _SEND_LIMIT_MS
         self.stuck_sends = 0  # send attempts the health task had to cancel
         self.sends = 0  # send attempts started (the watchdog's uplink progress)
-        self._attempt = None  # (task, clock.Deadline, [cancelled]) while a send runs
+        self._attempts: list = []  # _Attempt: the send attempts running, oldest first
+        self._ended: list = []  # _Attempt: those that returned, for the uplink to settle
+        self._end = Wake()  # an attempt returned
 
     def _append(self, kind, source, value, desired_id=None, report_status=None):
         self.outbox.append(kind, source, value_text(value), clock.unix_time(),
@@ -136,47 +153,97 @@ class App:
             nxt = min(d.remaining_ms() for d in due.values()) if due else _IDLE_WAKE_MS
             await asyncio.sleep_ms(max(50, nxt))
 
+    # The uplink runs up to the adapter's `send_depth` send attempts at once (1 unless the
+    # adapter says its sends may overlap: Realer MQTT's next batch goes out while the
+    # previous one waits for its acks). A record is in at most one running attempt (`flying`)
+    # and leaves the outbox only on its attempt's result; the records of an attempt that
+    # failed are pending again for the next one (same message_id). After a failure no new
+    # attempt starts until the running ones ended, then the uplink backs off.
     async def uplink(self):
         backoff = Backoff(_UPLINK_BASE_MS, _UPLINK_CAP_MS)
-        while True:
-            records = self.outbox.pending(self.cloud.batch_max)
-            if not records:
-                await self.wake.wait(_IDLE_WAKE_MS)
-                continue
-            if self.wifi is not None and not self.wifi.up.is_set():
-                await self.wifi.up.wait()  # senders wait for the station (design practice 7)
-            self.link.clear()  # a success before this attempt says nothing about its failure
-            try:
-                result = await self._send(records)
-            except Exception as e:  # network faults: keep everything, back off
-                log.failing("uplink", _TAG, "uplink", log.describe(e),  # once, then counted
-                            "; %d pending" % self.outbox.pending_count())
-                self.board.link_failed(log.describe(e))  # actuators with a limit go safe
-                # what a server asked for (a host closed by a 429: http.RateLimited's wait_ms)
-                # is slept in full, the rest of the backoff ends with any success
-                wait_ms = getattr(e, "wait_ms", 0)
-                records = None  # they are on flash: the batch is not held in RAM meanwhile
-                await self._pause(backoff, backoff.next_ms(wait_ms), wait_ms)
-                continue
-            self.board.link_ok()
-            log.recovered("uplink", _TAG, "uplink: delivering again")
-            for mid in result.ok:
-                self.outbox.delivered(mid)
-            for mid, reason in result.dead:
-                self.outbox.dead_letter(mid, reason)
-            self.delivered += len(result.ok)
-            if result.failed:
-                delay = backoff.next_ms(result.wait_ms)
-                log.info(_TAG, "uplink: the cloud kept %d of %d records sent (%d pending); "
-                         "retry in %s (server asked %s)",
-                         len(records) - len(result.ok) - len(result.dead), len(records),
-                         self.outbox.pending_count(), log.duration(delay),
-                         log.duration(result.wait_ms))
-                floor_ms = result.wait_ms
-                records = result = None  # as above
-                await self._pause(backoff, delay, floor_ms)
-            else:
-                backoff.reset()
+        flying: set = set()  # message_ids in a running attempt: never handed out twice
+        self._attempts = []
+        self._ended = []
+        try:
+            while True:
+                fault = None  # (exception, records) of the first failed attempt
+                delay = None  # (ms, floor) after a partly refused batch
+                while self._ended or (self._attempts and (fault or delay)):
+                    if not self._ended:  # a failure waits for the others to come back
+                        await self._end.wait()
+                        continue
+                    h = self._ended.pop(0)
+                    for r in h.records:
+                        flying.discard(r.message_id)
+                    if h.error is not None:
+                        fault = fault or h.error
+                    else:
+                        wait = self._settle(h.records, h.result, backoff)
+                        if wait is not None and delay is None:
+                            delay = wait
+                    h = None  # its records are on flash: not held in RAM during a pause
+                if fault is not None:
+                    e = fault
+                    log.failing("uplink", _TAG, "uplink", log.describe(e),  # once, counted
+                                "; %d pending" % self.outbox.pending_count())
+                    self.board.link_failed(log.describe(e))  # actuators with a limit go safe
+                    # what a server asked for (a host closed by a 429: http.RateLimited's
+                    # wait_ms) is slept in full, the rest of the backoff ends with any success
+                    wait_ms = getattr(e, "wait_ms", 0)
+                    await self._pause(backoff, backoff.next_ms(wait_ms), wait_ms)
+                    continue
+                if delay is not None:
+                    await self._pause(backoff, delay[0], delay[1])
+                    continue
+                if len(self._attempts) < max(1, getattr(self.cloud, "send_depth", 1)):
+                    records = self._next_batch(flying)
+                    if records:
+                        if self.wifi is not None and not self.wifi.up.is_set():
+                            await self.wifi.up.wait()  # senders wait for the station
+                        # a success before this attempt says nothing about its failure
+                        self.link.clear()
+                        for r in records:
+                            flying.add(r.message_id)
+                        self._start(records)
+                        records = None  # the attempt holds them while it runs
+                        continue
+                if self._attempts:
+                    await self._end.wait()
+                else:
+                    await self.wake.wait(_IDLE_WAKE_MS)
+        finally:  # the uplink itself ends (shutdown, a crash): its attempts end with it
+            for h in self._attempts:
+                h.task.cancel()  # its connection closes as it unwinds; the records stay
+            self._attempts = []
+
+    def _next_batch(self, flying):
+        """The oldest pending records not in a running attempt, at most batch_max."""
+        n = self.cloud.batch_max
+        if not flying:
+            return self.outbox.pending(n)
+        out = [r for r in self.outbox.pending(n + len(flying)) if r.message_id not in flying]
+        return out[:n]
+
+    def _settle(self, records, result, backoff):
+        """Applies one attempt's result to the outbox; (delay_ms, floor_ms) when the cloud
+        kept some of the records (the uplink backs off), else None."""
+        self.board.link_ok()
+        log.recovered("uplink", _TAG, "uplink: delivering again")
+        for mid in result.ok:
+            self.outbox.delivered(mid)
+        for mid, reason in result.dead:
+            self.outbox.dead_letter(mid, reason)
+        self.delivered += len(result.ok)
+        if not result.failed:
+            backoff.reset()
+            return None
+        delay = backoff.next_ms(result.wait_ms)
+        log.info(_TAG, "uplink: the cloud kept %d of %d records sent (%d pending); "
+                 "retry in %s (server asked %s)",
+                 len(records) - len(result.ok) - len(result.dead), len(records),
+                 self.outbox.pending_count(), log.duration(delay),
+                 log.duration(result.wait_ms))
+        return delay, result.wait_ms
 
     # The uplink's wait after a failed attempt. What the server asked for (Retry-After, a
     # refused device) is slept in full; the rest, backoff, ends as soon as any task has a
@@ -198,51 +265,44 @@ class App:
             self.link.clear()
             backoff.reset()
 
-    # One send attempt as its own task, so the health task can cancel it when it never returns
-    # (check_uplink); the uplink waits on an event, not on the task, so a cancel of the one is
-    # never taken for a cancel of the other. A cancelled attempt reaches the uplink as
-    # SendStuck, an ordinary failure: the records stay, the uplink backs off.
-    async def _send(self, records):
-        out: list = [None, None]  # result, exception
-        done = asyncio.Event()
-
-        async def attempt():
-            try:
-                out[0] = await self.cloud.send(records)
-            except (asyncio.CancelledError, Exception) as e:  # handed to the uplink below
-                out[1] = e
-            done.set()
-
-        task = asyncio.create_task(attempt())
-        self._attempt = (task, clock.Deadline(self.send_limit_ms), [False])
+    # Each send attempt is its own task, so the health task can cancel one that never returns
+    # (check_uplink); the uplink learns of its end from _ended/_end, never by awaiting the
+    # task, so a cancel of the one is never taken for a cancel of the other. A cancelled
+    # attempt reaches the uplink as SendStuck, an ordinary failure: the records stay.
+    def _start(self, records):
         self.sends += 1
+        h = _Attempt(records, clock.Deadline(self.send_limit_ms), self.sends)
+        self._attempts.append(h)
+        h.task = asyncio.create_task(self._run_attempt(h))
+
+    async def _run_attempt(self, h):
         try:
-            await done.wait()
-        except asyncio.CancelledError:  # the uplink itself is cancelled (shutdown)
-            task.cancel()  # ends the attempt too: its connection closes with it
-            raise
-        finally:
-            self._attempt = None
-        if isinstance(out[1], asyncio.CancelledError):
-            raise SendStuck("send attempt stuck for %d s; cancelled, records kept" %
-                            (self.send_limit_ms // 1000))
-        if out[1] is not None:
-            raise out[1]
-        return out[0]
+            h.result = await self.cloud.send(h.records)
+        except asyncio.CancelledError:  # by check_uplink (or the uplink's own end)
+            h.error = SendStuck("send attempt stuck for %d s; cancelled, records kept" %
+                                (self.send_limit_ms // 1000))
+        except Exception as e:  # handed to the uplink
+            h.error = e
+        if h not in self._attempts:
+            return  # its uplink ended (and cancelled it): nobody settles it, records stay
+        self._attempts.remove(h)
+        self._ended.append(h)
+        self._end.set()
 
     def check_uplink(self):
         """For the health task: a send attempt past its limit is cancelled (its HTTP request
         or session drops its connection as it unwinds) and logged once. Returns True then."""
-        attempt = self._attempt
-        if attempt is None or attempt[2][0] or not attempt[1].expired():
-            return False
-        attempt[2][0] = True
-        self.stuck_sends += 1
-        log.warn(_TAG, "uplink: a send attempt has not returned in %d s (a stalled peer, not "
-                 "a refusal); cancelling it, %d records pending", self.send_limit_ms // 1000,
-                 self.outbox.pending_count())
-        attempt[0].cancel()
-        return True
+        hit = False
+        for h in self._attempts:
+            if h.cancelled or not h.deadline.expired():
+                continue
+            h.cancelled = hit = True
+            self.stuck_sends += 1
+            log.warn(_TAG, "uplink: a send attempt has not returned in %d s (a stalled peer, "
+                     "not a refusal); cancelling it, %d records pending",
+                     self.send_limit_ms // 1000, self.outbox.pending_count())
+            h.task.cancel()
+        return hit
 
     def on_desired(self, cmd):
         status = apply_desired(self.board, self.outbox, self.desired, cmd.get("id"),
@@ -421,7 +481,7 @@ class App:
             dog.expect("sampler", max(stall_ms, int(slowest * 3000)), sampler_progress)
         # a send attempt that even cancelling cannot end holds its value: the board resets
         dog.expect("uplink", max(stall_ms, 2 * self.send_limit_ms),
-                   lambda: self.sends if self._attempt is not None else None)
+                   lambda: self._attempts[0].number if self._attempts else None)
         for name in names:
             sup.add(name, getattr(self, name))
         if self.wifi.station:

@@ -23,8 +23,10 @@ missing; a record without a route goes over HTTPS (also logged once).
 Delivery: a record is published QoS 1, retain off, on its route's `feed_data_topic` and
 leaves the outbox only on an `accepted` / `replayed` ack on the ack topic (a PUBACK is
 broker acceptance only). `conflict` / `rejected` dead-letter it; `error` follows its
-`retryable` (absent: retry). A record without an ack within `ack_timeout_s` stays pending
-and is published again, with the same message_id, on the next attempt.
+`retryable` (absent: retry). A record without an ack within `ack_timeout_s`, or whose
+broker session ended before its ack, stays pending and is published again, with the same
+message_id, on the next attempt. Sends may overlap (`send_depth`): the uplink publishes the
+next batch while the last one waits for its acks; each send waits for its own records.
 
 Ack and desired bodies are not documented; they are read tolerantly:
 ack {"message_id", "status", "retryable"?, "error"?: {"type"} or "text"};
@@ -52,8 +54,13 @@ _RETRY_MS = const(30000)
 # In-flight QoS 1 window: a whole batch (batch_max, 20 by default) goes out in one round
 # trip; the broker's Receive Maximum still caps it (mosquitto: 20). docs/realer.md.
 _WINDOW = const(32)
+# Send attempts the uplink may run at once over MQTT: the next batch is published while the
+# previous one waits for its application acks, so one round trip (and the cloud's work on a
+# batch) no longer stalls the drain at every batch boundary (bench/mqtt-throughput.md).
+_DEPTH = const(2)
 _SEQ_NAMES = ("seq", "sequence", "sequence_number")
 _ACK_TIMEOUT_MS = const(15000)
+_SESSION_CHECK_MS = const(1000)  # how often a send waiting for acks looks at the session
 _DEFAULT_CRED_RENEW_S = const(300)
 
 
@@ -85,15 +92,23 @@ class RealerMqtt(Adapter):
         self.cred_request = None  # (method, path, body) from the catalog
         self.cred_renew = None  # clock.Deadline
         self.credentials = 0
-        self._acks: dict = {}  # message_id -> ack body, for the records being sent
-        self._waiting: set = set()  # their ids: late or duplicate acks are not kept
-        self._ack_event = asyncio.Event()
+        self.depth = _DEPTH
+        # the records of the sends running now (several may overlap): acks for others (late
+        # or duplicate) are not kept; each send waits on its own event (no lost wake-up)
+        self._acks: dict = {}  # message_id -> ack body
+        self._waiting: dict = {}  # message_id -> the asyncio.Event of the send it is in
 
     # -- what the app uses, shared with RealerHttps -------------------------------------
 
     @property
     def batch_max(self):
         return self.https.batch_max
+
+    @property
+    def send_depth(self):
+        """How many send() calls the uplink may run at once: over MQTT, `depth` (each send
+        waits for its own records' acks); over HTTPS one."""
+        return self.depth if self.mode == MQTT else 1
 
     @property
     def enabled_sensors(self):
@@ -369,7 +384,7 @@ class RealerMqtt(Adapter):
                 log.warn(_TAG, "ack without message_id/status ignored")
             elif mid in self._waiting:
                 self._acks[mid] = body
-                self._ack_event.set()  # stays set until the waiter looked (no lost wake-up)
+                self._waiting[mid].set()  # stays set until its send looked
             else:  # for a record already judged (a re-publish was acked twice)
                 log.debug(_TAG, "late ack for %s dropped", mid)
         elif msg.topic in self.desired_routes:
@@ -403,9 +418,27 @@ class RealerMqtt(Adapter):
         if self._subscribed != client.connects:  # an ack before that would be lost
             raise mqtt.NotConnected("broker session not subscribed yet")
         result = SendResult()
-        sent = []
-        self._waiting = set(r.message_id for r in records)
-        self._acks = {}
+        sent: list = []
+        event = asyncio.Event()
+        for rec in records:
+            self._waiting[rec.message_id] = event
+        session = client.connects  # acks come on this session only
+        try:
+            await self._publish(client, records, sent, result)
+            ended = bool(sent) and not await self._await_acks(sent, event, client, session)
+            if ended:
+                log.info(_TAG, "broker session ended with %d of %d acks outstanding: those "
+                         "records are published again", sum(
+                             1 for r in sent if r.message_id not in self._acks), len(sent))
+            for rec in sent:
+                self._judge(result, rec, self._acks.get(rec.message_id), ended)
+        finally:
+            for rec in records:
+                self._waiting.pop(rec.message_id, None)
+                self._acks.pop(rec.message_id, None)
+        return result
+
+    async def _publish(self, client, records, sent, result):
         for rec in records:
             topic = self.route_for(rec.kind, rec.source)
             if topic is None:  # no route: HTTPS still takes it, said once
@@ -419,34 +452,33 @@ class RealerMqtt(Adapter):
                 continue
             await client.publish(topic, json.dumps(to_wire(rec)), 1, wait=False)
             sent.append(rec)
-        try:
-            if sent:
-                await self._await_acks(sent)
-            for rec in sent:
-                self._judge(result, rec, self._acks.get(rec.message_id))
-        finally:
-            self._waiting = set()
-            self._acks = {}
-        return result
 
-    async def _await_acks(self, sent):
+    async def _await_acks(self, sent, event, client, session):
+        """Waits until every record sent has its ack, at most ack_timeout; False when the
+        broker session ended first: acks published meanwhile went to a session that is gone,
+        so the records go back to the uplink at once (published again, same message_id)
+        instead of waiting out ack_timeout."""
         # cleared before each look, set by every ack: an ack that comes while wait_for's
         # task is not yet waiting still wakes it (a pulse then was lost, up to ack_timeout)
         deadline = clock.Deadline(self.ack_timeout_ms)
         while not deadline.expired():
-            self._ack_event.clear()
+            event.clear()
             if all(r.message_id in self._acks for r in sent):
                 break
+            if client.connects != session or not client.connected:
+                return False
             try:
-                await asyncio.wait_for(self._ack_event.wait(),
-                                       max(1, deadline.remaining_ms()) / 1000)
+                await asyncio.wait_for(event.wait(), max(1, min(
+                    deadline.remaining_ms(), _SESSION_CHECK_MS)) / 1000)
             except asyncio.TimeoutError:
-                break
+                pass
+        return True
 
-    def _judge(self, result, rec, ack):
+    def _judge(self, result, rec, ack, ended=False):
         if ack is None:
-            log.info(_TAG, "no ack for %s within %d ms; it will be published again",
-                     rec.message_id, self.ack_timeout_ms)
+            if not ended:  # (a session that ended was said once for the batch)
+                log.info(_TAG, "no ack for %s within %d ms; it will be published again",
+                         rec.message_id, self.ack_timeout_ms)
             result.failed = True
             return
         status = ack.get("status")

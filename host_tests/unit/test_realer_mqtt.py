@@ -216,7 +216,10 @@ def test_acks_and_desired_messages_are_routed_and_garbage_ignored():
     support.run(cloud._read_catalog())
     desired: list = []
     cloud.on_desired = desired.append
-    cloud._waiting = {"1-1"}  # send() is waiting for this record's ack
+    import asyncio
+
+    event = asyncio.Event()
+    cloud._waiting = {"1-1": event}  # send() is waiting for this record's ack
     cloud._on_message(_msg(ACKS, {"message_id": "1-1", "status": "accepted"}))
     cloud._on_message(_msg(ACKS, {"message_id": "0-9", "status": "replayed"}))  # late: dropped
     cloud._on_message(_msg(DESIRED_3, {"desired_id": "des_9", "value": "1", "seq": 4}))
@@ -225,6 +228,7 @@ def test_acks_and_desired_messages_are_routed_and_garbage_ignored():
                         (DESIRED_3, b"\xff\xfe")):
         cloud._on_message(_msg(topic, junk))  # logged, never raised
     assert cloud._acks == {"1-1": {"message_id": "1-1", "status": "accepted"}}
+    assert event.is_set()  # its send is woken
     assert desired == [{"id": 3, "desired_id": "des_9", "value": "1", "seq": 4,
                         "expires_at": None}]
 
@@ -267,6 +271,12 @@ def test_reread_reconnects_only_when_the_catalog_changed():
     assert cloud.client.subscriptions == {ACKS: 1, DESIRED_C: 1, DESIRED_C2: 1}
 
 
+class _Session:
+    """What _await_acks looks at on the MQTT client: the session it sent on is still up."""
+    connects = 1
+    connected = True
+
+
 def test_an_ack_arriving_before_the_waiter_sleeps_still_wakes_it():
     # wait_for() runs event.wait() in a task of its own that starts later: an ack coming in
     # between must not be lost (it used to be: the batch then waited out ack_timeout_s)
@@ -278,8 +288,9 @@ def test_an_ack_arriving_before_the_waiter_sleeps_still_wakes_it():
     rec = Record("1-1", "sensor", 7, "1", 1777025700)
 
     async def main():
-        cloud._waiting = {"1-1"}
-        waiter = asyncio.create_task(cloud._await_acks([rec]))
+        event = asyncio.Event()
+        cloud._waiting = {"1-1": event}
+        waiter = asyncio.create_task(cloud._await_acks([rec], event, _Session(), 1))
         await asyncio.sleep_ms(0)  # the waiter looks, finds no ack, calls wait_for
         cloud._on_message(_msg(ACKS, {"message_id": "1-1", "status": "accepted"}))
         await asyncio.wait_for(waiter, 10)  # a deadline for the hang, not a timing check
