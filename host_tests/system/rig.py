@@ -16,17 +16,26 @@ from tools import run_local
 from tools.faultproxy import FaultProxy
 
 
-def wait_for(what, cond, timeout=30, step=0.1):
+def wait_for(what, cond, timeout=30, step=0.1, log=None, fail_on=(), tail=3000):
     """Poll cond() until it returns something truthy, and return that; after `timeout`
     seconds (monotonic) fail the test naming `what`. cond() gets one last look at the
-    deadline, so a slow machine's final poll still counts."""
+    deadline, so a slow machine's final poll still counts. The last `tail` characters of
+    `log()` (the device's log text) end the failure message; a log containing one of the
+    `fail_on` markers fails at once (no use waiting out the deadline after a crash)."""
     end = time.monotonic() + timeout
     while True:
+        if fail_on:
+            text = log()
+            for marker in fail_on:
+                if marker in text:
+                    raise AssertionError("%r while waiting for %s:\n%s" % (
+                        marker, what, text[-tail:]))
         value = cond()
         if value:
             return value
         if time.monotonic() >= end:
-            raise AssertionError("timed out after %g s waiting for %s" % (timeout, what))
+            text = "\n--- log ---\n" + log()[-tail:] if log is not None else ""
+            raise AssertionError("timed out after %g s waiting for %s%s" % (timeout, what, text))
         time.sleep(step)
 
 
