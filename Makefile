@@ -43,8 +43,10 @@ lint: deps
 typecheck: deps
 	$(PY) tools/typecheck.py
 
+# one MicroPython process per test file, one per CPU at a time (host_tests/mp_parallel.py says
+# why); `$(MICROPYTHON) host_tests/mp_runner.py FILE` runs one file by hand
 unit-mp: deps
-	$(MICROPYTHON) host_tests/mp_runner.py
+	$(PY) host_tests/mp_parallel.py
 
 pytest: deps
 	$(PY) -m pytest -q host_tests

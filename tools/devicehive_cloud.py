@@ -37,6 +37,8 @@ as expired now), drop (close every device socket), garbage (send each device soc
 burst of malformed messages: bad JSON, unknown action, wrong types), error (--action A
 --code C --count N: the next N requests of A answer that error), silent (--count N: the
 next N requests get no answer).
+Test knob (set_knob() only): clock (seconds added to the cloud's clock for token lifetimes:
+tests expire a token by advancing it instead of sleeping).
 
     python -m tools.devicehive_cloud serve --data DIR [--port N] [--token-ttl S]
     python -m tools.devicehive_cloud send-command --data DIR NAME VALUE [--lifetime S]
@@ -143,9 +145,15 @@ def jwt_key(data):
     return conn.execute("select v from secret where k='jwt'").fetchone()[0].encode()
 
 
+def now(conn):
+    """The clock token lifetimes run on: time.time() plus the `clock` knob (0 unless a test
+    moves it forward to expire tokens without waiting)."""
+    return time.time() + cloudkit.Knobs(conn).get("clock", 0)
+
+
 def make_token(data, user, devices, ttl, kind):
     payload = {"payload": {"u": user, "a": [0], "n": ["*"], "d": devices,
-                           "e": int((time.time() + ttl) * 1000), "t": kind,
+                           "e": int((now(db(data)) + ttl) * 1000), "t": kind,
                            "j": secrets.token_hex(4)}}
     head = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
     body = _b64(json.dumps(payload, separators=(",", ":")).encode())
@@ -361,14 +369,14 @@ class Cloud:
             claims, err = read_token(self.data, req.get("refreshToken"))
             if claims is None or claims.get("t") != 0:
                 return 401, err or "Invalid refresh token"
-            if claims["e"] < time.time() * 1000:
+            if claims["e"] < now(self.conn) * 1000:
                 return 401, "Token expired"
             return 200, {"accessToken": make_token(self.data, claims["u"], claims["d"],
                                                    self.token_ttl, 1)}
         if s.user is None:
             return 401, "Unauthorized"
         expired = self.knobs.get("expire-tokens")
-        if s.expires < time.time() or (expired and expired > s.authed_at):
+        if s.expires < now(self.conn) or (expired and expired > s.authed_at):
             return 401, "Token expired"
         handler = getattr(self, "do_" + action.replace("/", "_"), None) \
             if isinstance(action, str) else None
@@ -380,7 +388,7 @@ class Cloud:
         claims, err = read_token(self.data, token)
         if claims is None or claims.get("t") != 1:
             return 401, err or "Invalid token"
-        if claims["e"] < time.time() * 1000:
+        if claims["e"] < now(self.conn) * 1000:
             return 401, "Token expired"
         s.user, s.devices, s.expires = claims["u"], claims["d"], claims["e"] / 1000
         s.authed_at = time.time()

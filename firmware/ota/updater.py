@@ -24,6 +24,8 @@ from firmware.ota.errors import Busy, Downgrade, DownloadFailed, UpdateError  # 
 _TAG = "ota"
 _CHUNK = const(1024)
 _MIN_INTERVAL_S = const(60)
+_FIRST_CHECK_MS = const(5000)
+_RETRY_FIRST_S = const(5)  # a check that failed on the network retries after 5, 10, 20 ... s
 
 
 def public_key_from(cfg_value, root):
@@ -130,7 +132,8 @@ class Updater:
     told of each step (tests cut the power there)."""
 
     def __init__(self, root, public_key, client=None, ca_file=None, manifest_url=None,
-                 interval_s=3600, trials=2, chunk=_CHUNK, reset=reset_board, hook=None):
+                 interval_s=3600, trials=2, chunk=_CHUNK, reset=reset_board, hook=None,
+                 sleep_ms=None):
         if public_key is None or len(public_key) != 32:
             raise UpdateError("no OTA public key (config ota.public_key or ota_public_key.bin)")
         self.root = root
@@ -144,6 +147,7 @@ class Updater:
         self.chunk = chunk
         self.reset = reset
         self.hook = hook
+        self._sleep_ms = sleep_ms  # poll()'s waits (asyncio.sleep_ms); tests pass their own
         self.task = None
         self.last_error = None
 
@@ -323,19 +327,41 @@ class Updater:
 
     async def poll(self):
         """Background task: check the manifest URL every interval_s (first check soon after
-        start, so a fresh board picks up a pending update)."""
+        start, so a fresh board picks up a pending update). A check the network failed
+        (refused, timed out, out of memory beside the app's own TLS session, a server error)
+        is retried sooner, after 5, 10, 20 ... s up to interval_s: one lost request must not
+        delay an update by a whole interval. A refused bundle or manifest waits the interval
+        (downloading it again would not change it)."""
         if not self.manifest_url:
             return
         failed = self.failure()
         if failed:
             log.warn(_TAG, "update %s rolled back: %s", failed.get("version"),
                      failed.get("reason"))
-        await asyncio.sleep_ms(5000)
+        sleep_ms = self._sleep_ms or asyncio.sleep_ms
+        await sleep_ms(_FIRST_CHECK_MS)
+        retry_s = _RETRY_FIRST_S
         while True:
+            wait_s = self.interval_s
             try:
                 await self.check()
-            except Exception as e:  # network or bundle trouble: try again next interval
+                retry_s = _RETRY_FIRST_S
+            except Exception as e:  # the app keeps running; try again later
                 self.last_error = e
-                log.warn(_TAG, "update check: %s", log.describe(e))
-            await asyncio.sleep_ms(self.interval_s * 1000)
+                if _transient(e):
+                    wait_s = min(retry_s, self.interval_s)
+                    retry_s = min(retry_s * 2, self.interval_s)
+                log.warn(_TAG, "update check: %s; next check in %d s", log.describe(e), wait_s)
+            await sleep_ms(wait_s * 1000)
 
+
+def _transient(e):
+    """A failure that may not happen again: the network's, the server's (DownloadFailed: a
+    status, a short or corrupted transfer) or memory that was busy at that moment. A refusal
+    (UpdateError, a bundle's signature or hashes) is not."""
+    if isinstance(e, UpdateError):
+        return isinstance(e, DownloadFailed)
+    import sys
+
+    bundle = sys.modules.get("firmware.ota.bundle")  # not loaded: e cannot be its error
+    return bundle is None or not isinstance(e, bundle.BundleError)

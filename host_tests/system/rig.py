@@ -16,17 +16,26 @@ from tools import run_local
 from tools.faultproxy import FaultProxy
 
 
-def wait_for(what, cond, timeout=30, step=0.1):
+def wait_for(what, cond, timeout=30, step=0.1, log=None, fail_on=(), tail=3000):
     """Poll cond() until it returns something truthy, and return that; after `timeout`
     seconds (monotonic) fail the test naming `what`. cond() gets one last look at the
-    deadline, so a slow machine's final poll still counts."""
+    deadline, so a slow machine's final poll still counts. The last `tail` characters of
+    `log()` (the device's log text) end the failure message; a log containing one of the
+    `fail_on` markers fails at once (no use waiting out the deadline after a crash)."""
     end = time.monotonic() + timeout
     while True:
+        if fail_on:
+            text = log()
+            for marker in fail_on:
+                if marker in text:
+                    raise AssertionError("%r while waiting for %s:\n%s" % (
+                        marker, what, text[-tail:]))
         value = cond()
         if value:
             return value
         if time.monotonic() >= end:
-            raise AssertionError("timed out after %g s waiting for %s" % (timeout, what))
+            text = "\n--- log ---\n" + log()[-tail:] if log is not None else ""
+            raise AssertionError("timed out after %g s waiting for %s%s" % (timeout, what, text))
         time.sleep(step)
 
 
@@ -47,32 +56,48 @@ def status_of(log_text):
     return dict(kv.split("=", 1) for kv in found[-1].split()) if found else {}
 
 
+def _port(url):
+    return int(url.rsplit(":", 1)[1])
+
+
 class FirmwareRig:
     """Cloud + fault proxy + firmware in `tmp`. `configure(cfg)` edits the device's
     config.json dict before the first start; `cloud_kw` goes to run_local.start_cloud;
     `scheme` is the device's URL scheme for the proxy (https, or wss for DeviceHive).
+    `proxy` stands in front of the cloud's API (api_proxy=False: none, the device talks to the
+    API directly). With `broker_knob(cloud_dir, url)` a second proxy, `broker_proxy`, stands in
+    front of the cloud's MQTT broker and the knob tells the cloud to hand its URL to devices.
     stop() ends every process it started, each step on its own, so a failure in one does not
     leave the others running."""
 
     def __init__(self, tmp, platform="realer", configure=None, scheme="https", transport="https",
-                 **cloud_kw):
+                 api_proxy=True, broker_knob=None, **cloud_kw):
         self.cloud_dir = os.path.join(tmp, "cloud")
         self.device = os.path.join(tmp, "device")
         self.log_path = os.path.join(tmp, "device.log")
         self.fw = None
         self.proxy = None
+        self.broker_proxy = None
         self.log_file = None
         if not os.path.exists(run_local.MICROPYTHON):
             raise AssertionError("no MicroPython unix port at %s: run `make deps`" %
                                  run_local.MICROPYTHON)
-        self.cloud_proc, self.cloud = run_local.start_cloud(self.cloud_dir, platform=platform,
-                                                            **cloud_kw)
         try:
-            port = int(self.cloud["api_url"].rsplit(":", 1)[1])
-            self.proxy = FaultProxy("127.0.0.1", port)
-            pport = self.proxy.start_in_thread()
-            run_local.write_device(self.device, self.cloud,
-                                   api_url="%s://127.0.0.1:%d" % (scheme, pport),
+            self.cloud_proc, self.cloud = run_local.start_cloud(
+                self.cloud_dir, platform=platform, **cloud_kw)
+        except SystemExit as e:  # run_local's CLI way of failing
+            raise AssertionError("local %s cloud: %s" % (platform, e))
+        try:
+            api_url = None
+            if api_proxy:
+                self.proxy = FaultProxy("127.0.0.1", _port(self.cloud["api_url"]))
+                api_url = "%s://127.0.0.1:%d" % (scheme, self.proxy.start_in_thread())
+            if broker_knob is not None:
+                self.broker_port = _port(self.cloud["mqtt_url"])
+                self.broker_proxy = FaultProxy("127.0.0.1", self.broker_port)
+                broker_knob(self.cloud_dir, "mqtts://127.0.0.1:%d"
+                            % self.broker_proxy.start_in_thread())
+            run_local.write_device(self.device, self.cloud, api_url=api_url,
                                    transport=transport)
             if configure is not None:
                 path = os.path.join(self.device, "config.json")
@@ -104,8 +129,9 @@ class FirmwareRig:
         steps = []
         if self.fw is not None:
             steps.append(self._stop_firmware)
-        if self.proxy is not None:
-            steps.append(self.proxy.stop)
+        for proxy in (self.proxy, self.broker_proxy):
+            if proxy is not None:
+                steps.append(proxy.stop)
         steps.append(self._stop_cloud)
         if self.log_file is not None:
             steps.append(self.log_file.close)
@@ -119,9 +145,17 @@ class FirmwareRig:
             self.fw.wait(10)
 
     def _stop_cloud(self):
-        self.cloud_proc.send_signal(signal.SIGINT)  # lets a cloud stop the broker it started
-        try:
-            self.cloud_proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.cloud_proc.kill()
-            self.cloud_proc.wait(10)
+        stop_cloud(self.cloud_proc)
+
+
+def stop_cloud(proc):
+    """End a local cloud with SIGINT first, which lets it stop the broker it started (a
+    SIGKILL would leave that mosquitto running); SIGKILL only if it does not end in 10 s."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)

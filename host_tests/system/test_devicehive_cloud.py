@@ -11,20 +11,25 @@ import uuid
 
 import pytest
 import websocket
-from rig import wait_for
+from rig import scratch_dir, stop_cloud, wait_for
 
 from tools import devicehive_cloud as dhc
 from tools import run_local
 
+TTL = 60
+
 
 @pytest.fixture
-def cloud(tmp_path):
-    data = str(tmp_path / "cloud")
-    proc, info = run_local.start_cloud(data, token_ttl=2, platform="devicehive")
-    info["data"] = data
-    yield info
-    proc.kill()
-    proc.wait(10)
+def cloud():
+    with scratch_dir("devicehive-cloud-") as tmp:
+        data = os.path.join(tmp, "cloud")
+        # access tokens live TTL s on the cloud's clock, which a test advances past that
+        proc, info = run_local.start_cloud(data, token_ttl=TTL, platform="devicehive")
+        info["data"] = data
+        try:
+            yield info
+        finally:
+            stop_cloud(proc)
 
 
 class Raw:
@@ -94,7 +99,7 @@ def test_expired_token_then_refresh_and_authenticate_on_the_same_socket(cloud):
     dc = cloud["device_cloud"]
     assert raw.call("device/save", deviceId=dhc.DEVICE_ID, device={"name": "a"})["status"] == \
         "success"
-    time.sleep(2.2)  # the access token lives 2 s
+    dhc.set_knob(cloud["data"], "clock", TTL + 1)  # the access token has expired
     r = raw.call("device/save", deviceId=dhc.DEVICE_ID, device={"name": "a"})
     assert (r["status"], r["code"], r["error"]) == ("error", 401, "Token expired")
     assert raw.call("authenticate", token=dc["access_token"])["error"] == "Token expired"
@@ -192,7 +197,7 @@ class Operator:
         self.notes.append(notification)
 
 
-def test_devicehive_library_operator_commands_the_real_firmware(cloud, tmp_path, monkeypatch):
+def test_devicehive_library_operator_commands_the_real_firmware(cloud, monkeypatch):
     try:
         from devicehive import DeviceHive, Handler
     except ImportError as e:
@@ -201,9 +206,10 @@ def test_devicehive_library_operator_commands_the_real_firmware(cloud, tmp_path,
     if not os.path.exists(run_local.MICROPYTHON):
         raise AssertionError("no MicroPython unix port at %s: run `make deps`" %
                              run_local.MICROPYTHON)
-    device_dir = str(tmp_path / "device")
+    tmp = os.path.dirname(cloud["data"])  # the cloud's scratch directory
+    device_dir = os.path.join(tmp, "device")
     run_local.write_device(device_dir, cloud)
-    with open(str(tmp_path / "device.log"), "ab") as log_file:
+    with open(os.path.join(tmp, "device.log"), "ab") as log_file:
         fw = run_local.start_firmware(device_dir, log_file)
         try:
             wait_for("the device saved", lambda: dhc.device_state(cloud["data"])["device"])
@@ -240,7 +246,9 @@ def test_devicehive_library_operator_commands_the_real_firmware(cloud, tmp_path,
                 assert n.device_id == dhc.DEVICE_ID and n.notification in ("sensor", "command")
                 assert n.parameters["message_id"] and "value" in n.parameters
             assert op.info["api_version"] == dhc.API_VERSION
-            time.sleep(2.2)  # the operator's 2 s access token expires on the open socket
+            # the operator's access token expires on the open socket (the cloud's clock moves
+            # past its lifetime; the device's expires too and it refreshes as well)
+            dhc.set_knob(cloud["data"], "clock", TTL + 1)
             again = op.api.list_commands(dhc.DEVICE_ID)  # 401 -> the library refreshes
             assert [c.id for c in again if c.id == cid] == [cid]
             hive.handler.api.disconnect()

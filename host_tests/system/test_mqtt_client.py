@@ -7,11 +7,11 @@ import os
 import subprocess
 import tempfile
 import threading
-import time
 
 import peers
 import pytest
 from certs import make_certs
+from rig import scratch_dir
 
 from tools.mosquitto import Broker, BrokerError, SyncClient
 
@@ -34,10 +34,13 @@ def start_broker(d):
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    b = start_broker(str(tmp_path_factory.mktemp("mq")))
-    yield b
-    b.stop()
+def broker():
+    with scratch_dir("mqtt-client-") as d:
+        b = start_broker(d)
+        try:
+            yield b
+        finally:
+            b.stop()
 
 
 def app(b):
@@ -113,27 +116,38 @@ def test_100_publishes_through_a_window(broker):
 
 
 def test_messages_from_the_cloud_arrive_with_properties(broker):
-    # the app publishes while the device is subscribed and waiting
+    # the app publishes until the device has had its message: one published before the
+    # device's subscription is in place is simply not delivered (no sleep guessing when that is)
+    done = threading.Event()
+    failed: list = []
+
     def push():
-        time.sleep(1.5)
         c = app(broker)
         try:
-            import paho.mqtt.client as paho
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties
 
             p = Properties(PacketTypes.PUBLISH)
             p.UserProperty = [("cmd", "fan")]
             p.ResponseTopic = "d/%s/acks" % DEVICE
-            c.c.publish("c/%s/desired" % DEVICE, b"on", qos=1, properties=p).wait_for_publish(5)
-            assert paho  # imported for Properties' sake
+            while not done.is_set():
+                c.c.publish("c/%s/desired" % DEVICE, b"on", qos=1,
+                            properties=p).wait_for_publish(5)
+                done.wait(0.2)
+        except Exception as e:  # reported by the test, not lost in the thread
+            failed.append(e)
         finally:
             c.close()
 
     t = threading.Thread(target=push)
     t.start()
-    out, _ = drive(spec(broker, actions=[["subscribe", "c/%s/#" % DEVICE], ["recv", 8000]]))
-    t.join()
+    try:
+        out, _ = drive(spec(broker, actions=[["subscribe", "c/%s/#" % DEVICE],
+                                             ["recv", 30000]]))
+    finally:
+        done.set()
+        t.join(10)
+    assert not failed, failed
     assert out[2]["topic"] == "c/%s/desired" % DEVICE and out[2]["payload"] == "on", out
     assert out[2]["props"]["user"] == [["cmd", "fan"]]
     assert out[2]["props"]["response_topic"] == "d/%s/acks" % DEVICE

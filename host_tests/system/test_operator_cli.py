@@ -6,9 +6,9 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
+from rig import FirmwareRig, scratch_dir, wait_for
 
 from tools import operator_cli, run_local
 
@@ -20,45 +20,20 @@ def cli(platform, *args, timeout=90):
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-class Rig:
-    """A local cloud and the firmware against it, until the first status line."""
-
-    def __init__(self, tmp, platform):
-        if not os.access(run_local.MICROPYTHON, os.X_OK):
-            raise AssertionError("MicroPython missing at %s" % run_local.MICROPYTHON)
-        self.data = os.path.join(tmp, "cloud")
-        self.cloud_proc, self.cloud = run_local.start_cloud(self.data, platform=platform)
-        device = os.path.join(tmp, "device")
-        run_local.write_device(device, self.cloud)
-        self.log_path = os.path.join(tmp, "device.log")
-        self.log_file = open(self.log_path, "ab")
-        self.fw = run_local.start_firmware(device, self.log_file)
-        end = time.monotonic() + 60
-        while " status: " not in self.log():
-            if time.monotonic() > end or self.fw.poll() is not None:
-                raise AssertionError("firmware never reported:\n" + self.log()[-3000:])
-            time.sleep(0.2)
-
-    def log(self):
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
-    def stop(self):
-        for p in (self.fw, self.cloud_proc):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        self.log_file.close()
-
-
 @pytest.fixture
-def rig(request, tmp_path):
-    r = Rig(str(tmp_path), request.param)
-    yield r
-    r.stop()
+def rig(request):
+    """A local cloud and the firmware against it (no proxy), until the first status line."""
+    with scratch_dir("operator-cli-") as tmp:
+        r = FirmwareRig(tmp, platform=request.param, api_proxy=False)
+        try:
+            r.start()
+            wait_for("the firmware's first status line", lambda: " status: " in r.log()
+                     or r.fw.poll() is not None, 60)
+            assert r.fw.poll() is None, "firmware exited:\n" + r.log()[-3000:]
+            r.data = r.cloud_dir
+            yield r
+        finally:
+            r.stop()
 
 
 @pytest.mark.parametrize("rig", ["realer"], indirect=True)
@@ -104,14 +79,15 @@ def test_xyte_send_command_waits_for_the_answer(rig):
     assert re.search(r'^  command set_4 \{"value": 42\}: done', show, re.M), show
 
 
-def test_wait_without_a_device_says_so_and_fails(tmp_path):
-    proc, _ = run_local.start_cloud(str(tmp_path / "cloud"))
-    try:
-        out = cli("realer", "set-desired", "--data", str(tmp_path / "cloud"), "3", "1",
-                  "--wait", "1")
-    finally:
-        proc.terminate()
-        proc.wait(10)
+def test_wait_without_a_device_says_so_and_fails():
+    with scratch_dir("operator-cli-") as tmp:
+        proc, _ = run_local.start_cloud(os.path.join(tmp, "cloud"))
+        try:
+            out = cli("realer", "set-desired", "--data", os.path.join(tmp, "cloud"), "3", "1",
+                      "--wait", "1")
+        finally:
+            proc.terminate()
+            proc.wait(10)
     assert out.returncode == 1
     assert "no answer from the device within 1 s; is it running (`make run`)" in out.stdout
 

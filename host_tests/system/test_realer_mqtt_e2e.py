@@ -32,26 +32,15 @@ class Rig(FirmwareRig):
             cfg["switches"] = [{"command": 3, "flip_every_s": 3}]
             cfg["intervals"] = {"catalog_poll_s": 2, "status_s": 1}
 
-        self.broker_proxy = None
+        def broker_knob(cloud_dir, url):
+            realer_cloud.set_knob(cloud_dir, "broker_url", url)
+            realer_cloud.set_knob(cloud_dir, "route_ids", route_ids)
+
         super().__init__(tmp, configure=configure, transport="mqtt", token_ttl=8, mqtt=True,
-                         mqtt_cred_ttl=cred_ttl)
-        try:
-            self.broker_port = int(self.cloud["mqtt_url"].rsplit(":", 1)[1])
-            self.broker_proxy = FaultProxy("127.0.0.1", self.broker_port)
-            broker = self.broker_proxy.start_in_thread()
-            realer_cloud.set_knob(self.cloud_dir, "broker_url", "mqtts://127.0.0.1:%d" % broker)
-            realer_cloud.set_knob(self.cloud_dir, "route_ids", route_ids)
-        except BaseException:
-            self.stop()
-            raise
+                         mqtt_cred_ttl=cred_ttl, broker_knob=broker_knob)
 
     def rows(self):
         return realer_cloud.feed_rows(self.cloud_dir)
-
-    def stop(self):
-        if self.broker_proxy is not None:
-            self.broker_proxy.stop()
-        super().stop()
 
 
 @pytest.fixture

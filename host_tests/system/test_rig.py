@@ -37,3 +37,14 @@ def test_status_of_reads_the_last_status_line():
     log = "x status: readings=1 pending=2\ny status: readings=5 pending=0\n"
     assert status_of(log) == {"readings": "5", "pending": "0"}
     assert status_of("no status yet") == {}
+
+
+def test_wait_for_shows_the_log_and_fails_at_once_on_a_marker():
+    calls = []
+    with pytest.raises(AssertionError, match="(?s)waiting for a reading.*MemoryError"):
+        wait_for("a reading", lambda: calls.append(1), timeout=300, step=0,
+                 log=lambda: "boot\nMemoryError: memory allocation failed\n",
+                 fail_on=("MemoryError",))
+    assert calls == []  # no waiting out the 300 s once the log says the device is done for
+    with pytest.raises(AssertionError, match="(?s)timed out.*--- log ---\nlast line"):
+        wait_for("a reading", lambda: None, timeout=0, step=0, log=lambda: "last line")

@@ -146,3 +146,70 @@ def test_from_config_reads_the_ota_section():
                                                                600, 3)
     assert u.ca_file == root + "/ca.pem"
     support.rmtree(root)
+
+
+class _Stop(BaseException):
+    """Ends poll()'s endless loop from the injected sleep (poll catches only Exception)."""
+
+
+class _Answer:
+    def __init__(self, status, body):
+        self.status = status
+        self.body = body
+
+    def json(self):
+        return self.body
+
+
+class _FlakyServer:
+    """A client whose manifest requests fail (or answer) in the order given."""
+
+    def __init__(self, outcomes):
+        self.outcomes = list(outcomes)
+
+    async def request(self, method, url):
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+def _poll_waits(outcomes, interval_s=600):
+    """The waits (ms) poll() asks for while the manifest requests end as `outcomes`."""
+    root = support.tmpdir("poll")
+    waits = []
+
+    async def sleep_ms(ms):
+        waits.append(ms)
+        if len(waits) > len(outcomes):
+            raise _Stop()
+
+    u = updater.Updater(root, pub(), client=_FlakyServer(outcomes), interval_s=interval_s,
+                        manifest_url="https://h/m.json", sleep_ms=sleep_ms)
+    try:
+        support.run(u.poll())
+    except _Stop:
+        pass
+    support.rmtree(root)
+    return waits, u
+
+
+def test_poll_retries_a_failed_check_soon_and_backs_off_up_to_the_interval():
+    # the running version ("factory") offered: a successful check that installs nothing
+    same = _Answer(200, {"version": "factory", "url": "b.bin"})
+    waits, u = _poll_waits([OSError(110), _Answer(503, None), MemoryError(), OSError(104),
+                            same, OSError(113)])
+    assert waits == [5000, 5000, 10000, 20000, 40000, 600000, 5000], waits
+    assert isinstance(u.last_error, OSError)
+    # the backoff stops at the interval
+    waits, u = _poll_waits([OSError(110)] * 6, interval_s=60)
+    assert waits == [5000, 5000, 10000, 20000, 40000, 60000, 60000], waits
+
+
+def test_poll_waits_the_whole_interval_after_a_refused_manifest():
+    # a refusal (unreadable manifest, a bad bundle) would not change by asking again soon
+    waits, u = _poll_waits([_Answer(200, {"no": "version"}), _Answer(200, ["x"])])
+    assert waits == [5000, 600000, 600000], waits
+    assert isinstance(u.last_error, updater.UpdateError)
+    assert not updater._transient(ota_bundle.BadSignature("x"))
+    assert updater._transient(updater.DownloadFailed("manifest answered 503"))
