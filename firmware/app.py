@@ -16,14 +16,16 @@ plus the adapter's own tasks (a broker or WebSocket session) and the board's (sw
 """
 import gc
 
-# Collect every 1K allocated, from before the firmware's modules load. Without frequent
-# collections allocations walk up through all free space before the first one, and what is
-# made meanwhile to last (a connection, a token, a catalog's routes) lands anywhere among the
-# garbage: the heap ends up in holes too small for a TLS context, a read buffer or a catalog
-# answer (bench/memory.md: .mpy at 168K failed with 32K free; the frozen Realer MQTT image
-# at 56K passes with 1024, not with 2048 or more).
+# Collect after every 1/64 of the heap allocated (at least 1K), from before the firmware's
+# modules load. Without frequent collections allocations walk up through all free space
+# before the first one, and what is made meanwhile to last (a connection, a token, a
+# catalog's routes) lands anywhere among the garbage: the heap ends up in holes too small for
+# a TLS context, a read buffer or a catalog answer (bench/memory.md: the frozen Realer MQTT
+# image at 56K passes with 1K, not with 2K or more). A fixed 1K on a big heap (PSRAM, the
+# unix port's default) would sweep megabytes every 1K allocated: the virtual board's REPL
+# then starved (test_board_log).
 if hasattr(gc, "threshold"):  # MicroPython only
-    gc.threshold(1024)
+    gc.threshold(max(1024, (gc.mem_free() + gc.mem_alloc()) >> 6))
 
 import asyncio  # noqa: E402
 import os  # noqa: E402
