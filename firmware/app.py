@@ -72,7 +72,7 @@ class _Attempt:
 
 
 class App:
-    """`make_cloud(cfg, **hooks)` makes the adapter (firmware/clouds/base.py: the contract)
+    """`make_cloud(cfg, **hooks)` makes the adapter (firmware/clouds/__init__.py: the contract)
     with the app's callbacks; `ota` is the updater (None: updates are off)."""
 
     def __init__(self, cfg, board, outbox, make_cloud, ota=None):
@@ -577,6 +577,7 @@ def build(root=None):
     # drivers imported later register in its table.)
     if app.trial is None and app.ota is None:
         config.unload("firmware.ota.slots")
+        config.unload("firmware.ota")  # its package too (0.1K): nothing else of it is loaded
     gc.collect()  # start-up garbage and the dropped modules go before the tasks start
     return app
 

@@ -82,6 +82,7 @@ _TAG = "outbox"
 _G = const(28)  # slots per bucket: their first lap (28 creates, 128 bytes each) fits one block
 SLOTS_PER_BUCKET = _G
 _MAX_PAYLOAD = const(1024)
+_FIRST_READ = const(256)  # a file read takes this much first (records are smaller)
 _CAP_CHECK = const(64)  # pending records from which max_records is checked against the space
 _VERSION = const(3)
 _F_BIGT = const(1)  # t did not fit u32: it is the JSON list's 7th item
@@ -171,8 +172,6 @@ class Outbox:
         self.max_records = max_records
         self.ttl_s = ttl_s
         self.now = clock.unix_time  # replaceable (tests); called only when clock.is_set()
-        self._buf = bytearray(_MAX_PAYLOAD + 16)
-        self._mv = memoryview(self._buf)
         self.epoch = self.boot = 0
         self._igen = self._mgen = 0  # generation of the newer a/m file
         self._capped = False  # max_records checked against the filesystem's size
@@ -193,13 +192,18 @@ class Outbox:
         return "%s/%x" % (self._bucket(n // _G), n % _G)
 
     def _read_file(self, path):
-        # bytes of a small file, or None when it does not exist or is not a file
+        # bytes of a small file (at most _MAX_PAYLOAD + 16), or None when it does not exist or
+        # is not a file. Read in a small first piece, not into a resident 1K buffer: a record
+        # is about 100-200 bytes, and the 1K buffer cost every configuration 1K of heap for
+        # good (bench/memory.md, the merged tree)
         try:
             with open(path, "rb") as f:
-                n = f.readinto(self._mv)
+                data = f.read(_FIRST_READ)
+                if len(data) == _FIRST_READ:  # a large one: the rest, up to the bound
+                    data += f.read(_MAX_PAYLOAD + 16 - _FIRST_READ)
         except OSError:
             return None
-        return bytes(self._mv[:n])
+        return data
 
     def _read_pair(self, name):
         # (generation, body) of the newer valid one of name0/name1, or None; and whether any

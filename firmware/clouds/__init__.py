@@ -1,6 +1,76 @@
 """Cloud adapters, one module per platform (firmware.app.make_cloud imports only the one the
-config names). What they share lives here and stays tiny: importing it costs no client."""
+config names). What they share lives here and stays tiny: importing it costs no client.
+
+The adapter contract: everything firmware/app.py and firmware/lowpower.py use of a cloud
+adapter, written once. Every adapter in firmware/clouds/ subclasses `Adapter`; a new
+platform implements `send` and `poll_catalog` and overrides what its cloud has (a token, a
+broker session, a sensor catalog), and gets a row in firmware/platforms.py.
+
+Construction: `Cls(cfg, <test injections>, on_desired=, on_link_up=, on_reached=, ota=)`. The
+app passes its callbacks (the hooks) here, never by assigning them afterwards:
+- on_desired(cmd)   a desired command state the cloud pushed (a subscription, a WebSocket
+                    message): cmd is {"id", "desired_id", "value", "seq"?, "expires_at"?}
+- on_link_up(first) a broker/WebSocket session opened; first is False after a reconnect
+                    (the app then reports every actuator's state again)
+- on_reached()      any documented success (a token, a catalog): the uplink ends its backoff
+- ota               firmware.ota.updater.Updater, or None when updates are off; adapters
+                    with an update command start one with ota.start(url, version, sha256)
+A hook the app does not give is None: call it only when it is not.
+
+What the app reads, attributes every adapter sets in its __init__ (the contract test,
+host_tests/unit/test_platforms.py, checks each registered adapter has them):
+- batch_max           int: the most records one send() gets
+- enabled_sensors     None (report every sensor) or the ids of the sensors the cloud's
+                      catalog enables; the sampler skips the rest
+- renewals            int: tokens/registrations obtained (the status line)
+- renew_at            clock.Deadline of the next token renewal (read when token_due() is
+                      False), or None
+- mode, credentials   optional: the status line's " mode=%s credentials=%d" when mode is set
+                      and not None (an adapter that picks its transport at run time)
+What it calls (the defaults below fit a cloud without that feature):
+- token_due()         True while a token/registration must be obtained: the auth task then
+                      calls `await authenticate()`, which returns the wait (ms) the cloud asked
+                      for (0: none) or raises on a failure (the task backs off)
+- await send(records) deliver outbox records (firmware/outbox.py); returns a
+                      firmware.clouds.SendResult; raises on a network fault (all kept)
+- await poll_catalog(on_desired)  read the catalogs (sensors enabled, desired states handed to
+                      on_desired); returns the wait (ms) the server asked for, 0 for none
+- background()        [(name, async factory)]: the adapter's own supervised tasks (a broker
+                      or WebSocket session); they run until close() returned at shutdown
+- await close()       an orderly goodbye (logout, an offline status), at most 10 s
+Inside, by convention: `to_wire(rec)` (a module function, or a method when it needs the
+adapter's state) turns one outbox record into the cloud's documented body; the shared
+helpers are SendResult, answer_json and shape below, and firmware/statefile.py (what the
+adapter keeps across resets). Adapter lives here, not in a module of its own: a module
+costs about 0.25K of heap on the frozen image (bench/memory.md).
+"""
 from firmware import log
+
+
+class Adapter:
+    def __init__(self, on_desired=None, on_link_up=None, on_reached=None, ota=None):
+        self.on_desired = on_desired
+        self.on_link_up = on_link_up
+        self.on_reached = on_reached
+        self.ota = ota
+
+    def background(self):
+        return []
+
+    def token_due(self):
+        return False
+
+    async def authenticate(self, force=False):
+        return 0
+
+    async def poll_catalog(self, on_desired):
+        return 0
+
+    async def send(self, records):
+        raise NotImplementedError("%s.send" % type(self).__name__)
+
+    async def close(self):
+        pass
 
 
 class SendResult:

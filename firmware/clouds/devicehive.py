@@ -44,8 +44,7 @@ from micropython import const
 
 from firmware import clock, log, statefile
 from firmware.backoff import Backoff
-from firmware.clouds import SendResult
-from firmware.clouds.base import Adapter
+from firmware.clouds import Adapter, SendResult
 from firmware.config_types import join
 from firmware.net import conn, ws
 

@@ -36,8 +36,7 @@ import json
 from micropython import const
 
 from firmware import clock, log, statefile
-from firmware.clouds import SendResult, answer_json, shape
-from firmware.clouds.base import Adapter
+from firmware.clouds import Adapter, SendResult, answer_json, shape
 from firmware.config_types import join
 from firmware.net import http
 

@@ -25,8 +25,7 @@ import asyncio
 from micropython import const
 
 from firmware import clock, log
-from firmware.clouds import SendResult, answer_json, shape
-from firmware.clouds.base import Adapter
+from firmware.clouds import Adapter, SendResult, answer_json, shape
 from firmware.net import http
 
 _TAG = "realer"

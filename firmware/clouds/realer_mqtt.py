@@ -39,8 +39,7 @@ import json
 from micropython import const
 
 from firmware import clock, log
-from firmware.clouds import answer_json
-from firmware.clouds.base import Adapter
+from firmware.clouds import Adapter, answer_json
 from firmware.clouds.realer_https import RealerError, RealerHttps, SendResult, error_type, to_wire
 from firmware.net import conn, mqtt
 

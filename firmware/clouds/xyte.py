@@ -51,8 +51,7 @@ import json
 from time import ticks_ms
 
 from firmware import clock, log
-from firmware.clouds import SendResult
-from firmware.clouds.base import Adapter
+from firmware.clouds import Adapter, SendResult
 from firmware.clouds.xyte_inbox import Inbox, ring
 from firmware.clouds.xyte_reg import Registration
 from firmware.clouds.xyte_session import Session

@@ -88,7 +88,7 @@ class StepReader:
 def made(adapter):
     """App's make_cloud for an adapter a test built already: the app's hooks (on_desired,
     on_link_up, on_reached, ota) land on it as its constructor would have stored them."""
-    from firmware.clouds.base import Adapter
+    from firmware.clouds import Adapter
 
     def make(cfg, **hooks):
         Adapter.__init__(adapter, **hooks)

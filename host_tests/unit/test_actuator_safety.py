@@ -10,7 +10,7 @@ from firmware import config, log
 from firmware.board import esp32, sim
 from firmware.board.base import BoardConfigError, Rejected
 from firmware.board.factory import make_board
-from firmware.clouds.base import Adapter
+from firmware.clouds import Adapter
 from firmware.desired import DesiredState, apply_desired
 from firmware.outbox import Outbox
 

@@ -37,6 +37,7 @@ def test_the_ota_slot_logic_leaves_ram_when_nothing_is_on_trial_and_ota_is_off()
         a = _build(root)
         assert a.trial is None and a.ota is None
         assert "firmware.ota.slots" not in sys.modules
+        assert "firmware.ota" not in sys.modules  # its package too
         from firmware.ota import slots  # imported again where needed (main.py's crash path)
 
         assert slots.on_trial(root) is None

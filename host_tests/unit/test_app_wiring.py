@@ -14,8 +14,7 @@ from firmware import app as app_mod
 from firmware import clock, config, log
 from firmware.app import App
 from firmware.board.factory import make_board
-from firmware.clouds import SendResult
-from firmware.clouds.base import Adapter
+from firmware.clouds import Adapter, SendResult
 from firmware.outbox import Outbox
 from firmware.tasks import Supervisor
 
@@ -621,7 +620,7 @@ def test_xyte_update_firmware_command_that_cannot_start_is_an_error():
         assert len(started) == (1 if not start_ok else 0), (params, started)
 
 
-# --- 5. the adapter gets the app's hooks at construction (firmware/clouds/base.py) ----------
+# --- 5. the adapter gets the app's hooks at construction (firmware/clouds/__init__.py) ----------
 
 def test_the_app_hands_its_hooks_to_the_adapter_it_makes():
     got: dict = {}

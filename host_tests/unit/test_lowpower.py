@@ -7,7 +7,7 @@ import support
 from firmware import clock, config, log, lowpower, safemode
 from firmware.app import App
 from firmware.board.factory import make_board
-from firmware.clouds.base import Adapter
+from firmware.clouds import Adapter
 from firmware.outbox import Outbox
 
 _PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"

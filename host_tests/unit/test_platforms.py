@@ -119,7 +119,7 @@ def _registry_cfg(row, root):
 
 
 def test_every_registered_adapter_keeps_the_contract_and_takes_its_hooks_at_construction():
-    from firmware.clouds.base import Adapter
+    from firmware.clouds import Adapter
 
     def on_desired(cmd):
         pass

@@ -9,7 +9,7 @@ import support
 from firmware import clock, config, log
 from firmware.app import App
 from firmware.board.factory import make_board
-from firmware.clouds.base import Adapter
+from firmware.clouds import Adapter
 from firmware.outbox import Outbox
 from firmware.watchdog import Watchdog
 
