@@ -12,6 +12,7 @@ credential renewals happen while a broker or WebSocket session is open.
         [--transport https|mqtt] [--seconds 60] [--frozen build/frozen-32/micropython]
 """
 import argparse
+import calendar
 import os
 import re
 import subprocess
@@ -62,6 +63,7 @@ class Sampler(threading.Thread):
         self.peak = 0
         self.samples = 0
         self.at_peak = None  # seconds since start when the peak was first seen
+        self.peak_wall = None  # time.time() then: to find the log lines around it
         self.peak_samples = 0  # samples at the peak: how long it is held
         self._halt = threading.Event()
 
@@ -72,6 +74,7 @@ class Sampler(threading.Thread):
             self.samples += 1
             if n > self.peak:
                 self.peak, self.at_peak, self.peak_samples = n, time.time() - t0, 0
+                self.peak_wall = time.time()
             if n == self.peak:
                 self.peak_samples += 1
             self._halt.wait(self.every_s)
@@ -136,7 +139,20 @@ def run(platform, transport, seconds, frozen=None, workdir=None, renewals=None):
     delivered, renewed = _status(text)
     return {"peak": sampler.peak, "samples": sampler.samples,
             "peak_samples": sampler.peak_samples, "delivered": delivered,
-            "renewals": renewed, "log": text}
+            "renewals": renewed, "log": text, "peak_wall": sampler.peak_wall}
+
+
+def around(text, wall, seconds=3):
+    """The log lines (stamped like 2026-12-06T08:57:07Z) within `seconds` of time `wall`:
+    what the firmware was doing when the peak was first seen."""
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)Z", line)
+        if m and wall is not None:
+            t = calendar.timegm(tuple(int(x) for x in m.groups()) + (0, 0, 0))
+            if abs(t - wall) <= seconds:
+                out.append(line)
+    return "\n".join(out)
 
 
 def main():
