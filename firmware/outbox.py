@@ -503,11 +503,10 @@ class Outbox:
         return out
 
     def delivered(self, message_id: str) -> None:
-        self._resolve(message_id, "D")
+        self.resolve((message_id,))
 
     def dead_letter(self, message_id: str, reason: str = "") -> None:
-        if self._resolve(message_id, "X"):
-            log.warn(_TAG, "dead letter %s: %s", message_id, reason)
+        self.resolve((), ((message_id, reason),))
 
     def resolve(self, ok=(), dead=()) -> None:
         """One send result: ok ids delivered, dead (id, reason) pairs dead-lettered. The ack
@@ -516,10 +515,27 @@ class Outbox:
         Ids that are unknown or already resolved are ignored, like delivered() does."""
         todo: list = []  # (n, status, id, reason) of records of this store, in order
         seen: list = []
-        for mid in ok:
-            self._batch_add(todo, seen, mid, "D", "")
-        for mid, reason in dead:
-            self._batch_add(todo, seen, mid, "X", reason)
+        for mid, status, reason in [(m, "D", "") for m in ok] + [(m, "X", r) for m, r in dead]:
+            k = _key(mid)
+            if k is None:
+                continue
+            if not self.epoch <= k[0] <= self.boot:  # a v1 id: found by a scan, resolved alone
+                found: list = []
+
+                def look(n, rec, mid=mid, found=found):  # v1 records come first
+                    if rec is not None and rec.message_id == mid:
+                        found.append(n)
+                    return bool(found) or (rec is not None and
+                                           _key(rec.message_id)[0] >= self.epoch)
+
+                self._scan(look)
+                if found and self._resolve_n(found[0], status) and status == "X":
+                    log.warn(_TAG, "dead letter %s: %s", mid, reason)
+                continue
+            n = k[1]
+            if self.head <= n < self._end and n not in self._oo and n not in seen:
+                seen.append(n)
+                todo.append((n, status, mid, reason))
         if not todo:
             return
         head, oo, marks = self.head, list(self._oo), self._marks
@@ -551,19 +567,6 @@ class Outbox:
             except OSError as e:  # the records are resolved; only their counter is not durable
                 log.error(_TAG, "counter not saved: %s", log.describe(e))
 
-    def _batch_add(self, todo, seen, mid, status, reason):
-        k = _key(mid)
-        if k is None:
-            return
-        if not self.epoch <= k[0] <= self.boot:  # a v1 id: found by a scan, resolved alone
-            if self._resolve(mid, status) and status == "X":
-                log.warn(_TAG, "dead letter %s: %s", mid, reason)
-            return
-        n = k[1]
-        if self.head <= n < self._end and n not in self._oo and n not in seen:
-            seen.append(n)
-            todo.append((n, status, mid, reason))
-
     def pending_count(self) -> int:
         return self._count
 
@@ -589,22 +592,6 @@ class Outbox:
             self._write_meta()
 
     # ---- resolutions
-    def _resolve(self, mid, status):
-        k = _key(mid)
-        if k is None:
-            return False
-        if self.epoch <= k[0] <= self.boot:  # an id of this store (v1 ids are below epoch)
-            return self._resolve_n(k[1], status)
-        found: list = []
-
-        def look(n, rec):  # records carried over from v1 keep their ids: they come first
-            if rec is not None and rec.message_id == mid:
-                found.append(n)
-            return bool(found) or (rec is not None and _key(rec.message_id)[0] >= self.epoch)
-
-        self._scan(look)
-        return bool(found) and self._resolve_n(found[0], status)
-
     def _resolve_n(self, n, status):
         # status None: a damaged record skipped (no counter)
         if n < self.head or n >= self._end or n in self._oo:
