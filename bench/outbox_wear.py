@@ -9,9 +9,11 @@
 # first, so the figures are those of a store in service (its buckets exist) rather than new.
 # Part 1, per 1000 records, the same records in three workloads (every append and every ack is
 # durable when it returns, in every store):
-#   steady   append; after every 10th append take the 10 oldest and mark each delivered
+#   steady   append; after every 10th append take the 10 oldest and mark them delivered
 #   single   append one reading, take it, mark it delivered (one reading per request)
 #   backlog  append all records first, then drain them in batches of 20
+# A batch taken together is acknowledged together (Outbox.resolve, as the firmware's uplink
+# does with a send result); "v3 one by one" is the same store acked record by record.
 # floor = bytes of record payload (the naive store's JSON of each record) / erase-block size.
 # Part 2, the outbox with P records pending: flash bytes read and host time per ack, per
 # pending(10), per open (boot) against the live log (bytes of the pending records' files),
@@ -91,10 +93,23 @@ class OutboxStore:
     def ack(self, mid):
         self.ob.delivered(mid)
 
+    def acks(self, mids):  # a send result: the firmware resolves it in one index write
+        self.ob.resolve(mids)
+
+
+class OneByOneStore(OutboxStore):  # v3 as the firmware used it before resolve(): per record
+    def acks(self, mids):
+        for m in mids:
+            self.ob.delivered(m)
+
 
 class V1Store(OutboxStore):
     def __init__(self):
         super().__init__(outbox_v1.Outbox)
+
+    def acks(self, mids):
+        for m in mids:
+            self.ob.delivered(m)
 
 
 class NaiveStore:
@@ -171,15 +186,13 @@ def steady(st, n):
     for i in range(n):
         st.append(i)
         if i % 10 == 9:
-            for m in st.take(10):
-                st.ack(m)
+            _acks(st, st.take(10))
 
 
 def single(st, n):
     for i in range(n):
         st.append(i)
-        for m in st.take(1):
-            st.ack(m)
+        _acks(st, st.take(1))
 
 
 def backlog(st, n):
@@ -189,6 +202,13 @@ def backlog(st, n):
         batch = st.take(20)
         if not batch:
             break
+        _acks(st, batch)
+
+
+def _acks(st, batch):
+    if hasattr(st, "acks"):
+        st.acks(batch)
+    else:
         for m in batch:
             st.ack(m)
 
@@ -202,8 +222,8 @@ def wear(n):
     for wl in (steady, single, backlog):
         rows = {}
         payload = 0
-        for name, cls in (("outbox v3", OutboxStore), ("outbox v1", V1Store),
-                          ("file-per-record", NaiveStore)):
+        for name, cls in (("outbox v3", OutboxStore), ("v3 one by one", OneByOneStore),
+                          ("outbox v1", V1Store), ("file-per-record", NaiveStore)):
             dev = mounted(256)
             st = cls()
             if WARM and wl is not backlog:
@@ -229,10 +249,12 @@ def wear(n):
             d.read_bytes * k / 1e6, "-"))
         floor = payload * k / BS
         v2, v1, nv = rows["outbox v3"], rows["outbox v1"], rows["file-per-record"]
+        one = rows["v3 one by one"]
         print("%-8s floor %.1f erases (%.0f payload bytes); v3/naive: erases %.2f, bytes %.2f; "
-              "v3/floor %.1f; v1/naive erases %.1f; raw/floor %.2f" % (
+              "v3/floor %.1f; v3 one by one/naive: erases %.2f, bytes %.2f; v1/naive erases "
+              "%.1f; raw/floor %.2f" % (
                   wl.__name__, floor, payload * k, v2[0] / nv[0], v2[1] / nv[1], v2[0] / floor,
-                  v1[0] / nv[0], raw.dev.erases * k / floor))
+                  one[0] / nv[0], one[1] / nv[1], v1[0] / nv[0], raw.dev.erases * k / floor))
 
 
 def _heap():

@@ -33,6 +33,9 @@ up to 8 bytes of file make a 32-byte commit, up to 40 a 64-byte one):
   resolved further out of order than the index holds (overflow drops behind a stuck report)
   gets a resolution marker written over its slot first. Dead/dropped/expired counts go to the
   meta file right after (a power cut in between undercounts by one, never loses a record).
+  resolve() applies a whole send result with one index write (and one meta write when any is
+  dead): before it all of them are pending, after it all are resolved. A result with more
+  gaps than the index holds is resolved record by record, as are ids carried over from v1.
 - a0/a1 and m0/m1 each end in a CRC and carry a generation byte: the newer valid one wins, so
   a write torn on a filesystem without atomic commits (host tests) falls back to the state
   before the torn call, which had returned.
@@ -500,11 +503,69 @@ class Outbox:
         return out
 
     def delivered(self, message_id: str) -> None:
-        self._resolve(message_id, "D")
+        self.resolve((message_id,))
 
     def dead_letter(self, message_id: str, reason: str = "") -> None:
-        if self._resolve(message_id, "X"):
-            log.warn(_TAG, "dead letter %s: %s", message_id, reason)
+        self.resolve((), ((message_id, reason),))
+
+    def resolve(self, ok=(), dead=()) -> None:
+        """One send result: ok ids delivered, dead (id, reason) pairs dead-lettered. The ack
+        index is written once for all of them (and the meta file once when any is dead): a
+        power cut before that write leaves them all pending, after it all are resolved.
+        Ids that are unknown or already resolved are ignored, like delivered() does."""
+        todo: list = []  # (n, status, id, reason) of records of this store, in order
+        seen: list = []
+        for mid, status, reason in [(m, "D", "") for m in ok] + [(m, "X", r) for m, r in dead]:
+            k = _key(mid)
+            if k is None:
+                continue
+            if not self.epoch <= k[0] <= self.boot:  # a v1 id: found by a scan, resolved alone
+                found: list = []
+
+                def look(n, rec, mid=mid, found=found):  # v1 records come first
+                    if rec is not None and rec.message_id == mid:
+                        found.append(n)
+                    return bool(found) or (rec is not None and
+                                           _key(rec.message_id)[0] >= self.epoch)
+
+                self._scan(look)
+                if found and self._resolve_n(found[0], status) and status == "X":
+                    log.warn(_TAG, "dead letter %s: %s", mid, reason)
+                continue
+            n = k[1]
+            if self.head <= n < self._end and n not in self._oo and n not in seen:
+                seen.append(n)
+                todo.append((n, status, mid, reason))
+        if not todo:
+            return
+        head, oo, marks = self.head, list(self._oo), self._marks
+        oo.extend(seen)
+        oo.sort()
+        if oo[0] == head:
+            head, marks = self._advance(head, oo, marks)
+        if len(oo) > _OO_MAX or (oo and oo[-1] - head > 0xFFFF):
+            # too far out of order for one index: each one on its own (marks slots as needed)
+            for n, status, mid, reason in todo:
+                if self._resolve_n(n, status) and status == "X":
+                    log.warn(_TAG, "dead letter %s: %s", mid, reason)
+            return
+        try:
+            self._write_index(head, marks, oo)
+        except OSError as e:
+            raise OutboxError("ack failed: %s" % log.describe(e))
+        self.head, self._oo, self._marks = head, oo, marks
+        self._count = max(0, self._count - len(todo))
+        died = 0
+        for _, status, mid, reason in todo:
+            if status == "X":
+                died += 1
+                log.warn(_TAG, "dead letter %s: %s", mid, reason)
+        if died:
+            self._stats["dead"] += died
+            try:
+                self._write_meta()
+            except OSError as e:  # the records are resolved; only their counter is not durable
+                log.error(_TAG, "counter not saved: %s", log.describe(e))
 
     def pending_count(self) -> int:
         return self._count
@@ -531,22 +592,6 @@ class Outbox:
             self._write_meta()
 
     # ---- resolutions
-    def _resolve(self, mid, status):
-        k = _key(mid)
-        if k is None:
-            return False
-        if self.epoch <= k[0] <= self.boot:  # an id of this store (v1 ids are below epoch)
-            return self._resolve_n(k[1], status)
-        found: list = []
-
-        def look(n, rec):  # records carried over from v1 keep their ids: they come first
-            if rec is not None and rec.message_id == mid:
-                found.append(n)
-            return bool(found) or (rec is not None and _key(rec.message_id)[0] >= self.epoch)
-
-        self._scan(look)
-        return bool(found) and self._resolve_n(found[0], status)
-
     def _resolve_n(self, n, status):
         # status None: a damaged record skipped (no counter)
         if n < self.head or n >= self._end or n in self._oo:

@@ -138,6 +138,26 @@ async def _one_send(cloud):
     await asyncio.sleep_ms(1)
 
 
+# --- 0. a send result goes to the outbox in one ack-index write ------------------------------
+
+def test_a_send_result_is_resolved_with_one_outbox_index_write():
+    from firmware.backoff import Backoff
+
+    a, root = _app(_Scripted([]), records=12)
+    recs = a.outbox.pending(12)
+    ids = [r.message_id for r in recs]
+    res = SendResult()
+    res.ok = ids[:5] + ids[6:11]
+    res.dead = [(ids[5], "rejected")]
+    gen = a.outbox._igen  # generation of the ack index: one step per write
+    _quiet(lambda: a._settle(recs, res, Backoff(1000, 60000)))
+    assert (a.outbox._igen - gen) & 0xFF == 1
+    assert a.delivered == 10 and [r.message_id for r in a.outbox.pending(12)] == ids[11:]
+    st = Outbox(config.join(root, "outbox")).stats()
+    assert (st["delivered"], st["dead"], st["pending"]) == (10, 1, 1), st
+    support.rmtree(root)
+
+
 # --- 1. uplink failures -> fallback_after_failures; a delivery resets the count -------------
 
 def test_consecutive_send_failures_take_a_limited_command_safe_after_n_and_not_before():

@@ -655,3 +655,74 @@ def test_max_records_fits_the_filesystem():
             assert mod.capacity("/capfs") == mod.fits(4096, 48)
         finally:
             vfs.umount("/capfs")
+
+
+def _gens(ob):
+    return ob._igen, ob._mgen  # generation of the newer ack index / meta file
+
+
+def _written(before, ob):
+    return tuple((a - b) & 0xFF for a, b in zip(_gens(ob), before))
+
+
+def test_batch_of_acks_writes_the_index_once():
+    root, ob = _fresh("batch")
+    ids = _fill(ob, G + 5)  # spans two buckets
+    before = _gens(ob)
+    ob.resolve(ids[:G + 2])
+    assert _written(before, ob) == (1, 0)  # one ack index write, no meta write
+    assert [r.message_id for r in _all(ob)] == ids[G + 2:]
+    assert ob.stats()["delivered"] == G + 2 and ob.pending_count() == 3
+    ob = Outbox(root)
+    assert [r.message_id for r in _all(ob)] == ids[G + 2:]
+    assert ob.stats()["delivered"] == G + 2 and ob.pending_count() == 3
+    support.rmtree(root.rsplit("/", 1)[0])
+
+
+def test_batch_mixes_in_order_out_of_order_dead_and_unknown_ids():
+    lines = _capture()
+    try:
+        root, ob = _fresh("batchmix")
+        ids = _fill(ob, 40)
+        ob.delivered(ids[3])  # already resolved (out of order) before the batch
+        before = _gens(ob)
+        ob.resolve([ids[1], ids[7], "nope", "ffff-ffff", ids[3], ids[1], ids[5]],
+                   [(ids[0], "rejected 400"), (ids[9], "too big"), (ids[7], "twice")])
+    finally:
+        log.set_sink(None)
+    assert _written(before, ob) == (1, 1)  # the index once, the dead count once
+    gone = {0, 1, 3, 5, 7, 9}
+    want = [m for i, m in enumerate(ids) if i not in gone]
+    assert [r.message_id for r in _all(ob)] == want
+    st = ob.stats()
+    assert (st["delivered"], st["dead"], st["pending"]) == (4, 2, 34), st
+    assert sum("dead letter" in ln for ln in lines) == 2, lines
+    assert any("rejected 400" in ln for ln in lines) and not any("twice" in ln for ln in lines)
+    ob = Outbox(root)
+    assert [r.message_id for r in _all(ob)] == want
+    st = ob.stats()
+    assert (st["delivered"], st["dead"], st["pending"]) == (4, 2, 34), st
+    before = _gens(ob)
+    ob.resolve([ids[0], ids[5], "1-"], [(ids[9], "again")])  # nothing left to resolve
+    assert _written(before, ob) == (0, 0)
+    ob.resolve([ids[2], ids[4], ids[6], ids[8]])  # closes the gaps: the head moves past 9
+    assert ob._oo == [] and ob.head == 10
+    assert [r.message_id for r in _all(ob)] == ids[10:]
+    assert Outbox(root).pending(1)[0].message_id == ids[10]
+    support.rmtree(root.rsplit("/", 1)[0])
+
+
+def test_batch_too_far_out_of_order_for_the_index_resolves_each():
+    root, ob = _fresh("batchfar")
+    ids = _fill(ob, 2 * G)
+    odd = ids[1:2 * G:2]  # more gaps than the index holds: slots get marked
+    ob.resolve(odd[:-1], [(odd[-1], "test")])
+    assert [r.message_id for r in _all(ob)] == ids[0:2 * G:2]
+    st = ob.stats()
+    assert (st["delivered"], st["dead"], st["pending"]) == (G - 1, 1, G), st
+    ob = Outbox(root)
+    assert [r.message_id for r in _all(ob)] == ids[0:2 * G:2]
+    ob.resolve(ids[0:2 * G:2])
+    assert _all(ob) == [] and ob.stats()["delivered"] == 2 * G - 1
+    assert Outbox(root).pending_count() == 0
+    support.rmtree(root.rsplit("/", 1)[0])
