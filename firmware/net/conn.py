@@ -255,3 +255,17 @@ async def close(writer):
         await writer.wait_closed()
     except Exception:  # closing a dead socket may fail; nothing is left to save
         pass
+
+
+def close_now(writer):
+    """Close a connection at once, from code that cannot await (a request being cancelled).
+    MicroPython's asyncio Stream.close() does nothing, its socket closes in wait_closed():
+    a connection dropped with close() alone stayed open (a second TLS session on the board,
+    the peer still connected) until the GC finalised the socket."""
+    try:
+        writer.close()
+        sock = getattr(writer, "s", None)  # MicroPython's Stream; CPython's has none
+        if sock is not None:
+            sock.close()
+    except Exception:  # a dead socket may refuse to close; it is gone either way
+        pass

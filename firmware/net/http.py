@@ -231,10 +231,7 @@ class Client:
     def _forget(self, key):
         c = self._conns.pop(key, None)
         if c is not None:
-            try:
-                c.writer.close()
-            except Exception:  # a dead socket may refuse to close; it is gone either way
-                pass
+            conn.close_now(c.writer)
 
     def _check_gate(self, host, method, path):
         g = self._gates.get(host)

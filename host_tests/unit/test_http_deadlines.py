@@ -167,6 +167,54 @@ def test_a_trickling_peer_meets_the_overall_deadline_and_a_stall_is_logged():
     assert resp.status == 200 and len(peers.opened) == 2  # the next request is fine
 
 
+class Socket:
+    closed = False
+
+    def close(self):
+        self.closed = True
+
+
+class MpWriter(Writer):
+    """MicroPython's asyncio Stream: close() does nothing, wait_closed() closes `s`."""
+
+    def __init__(self):
+        super().__init__()
+        self.s = Socket()
+
+    def close(self):
+        pass
+
+    async def wait_closed(self):
+        self.s.close()
+
+
+def test_a_dropped_connection_closes_its_socket_at_once_on_micropython():
+    # an answer with Connection: close, then a new request: the old socket must be closed
+    # before (not when the GC finalises it), or the board holds two TLS sessions
+    answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    peers = Peers([answer], [_ok()])
+    peers_open = peers.open
+
+    async def open_mp(*args):
+        reader, _ = await peers_open(*args)
+        writer = MpWriter()
+        peers.opened[-1] = (reader, writer)
+        return reader, writer
+
+    peers.open = open_mp
+    client = http.Client()
+
+    async def main():
+        first = await client.request("GET", "http://h/a")
+        closed_before_next = peers.opened[0][1].s.closed
+        second = await client.request("GET", "http://h/b")
+        return first, closed_before_next, second
+
+    (first, closed_before_next, second), _ = _with(peers, lambda: support.run(main()))
+    assert first.status == 200 and second.status == 200 and len(peers.opened) == 2
+    assert closed_before_next, "the dropped connection's socket is still open"
+
+
 def test_a_connect_that_used_the_whole_deadline_sends_nothing():
     clock = FakeClock()
     peers = Peers([_ok()], clock=clock, connect_ms=61000)
