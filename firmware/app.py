@@ -168,7 +168,7 @@ class App:
         self._ended = []
         try:
             while True:
-                fault = None  # (exception, records) of the first failed attempt
+                fault = None  # the exception of the first failed attempt
                 delay = None  # (ms, floor) after a partly refused batch
                 while self._ended or (self._attempts and (fault or delay)):
                     if not self._ended:  # a failure waits for the others to come back
@@ -185,13 +185,12 @@ class App:
                             delay = wait
                     h = None  # its records are on flash: not held in RAM during a pause
                 if fault is not None:
-                    e = fault
-                    log.failing("uplink", _TAG, "uplink", log.describe(e),  # once, counted
+                    log.failing("uplink", _TAG, "uplink", log.describe(fault),  # once, counted
                                 "; %d pending" % self.outbox.pending_count())
-                    self.board.link_failed(log.describe(e))  # actuators with a limit go safe
+                    self.board.link_failed(log.describe(fault))  # actuators with a limit go safe
                     # what a server asked for (a host closed by a 429: http.RateLimited's
                     # wait_ms) is slept in full, the rest of the backoff ends with any success
-                    wait_ms = getattr(e, "wait_ms", 0)
+                    wait_ms = getattr(fault, "wait_ms", 0)
                     await self._pause(backoff, backoff.next_ms(wait_ms), wait_ms)
                     continue
                 if delay is not None:
