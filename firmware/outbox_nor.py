@@ -64,6 +64,7 @@ _REC0 = const(64)
 _RH = "<BBHII"  # flags, magic, length, n, boot; then CRC-16 of bytes 1..11
 _RHLEN = const(14)
 _RMAGIC = const(0xA5)
+_RMAGIC_ID = const(0xA4)  # the body carries its message_id (carried over or moved)
 _MAX_PAYLOAD = const(1024)
 _CODES = (0x00, 0x11, 0x22, 0x44, 0x88, 0x81)  # delivered dead dropped expired damaged moved
 _DLV = const(0)
@@ -125,6 +126,9 @@ class OutboxNor:
                      max_records, cap)
             self.max_records = cap
         self._hb = bytearray(_RHLEN)
+        self.epoch = self.boot = self._next_n = self._top_seq = self._count = 0
+        self._base = [0] * 5
+        self._head = (0, _REC0)  # the oldest pending record, or the end of the log
         self._cache: dict = {}  # message_id -> (sector, offset) of the last pending() batch
         try:
             self._open(carry)
@@ -211,7 +215,7 @@ class OutboxNor:
                 self._stop = off
                 return
             flags, magic, ln, n, boot = struct.unpack_from(_RH, hb)
-            if magic == _RMAGIC and _crc16(hb[1:12]) == struct.unpack_from(
+            if magic in (_RMAGIC, _RMAGIC_ID) and _crc16(hb[1:12]) == struct.unpack_from(
                     "<H", hb, 12)[0] and off + _RHLEN + ln + 2 <= self.ss:
                 yield off, flags, n, boot, ln
                 off += _RHLEN + ln + 2
@@ -229,7 +233,8 @@ class OutboxNor:
             h = buf[i:i + _RHLEN]
             if h == _BLANK:
                 return off + i
-            if h[1] == _RMAGIC and _crc16(h[1:12]) == struct.unpack_from("<H", h, 12)[0]:
+            if h[1] in (_RMAGIC, _RMAGIC_ID) and _crc16(h[1:12]) == struct.unpack_from(
+                    "<H", h, 12)[0]:
                 return off + i
         return end
 
@@ -239,12 +244,12 @@ class OutboxNor:
             for r in self._recs(x, off if x == s else _REC0):
                 yield (x,) + r
 
-    def _frame(self, flags, n, boot, body):
-        h = struct.pack(_RH, flags, _RMAGIC, len(body), n, boot)
+    def _frame(self, flags, n, boot, body, mid):
+        h = struct.pack(_RH, flags, _RMAGIC_ID if mid else _RMAGIC, len(body), n, boot)
         return h + struct.pack("<H", _crc16(h[1:])) + body + struct.pack("<H", _crc16(body))
 
-    def _put(self, n, body, flags=0xFF):
-        rec = self._frame(flags, n, self.boot, body)
+    def _put(self, n, body, flags=0xFF, mid=False):
+        rec = self._frame(flags, n, self.boot, body, mid)
         if self._wo + len(rec) > self.ss:
             self._next_sector(len(rec))
         off = self._wo
@@ -288,7 +293,7 @@ class OutboxNor:
                 self._mark(s, off, _MOVED)
             elif _is_report(rec[1]) and self._wo + frame + need <= self.ss:
                 body = self._encode(rec[1], mid)
-                self._put(self._next_n, body)
+                self._put(self._next_n, body, mid=True)
                 self._next_n += 1
                 self._moved = True
                 self._mark(s, off, _MOVED)
@@ -379,7 +384,7 @@ class OutboxNor:
                 continue
             self._seq[s], self._first[s] = seq, h[2]
             self._order.append(s)
-        self._head = None
+        head = None
         self._count = 0
         last = self._order[-1]
         wo = _REC0
@@ -401,10 +406,12 @@ class OutboxNor:
                 boot = max(boot, b)
                 if not ln:
                     continue
+                if self._hb[1] == _RMAGIC_ID:
+                    self._moved = True
                 if st is None:
                     self._count += 1
-                    if self._head is None:
-                        self._head = (s, off)
+                    if head is None:
+                        head = (s, off)
                 elif st < 5:
                     self._res[st] += 1
                 else:
@@ -422,8 +429,7 @@ class OutboxNor:
         self._w, self._wo = last, wo
         self._next_n = top_n + 1
         self.boot = boot + 1
-        if self._head is None:
-            self._head = (self._w, self._wo)
+        self._head = head or (self._w, self._wo)
         self._put(self._next_n, b"", 0x00)  # this boot is durable before it hands out an id
         self._clear_next(0)  # a log-full copy cut short
         self._advance_head()
@@ -450,6 +456,8 @@ class OutboxNor:
     def _carry(self, old):
         # the file outbox's pending records move here with their ids, in order; a move cut short
         # is finished at the next open (ids already here are not copied twice)
+        if not old.pending_count():
+            return
         here = []
         if self._moved:
             for _, _, _, _, _, rec in self._scan_pending():
@@ -513,7 +521,7 @@ class OutboxNor:
             self._drop_one()
         n = self._next_n
         try:
-            self._put(n, body)
+            self._put(n, body, mid=mid is not None)
         except OSError as e:  # the next append takes the next n: this one was never handed out
             self._next_n = n + 1
             raise OutboxError("append failed: %s" % log.describe(e))
@@ -601,7 +609,9 @@ class OutboxNor:
         k = _key(mid)
         if k is None:
             return None
-        if self.epoch <= k[0] <= self.boot:
+        if k[0] < self.epoch:  # carried over: found by a scan
+            pass
+        elif k[0] <= self.boot:
             n = k[1]
             for i, s in enumerate(self._order):
                 if self._first[s] <= n and (i + 1 == len(self._order) or
@@ -612,7 +622,7 @@ class OutboxNor:
                     break
             if not self._moved:
                 return None
-        elif not self._moved:
+        else:
             return None
         for s, off, _, _, _, rec in self._scan_pending():  # moved or carried: by id
             if rec.message_id == mid:
