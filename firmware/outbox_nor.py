@@ -418,14 +418,13 @@ class OutboxNor:
                     self._moved = True
             if s == last:
                 wo = self._stop
-        # a torn program may have left bytes after the last whole record: write after them
+        # a torn program may have left bytes after the last whole record, past a blank gap
+        # that ends the scan: this sector takes no more records (they would not be found)
         tail = bytearray(self.ss - wo) if wo < self.ss else b""
         if tail:
             self.dev.readblocks(last, tail, wo)
-            i = len(tail)
-            while i and tail[i - 1] == 0xFF:
-                i -= 1
-            wo += i
+            if tail != b"\xff" * len(tail):
+                wo = self.ss
         self._w, self._wo = last, wo
         self._next_n = top_n + 1
         self.boot = boot + 1

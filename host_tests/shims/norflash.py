@@ -14,8 +14,9 @@ Counts: erases, programs (writeblocks calls), programmed bytes, read calls and b
 Power cuts: `cut_at = k` makes the k-th block operation (program or erase, counting from 1
 after the last `zero()`) torn and raises PowerCut; every later operation raises it too until
 `reboot()`. A torn program has programmed a prefix of its bytes and part of the bits of the
-next one; a torn erase has set a prefix of the sector to 0xFF and left the rest as it was
-(`torn` picks the split point in eighths, 0..8, so tests can walk every case).
+next one; a torn erase has set a prefix of the sector to 0xFF and left the rest as it was, or
+the end of the sector with `erase_tail` (`torn` picks the split point in eighths, 0..8, so
+tests can walk every case).
 """
 
 import os
@@ -47,6 +48,7 @@ class NorPartition:
         self.conflicts = 0  # programs that asked for a 0 -> 1 transition
         self.cut_at = None
         self.torn = 4
+        self.erase_tail = False
         self.zero()
 
     def zero(self):
@@ -137,7 +139,7 @@ class NorPartition:
             raise OSError(22)
         cut = self._tick()
         ln = self.ss * self.torn // 8 if cut else self.ss
-        self.f.seek(block * self.ss)
+        self.f.seek(block * self.ss + (self.ss - ln if self.erase_tail else 0))
         self.f.write(b"\xff" * ln)
         self.erases += 1
         if cut:
