@@ -361,3 +361,36 @@ def test_bytes_after_the_log_end_are_never_programmed_over():
     assert _ids(OutboxNor(dev)) == ids + more
     assert dev.peek(junk_at, 2) == b"\x12\x34"
     _done(dev)
+
+
+def _heap():
+    import gc
+
+    gc.collect()
+    return gc.mem_alloc() if support.IS_MICROPYTHON else 0
+
+
+def test_memory_flat_with_thousands_pending_and_acks_read_nothing():
+    dev = _dev("mem", sectors=48, size=4096)
+    ob = OutboxNor(dev, max_records=2700)
+    _fill(ob, 50)
+    ob.pending(10)
+    base = _heap()
+    for i in range(2500):
+        ob.append("reading", 7, "v%d" % i, T0 + i)
+    grown = _heap() - base
+    reopened = OutboxNor(dev, max_records=2700)
+    assert reopened.pending_count() == 2550
+    first = reopened.pending(10)
+    before = _heap()
+    dev.zero()
+    reopened.resolve([r.message_id for r in first])
+    # ten flag bytes; the head steps over the ten resolved headers (14 bytes each) to the next
+    assert dev.progs == 10 and dev.read_bytes <= 11 * 14, dev.read_bytes
+    batch = reopened.pending(10)
+    after = _heap()
+    assert len(batch) == 10 and reopened.pending_count() == 2540
+    if support.IS_MICROPYTHON:
+        assert grown < 4096, grown  # RAM holds per-sector numbers, no per-record state
+        assert after - before < 8192, after - before
+    _done(dev)
