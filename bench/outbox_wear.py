@@ -27,7 +27,7 @@ import time
 import vfs
 from norflash import NorPartition
 
-from firmware import outbox_v1
+from firmware import outbox_nor, outbox_v1
 from firmware.outbox import Outbox
 from firmware.outbox_nor import OutboxNor
 
@@ -328,7 +328,7 @@ def scaling_nor(counts):
             mid = ob.append(*rec)
             if i in (p // 2, p // 2 + 1, p // 2 + 2):
                 ids.append(mid)
-            live += 16 + len(ob._encode(Record(None, rec[0], rec[1], rec[2], rec[3])))
+            live += 16 + len(outbox_nor._encode(Record(None, rec[0], rec[1], rec[2], rec[3])))
         ob = rec = None
         gc.collect()
         h0 = _heap()

@@ -52,7 +52,7 @@ from binascii import crc32
 from micropython import const
 
 from firmware import clock, log
-from firmware.outbox import OutboxError, Record, _key
+from firmware.outbox import OutboxError, Record
 
 _TAG = "outbox"
 _SMAGIC = b"OBN1"
@@ -102,8 +102,85 @@ def _status(flags):
     return best
 
 
+def _id_key(mid):
+    # message_id -> (boot, n), or None for anything that is not one of ours
+    if not isinstance(mid, str) or len(mid) > 40:
+        return None
+    parts = mid.split("-")
+    if len(parts) != 2:
+        return None
+    try:
+        return (int(parts[0], 16), int(parts[1], 16))
+    except ValueError:
+        return None
+
+
 def _is_report(rec):
     return rec.desired_id is not None or rec.report_status is not None
+
+
+def _sector_header(dev, s):
+    b = bytearray(_SUM + 12)
+    dev.readblocks(s, b, 0)
+    if bytes(b[:4]) != _SMAGIC or _crc16(b[:40]) != struct.unpack_from("<H", b, 40)[0]:
+        return None
+    f = struct.unpack_from(_SH, b)
+    summ = None
+    if _crc16(b[_SUM:_SUM + 10]) == struct.unpack_from("<H", b, _SUM + 10)[0]:
+        summ = list(struct.unpack_from("<5H", b, _SUM))
+    return f[1], f[2], f[3], f[4], list(f[5:10]), b[_RECLAIM] != 0xFF, summ
+
+
+def _resync(dev, s, off, end):
+    # the next offset holding a valid header or blank flash, else end
+    if off >= end:
+        return end
+    buf = bytearray(end - off)
+    dev.readblocks(s, buf, off)
+    for i in range(len(buf) - _RHLEN + 1):
+        h = buf[i:i + _RHLEN]
+        if h == _BLANK:
+            return off + i
+        if h[1] in (_RMAGIC, _RMAGIC_ID) and _crc16(h[1:12]) == struct.unpack_from(
+                "<H", h, 12)[0]:
+            return off + i
+    return end
+
+
+def _frame(flags, n, boot, body, mid):
+    h = struct.pack(_RH, flags, _RMAGIC_ID if mid else _RMAGIC, len(body), n, boot)
+    return h + struct.pack("<H", _crc16(h[1:])) + body + struct.pack("<H", _crc16(body))
+
+
+def _load(dev, s, off, n, boot, ln):
+    # (body, Record) of a record, or None when its body is damaged
+    buf = bytearray(ln + 2)
+    dev.readblocks(s, buf, off + _RHLEN)
+    body = bytes(buf[:ln])
+    try:
+        if _crc16(body) != struct.unpack_from("<H", buf, ln)[0]:
+            raise ValueError("crc")
+        f = json.loads(body)
+        if not isinstance(f, list) or not 4 <= len(f) <= 7:
+            raise ValueError("shape")
+        while len(f) < 7:
+            f.append(None)
+        kind = _KINDS[f[0]] if isinstance(f[0], int) else f[0]
+        mid = f[6] if f[6] is not None else "%x-%x" % (boot, n)
+        if not isinstance(kind, str) or not isinstance(f[2], str) or not isinstance(
+                f[3], int) or _id_key(mid) is None:
+            raise ValueError("fields")
+        return body, Record(mid, kind, f[1], f[2], f[3], f[4], f[5])
+    except (ValueError, TypeError, IndexError):
+        return None
+
+
+def _encode(rec, mid=None):
+    k = _KINDS.index(rec.kind) if rec.kind in _KINDS else rec.kind
+    fields = [k, rec.source, rec.value, rec.t, rec.desired_id, rec.report_status, mid]
+    while fields[-1] is None:
+        fields.pop()
+    return json.dumps(fields, separators=(",", ":")).encode()
 
 
 class OutboxNor:
@@ -142,20 +219,9 @@ class OutboxNor:
         return max(1, (self.ns - 2) * ((self.ss - _REC0) // _AVG))
 
     # ---- sectors
-    def _sector_header(self, s):
-        b = bytearray(_SUM + 12)
-        self.dev.readblocks(s, b, 0)
-        if bytes(b[:4]) != _SMAGIC or _crc16(b[:40]) != struct.unpack_from("<H", b, 40)[0]:
-            return None
-        f = struct.unpack_from(_SH, b)
-        summ = None
-        if _crc16(b[_SUM:_SUM + 10]) == struct.unpack_from("<H", b, _SUM + 10)[0]:
-            summ = list(struct.unpack_from("<5H", b, _SUM))
-        return f[1], f[2], f[3], f[4], list(f[5:10]), b[_RECLAIM] != 0xFF, summ
-
     def _counts(self, s):
         # resolutions in sector s, from its summary or its records
-        h = self._sector_header(s)
+        h = _sector_header(self.dev, s)
         if h is not None and h[6] is not None:
             return h[6]
         c = [0] * 5
@@ -200,13 +266,10 @@ class OutboxNor:
         self.dev.writeblocks(s, body + struct.pack("<H", _crc16(body)), _SUM)
 
     # ---- records
-    def _end_of(self, s):
-        return self._wo if s == self._w else self.ss
-
     def _recs(self, s, off):
         # (offset, flags, n, boot, length) of each record of sector s from off; n is -1 for a
         # damaged header (the next valid one is searched for)
-        end = self._end_of(s)
+        end = self._wo if s == self._w else self.ss
         hb = self._hb
         self._stop = end
         while off + _RHLEN + 2 <= end:
@@ -221,22 +284,7 @@ class OutboxNor:
                 off += _RHLEN + ln + 2
             else:
                 yield off, flags, -1, 0, 0
-                off = self._resync(s, off + 1, end)
-
-    def _resync(self, s, off, end):
-        # the next offset holding a valid header or blank flash, else end
-        if off >= end:
-            return end
-        buf = bytearray(end - off)
-        self.dev.readblocks(s, buf, off)
-        for i in range(len(buf) - _RHLEN + 1):
-            h = buf[i:i + _RHLEN]
-            if h == _BLANK:
-                return off + i
-            if h[1] in (_RMAGIC, _RMAGIC_ID) and _crc16(h[1:12]) == struct.unpack_from(
-                    "<H", h, 12)[0]:
-                return off + i
-        return end
+                off = _resync(self.dev, s, off + 1, end)
 
     def _walk(self, s, off):
         # the records of the log from (s, off) on, oldest first: (sector,) + _recs' tuple
@@ -244,12 +292,8 @@ class OutboxNor:
             for r in self._recs(x, off if x == s else _REC0):
                 yield (x,) + r
 
-    def _frame(self, flags, n, boot, body, mid):
-        h = struct.pack(_RH, flags, _RMAGIC_ID if mid else _RMAGIC, len(body), n, boot)
-        return h + struct.pack("<H", _crc16(h[1:])) + body + struct.pack("<H", _crc16(body))
-
     def _put(self, n, body, flags=0xFF, mid=False):
-        rec = self._frame(flags, n, self.boot, body, mid)
+        rec = _frame(flags, n, self.boot, body, mid)
         if self._wo + len(rec) > self.ss:
             self._next_sector(len(rec))
         off = self._wo
@@ -292,7 +336,7 @@ class OutboxNor:
             if mid in copied:
                 self._mark(s, off, _MOVED)
             elif _is_report(rec[1]) and self._wo + frame + need <= self.ss:
-                body = self._encode(rec[1], mid)
+                body = _encode(rec[1], mid)
                 self._put(self._next_n, body, mid=True)
                 self._next_n += 1
                 self._moved = True
@@ -311,37 +355,8 @@ class OutboxNor:
                 return
             if n < 0 or not ln or (pending and _status(flags) is not None):
                 continue
-            rec = self._load(x, o, n, boot, ln)
+            rec = _load(self.dev, x, o, n, boot, ln)
             yield x, o, rec, n
-
-    def _load(self, s, off, n, boot, ln):
-        # (body, Record) of a record, or None when its body is damaged (logged)
-        buf = bytearray(ln + 2)
-        self.dev.readblocks(s, buf, off + _RHLEN)
-        body = bytes(buf[:ln])
-        try:
-            if _crc16(body) != struct.unpack_from("<H", buf, ln)[0]:
-                raise ValueError("crc")
-            f = json.loads(body)
-            if not isinstance(f, list) or not 4 <= len(f) <= 7:
-                raise ValueError("shape")
-            while len(f) < 7:
-                f.append(None)
-            kind = _KINDS[f[0]] if isinstance(f[0], int) else f[0]
-            mid = f[6] if f[6] is not None else "%x-%x" % (boot, n)
-            if not isinstance(kind, str) or not isinstance(f[2], str) or not isinstance(
-                    f[3], int) or _key(mid) is None:
-                raise ValueError("fields")
-            return body, Record(mid, kind, f[1], f[2], f[3], f[4], f[5])
-        except (ValueError, TypeError, IndexError):
-            return None
-
-    def _encode(self, rec, mid=None):
-        k = _KINDS.index(rec.kind) if rec.kind in _KINDS else rec.kind
-        fields = [k, rec.source, rec.value, rec.t, rec.desired_id, rec.report_status, mid]
-        while fields[-1] is None:
-            fields.pop()
-        return json.dumps(fields, separators=(",", ":")).encode()
 
     def _mark(self, s, off, st):
         self.dev.writeblocks(s, bytes((_CODES[st],)), off)
@@ -363,7 +378,7 @@ class OutboxNor:
         self._w = -1
         heads = []
         for s in range(ns):
-            h = self._sector_header(s)
+            h = _sector_header(self.dev, s)
             if h is not None and not h[5]:
                 heads.append((h[0], s, h))
         if not heads:
@@ -478,7 +493,7 @@ class OutboxNor:
         # (sector, offset, flags, n, boot, Record) of every intact pending record
         for s, off, flags, n, boot, ln in self._walk(*self._head):
             if n >= 0 and ln and _status(flags) is None:
-                rec = self._load(s, off, n, boot, ln)
+                rec = _load(self.dev, s, off, n, boot, ln)
                 if rec is not None:
                     yield s, off, flags, n, boot, rec[1]
 
@@ -513,7 +528,7 @@ class OutboxNor:
                             None)
 
     def _append(self, rec, mid):
-        body = self._encode(rec, mid)
+        body = _encode(rec, mid)
         if len(body) > _MAX_PAYLOAD:
             raise OutboxError("record too large (%d bytes)" % len(body))
         if self._count >= self.max_records:
@@ -551,7 +566,7 @@ class OutboxNor:
                 continue
             if not ln or st is not None:
                 continue
-            rec = self._load(s, off, n, boot, ln)
+            rec = _load(self.dev, s, off, n, boot, ln)
             if rec is None:
                 self._damaged(s, off, "record %d" % n)
                 self._count -= 1
@@ -605,7 +620,7 @@ class OutboxNor:
         loc = self._cache.pop(mid, None) if isinstance(mid, str) else None
         if loc is not None:
             return loc
-        k = _key(mid)
+        k = _id_key(mid)
         if k is None:
             return None
         if k[0] < self.epoch:  # carried over: found by a scan
