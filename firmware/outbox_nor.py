@@ -632,7 +632,12 @@ class OutboxNor:
                                             self._first[self._order[i + 1]] > n):
                     for off, flags, rn, boot, ln in self._recs(s, _REC0):
                         if rn == n and ln and boot == k[0]:
-                            return (s, off) if _status(flags) is None else None
+                            st = _status(flags)
+                            if st is None:
+                                return (s, off)
+                            if st != _MOVED:  # resolved: nothing to do
+                                return None
+                            break  # moved: its copy is found by its id below
                     break
             if not self._moved:
                 return None

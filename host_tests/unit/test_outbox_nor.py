@@ -286,6 +286,25 @@ def test_full_log_moves_reports_and_drops_readings():
     _done(dev)
 
 
+def test_a_moved_report_is_acked_while_its_old_copy_still_exists():
+    dev = _dev("moved", sectors=4, size=512)
+    ob = OutboxNor(dev, max_records=14)
+    big = "x" * 120
+    rep = ob.append("report", "relay", big, T0, desired_id="d1", report_status="applied")
+    lines = _capture()
+    try:
+        while not any("log full" in ln for ln in lines):  # stop right after the move
+            ob.append("reading", 1, big, T0)
+    finally:
+        log.set_sink(None)
+    assert rep in _ids(ob)
+    ob = OutboxNor(dev)  # no pending() before the ack: the id is looked up on flash
+    ob.delivered(rep)
+    assert rep not in _ids(ob)
+    assert rep not in _ids(OutboxNor(dev))
+    _done(dev)
+
+
 def test_ttl_expires_old_records():
     dev = _dev("ttl", sectors=8)
     ob = OutboxNor(dev, ttl_s=3600)
