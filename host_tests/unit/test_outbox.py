@@ -361,6 +361,38 @@ def test_a_record_in_flight_never_expires():
     support.rmtree(root.rsplit("/", 1)[0])
 
 
+def test_records_around_the_first_read_size_read_back():
+    # a slot file is read in a 64-byte first piece, then the rest: sizes on both sides of it
+    root, ob = _fresh("edge")
+    values = ["v" * k for k in range(30, 60)]
+    ids = [ob.append("reading", 7, v, T0) for v in values]
+    sizes = {len(_read(p)) for p in _slot_paths(root)}
+    assert min(sizes) < 64 < max(sizes) and 64 in sizes, sizes
+    got = Outbox(root).pending(100)
+    assert [(r.message_id, r.value) for r in got] == list(zip(ids, values))
+    support.rmtree(root.rsplit("/", 1)[0])
+
+
+def test_reading_records_allocates_little():
+    # the uplink reads every record it sends (pending()): the slot path, the file read and the
+    # decoding made ~1.6K per record on the unix port, 256 bytes of it a read piece
+    root, ob = _fresh("alloc")
+    ids = _fill(ob, 40)
+    ob.pending(1)
+    if support.IS_MICROPYTHON:
+        gc.collect()
+        gc.disable()
+        try:
+            before = gc.mem_alloc()
+            got = ob.pending(20)
+            per = (gc.mem_alloc() - before) // 20
+        finally:
+            gc.enable()
+        assert [r.message_id for r in got] == ids[:20]
+        assert per < 1400, per
+    support.rmtree(root.rsplit("/", 1)[0])
+
+
 def _heap():
     gc.collect()
     if support.IS_MICROPYTHON:
