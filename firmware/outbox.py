@@ -65,7 +65,7 @@ record is a command report is the oldest report dropped (stats()["dropped"]).
 
 TTL: with ttl_s set and the wall clock set, pending() resolves records whose event time t is
 older than now - ttl_s as expired (stats()["expired"]) instead of returning them. Records with
-t <= 0 (clock was unset) never expire.
+t <= 0 (clock was unset) never expire, nor do those pending() is told to skip (in flight).
 
 A corrupt or missing ack index is logged as an error: every intact record from the lowest
 bucket on is pending again (possible re-delivery, which the cloud's idempotency absorbs; never
