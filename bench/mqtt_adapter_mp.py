@@ -35,7 +35,10 @@ async def main():
     await cloud.authenticate()
     session = asyncio.create_task(cloud.session())
     deadline = clock.Deadline(60000)
-    while not (cloud.mode == "mqtt" and cloud.client.connected):
+    # ready to send: connected and the ack topic subscribed (before that send() refuses the
+    # batch and the uplink waits for the session, which is start-up, not throughput)
+    while not (cloud.mode == "mqtt" and cloud.client.connected and
+               cloud._subscribed == cloud.client.connects):
         if deadline.expired():
             raise SystemExit("no MQTT session within 60 s (mode %s)" % cloud.mode)
         await asyncio.sleep_ms(20)

@@ -105,13 +105,11 @@ def mp_median(args, tree, reps=3):
     return runs[len(runs) // 2]
 
 
-class BenchBroker(Broker):
-    """mosquitto with TCP_NODELAY on its sockets. By default it leaves Nagle on, so its
-    back-to-back PUBACKs wait for our delayed ACKs: 40 ms stalls that made pipelined runs
-    vary (200 publishes straight to the broker: 11 ms with, 55 ms without)."""
-
-    def _config(self):
-        return "set_tcp_nodelay true\n" + super()._config()
+# mosquitto with TCP_NODELAY on its sockets (tools/mosquitto.py sets it for every broker). By
+# default it leaves Nagle on, so its back-to-back PUBACKs wait for our delayed ACKs: 40 ms
+# stalls that made pipelined runs vary (200 publishes straight to the broker: 11 ms with, 55
+# ms without)
+BenchBroker = Broker
 
 
 def smallest_heap_of(script, args, tree, lo=4, hi=256):

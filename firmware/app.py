@@ -219,11 +219,8 @@ class App:
 
     def _next_batch(self, flying):
         """The oldest pending records not in a running attempt, at most batch_max."""
-        n = self.cloud.batch_max
-        if not flying:
-            return self.outbox.pending(n)
-        out = [r for r in self.outbox.pending(n + len(flying)) if r.message_id not in flying]
-        return out[:n]
+        # the outbox passes the records in flight without reading them, and never expires one
+        return self.outbox.pending(self.cloud.batch_max, flying)
 
     def _settle(self, records, result, backoff):
         """Applies one attempt's result to the outbox; (delay_ms, floor_ms) when the cloud

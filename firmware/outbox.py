@@ -65,7 +65,7 @@ record is a command report is the oldest report dropped (stats()["dropped"]).
 
 TTL: with ttl_s set and the wall clock set, pending() resolves records whose event time t is
 older than now - ttl_s as expired (stats()["expired"]) instead of returning them. Records with
-t <= 0 (clock was unset) never expire.
+t <= 0 (clock was unset) never expire, nor do those pending() is told to skip (in flight).
 
 A corrupt or missing ack index is logged as an error: every intact record from the lowest
 bucket on is pending again (possible re-delivery, which the cloud's idempotency absorbs; never
@@ -85,7 +85,9 @@ _TAG = "outbox"
 _G = const(28)  # slots per bucket: their first lap (28 creates, 128 bytes each) fits one block
 SLOTS_PER_BUCKET = _G
 _MAX_PAYLOAD = const(1024)
-_FIRST_READ = const(256)  # a file read takes this much first (records are smaller)
+# a file read takes this much first: a record is usually 20-40 bytes (f.read(256) made a
+# 256-byte piece per record read: bench/mqtt-throughput.md)
+_FIRST_READ = const(64)
 _CAP_CHECK = const(64)  # pending records from which max_records is checked against the space
 _VERSION = const(3)
 _F_BIGT = const(1)  # t did not fit u32: it is the JSON list's 7th item
@@ -98,6 +100,7 @@ _META_LEN = const(36)
 _M_V1LEFT = const(0x80)  # converted from v1; its files may still be there
 _IDX = "<BI"  # generation, head (+ marks u16, out-of-order u16 each when there are any)
 _KINDS = ("sensor", "command", "reading", "report", "state")
+_NONES = ((None, None, None), (None, None), (None,))  # fills a short record's list to 6
 _STATUS_NAMES = {"D": "delivered", "X": "dead", "P": "dropped", "E": "expired"}
 
 
@@ -135,6 +138,18 @@ def _key(mid):
         return None
 
 
+def _number(mid, epoch, boot):
+    # the record number of an id of this store ("<boot hex>-<n hex>", boot from epoch on), or
+    # -1; like _key without its list and tuple (pending() parses every id in flight per call)
+    i = mid.find("-") if isinstance(mid, str) and len(mid) <= 40 else -1
+    if i <= 0:
+        return -1
+    try:
+        return int(mid[i + 1:], 16) if epoch <= int(mid[:i], 16) <= boot else -1
+    except ValueError:
+        return -1
+
+
 def _fresh_epoch():
     """A random epoch for a brand-new (or wiped) outbox. A board whose flash was erased must not
     hand out the ids it used before: the cloud would call them conflicts (Realer 409) and the
@@ -152,10 +167,10 @@ def _seal(body):
 
 def _unseal(data):
     # the body of a sealed file, or None when it is short or its CRC is wrong
-    if len(data) < 3 or struct.unpack_from("<H", data, len(data) - 2)[0] != _crc16(
-            data[:-2]):
+    if len(data) < 3:
         return None
-    return data[:-2]
+    body = data[:-2]  # one copy, not two
+    return body if data[-2] | data[-1] << 8 == _crc16(body) else None
 
 
 def _parity(body, n):
@@ -178,6 +193,7 @@ class Outbox:
         self.epoch = self.boot = 0
         self._igen = self._mgen = 0  # generation of the newer a/m file
         self._capped = False  # max_records checked against the filesystem's size
+        self._bpath: tuple = (-1, 0, "")  # (bucket, epoch, its path + "/") of the last slot
         try:
             _mkdirs(self.root)
             self._open()
@@ -192,13 +208,16 @@ class Outbox:
         return self._p("b%08x_%06x" % (self.epoch, b))  # sorted like the queue
 
     def _slot(self, n):
-        return "%s/%x" % (self._bucket(n // _G), n % _G)
+        b = n // _G
+        c = self._bpath
+        if c[0] != b or c[1] != self.epoch:
+            c = self._bpath = (b, self.epoch, self._bucket(b) + "/")
+        return c[2] + "%x" % (n % _G)
 
     def _read_file(self, path):
         # bytes of a small file (at most _MAX_PAYLOAD + 16), or None when it does not exist or
-        # is not a file. Read in a small first piece, not into a resident 1K buffer: a record
-        # is about 100-200 bytes, and the 1K buffer cost every configuration 1K of heap for
-        # good (bench/memory.md, the merged tree)
+        # is not a file. Read in a small first piece, not into a resident 1K buffer: that
+        # cost every configuration 1K of heap for good (bench/memory.md, the merged tree)
         try:
             with open(path, "rb") as f:
                 data = f.read(_FIRST_READ)
@@ -393,15 +412,17 @@ class Outbox:
             f = json.loads(body[11:])
             if not isinstance(f, list) or not 3 <= len(f) <= 7:
                 raise ValueError("shape")
-            while len(f) < 6:
-                f.append(None)
+            if len(f) < 6:
+                f.extend(_NONES[len(f) - 3])  # trailing nulls are left out on flash
             if flags & _F_BIGT:
                 t = f[6]
             kind = _KINDS[f[0]] if isinstance(f[0], int) else f[0]
-            # the boot that appended it: the latest one with these low 16 bits
-            b = self.boot - ((self.boot - b16) & 0xFFFF)
-            mid = f[5] if f[5] is not None else "%x-%x" % (b, n)
-            if not isinstance(kind, str) or not isinstance(f[2], str) or _key(mid) is None:
+            mid = f[5]
+            if mid is None:  # the boot that appended it: the latest one with these low 16 bits
+                mid = "%x-%x" % (self.boot - ((self.boot - b16) & 0xFFFF), n)
+            elif _key(mid) is None:  # an id carried over from v1
+                raise ValueError("id")
+            if not isinstance(kind, str) or not isinstance(f[2], str):
                 raise ValueError("fields")
             return Record(mid, kind, f[1], f[2], t, f[3], f[4])
         except (ValueError, TypeError, IndexError, KeyError):
@@ -472,7 +493,11 @@ class Outbox:
         self._top = b
         self._write_meta()  # where the buckets are: opening needs no listing
 
-    def pending(self, limit: int = 10) -> list:
+    def pending(self, limit: int = 10, skip=()) -> list:
+        """The oldest pending records, at most limit, leaving out those whose message_id is in
+        skip (the records of running send attempts). A skipped record of this store is passed
+        by its number, its slot not read (the uplink asked again for every record in flight
+        on each call: bench/mqtt-throughput.md), and never expired: it may be delivered."""
         out: list = []
         if limit <= 0:
             return out
@@ -482,20 +507,38 @@ class Outbox:
                 cutoff = self.now() - self.ttl_s
             except clock.ClockUnset:  # no wall time, no expiry
                 pass
+        held = set()  # record numbers of skipped ids of this store
+        other: list = []  # skipped ids carried over from v1 (or not ours): compared once read
+        for mid in skip:
+            n = _number(mid, self.epoch, self.boot)
+            if n >= 0:
+                held.add(n)
+            else:
+                other.append(mid)
         expired: list = []
         bad: list = []
-
-        def take(n, rec):
-            if rec is None:
-                bad.append(n)
-            elif cutoff is not None and isinstance(rec.t, int) and 0 < rec.t < cutoff:
-                expired.append(n)
-            else:
-                out.append(rec)
-            return len(out) >= limit
-
-        if not self._scan(take):  # the whole queue was read: the count is exact now
-            self._count = len(out) + len(bad) + len(expired)
+        skipped = 0
+        n = self.head
+        while n < self._end and len(out) < limit:
+            if n in held:
+                skipped += 1
+            elif n not in self._oo:
+                rec = self._read(n)
+                if rec is None:
+                    bad.append(n)
+                elif rec is False:
+                    pass  # a resolution marker
+                elif other and rec.message_id in other:
+                    skipped += 1
+                elif cutoff is not None and isinstance(rec.t, int) and 0 < rec.t < cutoff:
+                    expired.append(n)
+                else:
+                    out.append(rec)
+            n += 1
+        if n >= self._end and not (skipped and self._marks):
+            # the whole queue was looked at: the count is exact now (a skipped slot is not
+            # read, so with marked slots about it could be one already resolved)
+            self._count = len(out) + len(bad) + len(expired) + skipped
         for n in bad:  # after the scan: resolving moves the head the scan stands on
             self._resolve_n(n, None)
         for n in expired:

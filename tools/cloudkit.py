@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import ssl
 import time
@@ -177,6 +178,15 @@ def start_broker(data, paths):
     return Broker(os.path.join(data, "mqtt"), certs=paths).start()
 
 
+def _nodelay(_client, _userdata, sock):
+    # the cloud's acks go out back to back: without TCP_NODELAY all but the first wait on
+    # Nagle for the broker's delayed ACK (40 ms on loopback; bench/mqtt-throughput.md)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket
+        pass
+
+
 class BrokerSession:
     """The cloud's own admin session on its broker (paho, MQTT 5). paho runs its network
     thread; every message (on_message(msg)) and every connect or disconnect (on_up(bool)) is
@@ -199,6 +209,7 @@ class BrokerSession:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *_a: loop.call_soon_threadsafe(self._up, False)
         self.client.on_message = lambda _c, _u, m: loop.call_soon_threadsafe(on_message, m)
+        self.client.on_socket_open = _nodelay
 
     def start(self):
         kw = {}

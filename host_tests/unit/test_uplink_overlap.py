@@ -113,3 +113,34 @@ def test_after_a_failure_the_other_send_comes_back_first_then_the_batch_goes_aga
     assert a.delivered == 9 and a.outbox.stats()["delivered"] == 9
     assert any("uplink: OSError" in ln for ln in lines), lines
     support.rmtree(root)
+
+
+def test_a_record_in_flight_is_not_expired_while_the_next_batch_is_read():
+    """The outbox's TTL must not expire a record that a running attempt holds: it would be
+    counted expired and then delivered. Here the first two batches are out when every record
+    passes its TTL; the next batch is read while the second is still out."""
+    from firmware import clock
+
+    cloud = _Overlapping()
+    a, root = _app(cloud, records=9)
+    ids = [r.message_id for r in a.outbox.pending(9)]
+    a.outbox.ttl_s = 3600
+
+    async def judge():
+        await _until(lambda: len(cloud.gates) == 2, "two sends out at once")
+        late = clock.unix_time() + 7200
+        a.outbox.now = lambda: late  # the sends took long: every record is past its TTL
+        cloud.release(0)
+        await _until(lambda: a.delivered == 3, "the first batch resolved")
+        await _steps()  # the uplink read its next batch: the rest expired, none to send
+        st = a.outbox.stats()
+        assert (st["expired"], st["pending"]) == (3, 3), st  # not the 3 in flight
+        assert len(cloud.batches) == 2, cloud.batches
+        cloud.release(1)
+        await _until(lambda: a.delivered == 6, "the second batch resolved")
+
+    _run([("uplink", a.uplink)], judge)
+    st = a.outbox.stats()
+    assert (st["delivered"], st["expired"]) == (6, 3), st  # the two batches out were delivered
+    assert cloud.batches == [ids[0:3], ids[3:6]]
+    support.rmtree(root)
