@@ -376,7 +376,8 @@ def test_acks_read_no_record_and_opening_reads_a_fixed_number_of_files():
         ob = Outbox(root, max_records=5000)
     finally:
         Outbox._read_file = real_cls
-    assert len(opened) == 4, opened  # a0, a1, m0, m1: no record, whatever the backlog
+    # m0, m1, a0, a1 and the last slot (a delivery it may carry), whatever the backlog
+    assert [p.rsplit("/", 1)[1] for p in opened] == ["m0", "m1", "a0", "a1", "%x" % (999 % G)]
     assert ob.pending_count() == 959
     support.rmtree(root.rsplit("/", 1)[0])
 
@@ -399,6 +400,7 @@ def test_random_operations_match_a_model():
     root, ob = _fresh("model", max_records=60)
     model = []  # pending (mid, is_report) oldest first
     gone = set()
+    soft = None  # the delivery not on flash yet (it emptied the queue; no append since)
     dropped = 0
     for step in range(700):
         op = rnd(20)
@@ -411,6 +413,7 @@ def test_random_operations_match_a_model():
                 dropped += 1
             mid = ob.append("report" if report else "reading", step, "v", T0 + step,
                             report_status="applied" if report else None)
+            soft = None
             assert mid not in gone and all(mid != m[0] for m in model), mid
             model.append((mid, report))
         elif op < 15 and model:
@@ -418,12 +421,19 @@ def test_random_operations_match_a_model():
             (ob.delivered if op < 13 else ob.dead_letter)(victim[0])
             model.remove(victim)
             gone.add(victim[0])
+            # a delivery that empties the queue reaches flash with the next append
+            soft = victim if op < 13 and not model else None
         elif op == 15 and gone:
             ob.delivered(sorted(gone)[rnd(len(gone))])  # repeated ack: no effect
         elif op == 16:
             ob.compact()
+            soft = None  # written by it
         elif op == 17:
             ob = Outbox(root, max_records=60)
+            if soft:  # a reset before the next append: that one record is pending again
+                model.append(soft)
+                gone.discard(soft[0])
+                soft = None
         got = [r.message_id for r in ob.pending(100)]
         assert got == [m[0] for m in model], (seed, step)
         assert ob.pending_count() == len(model) and ob.stats()["dropped"] == dropped, (seed, step)
@@ -725,4 +735,57 @@ def test_batch_too_far_out_of_order_for_the_index_resolves_each():
     ob.resolve(ids[0:2 * G:2])
     assert _all(ob) == [] and ob.stats()["delivered"] == 2 * G - 1
     assert Outbox(root).pending_count() == 0
+    support.rmtree(root.rsplit("/", 1)[0])
+
+
+def _index(root):
+    return [_read(root + "/" + n) if n in os.listdir(root) else None for n in ("a0", "a1")]
+
+
+def test_a_delivery_that_empties_the_queue_rides_on_the_next_append():
+    # one reading per request: append, send, ack. The ack of the last pending record writes
+    # nothing; the next append's slot says every record before it is resolved (one commit
+    # per record instead of two, bench/outbox-wear.md)
+    root, ob = _fresh("soft")
+    ids = []
+    for i in range(2 * G + 3):  # across a bucket turnover (which writes the index first)
+        ids.append(ob.append("reading", 1, "v%d" % i, T0 + i))
+        before = _index(root)
+        ob.delivered(ids[-1])
+        if i % G != G - 1:
+            assert _index(root) == before, i  # no index write
+        assert ob.pending_count() == 0 and _all(ob) == []
+    mid = ob.append("reading", 1, "last", T0)
+    ob = Outbox(root)  # a reset: every delivery that returned before an append is kept
+    assert [r.message_id for r in _all(ob)] == [mid]
+    assert ob.stats()["delivered"] == 2 * G + 3
+    ob.delivered(mid)
+    ob = Outbox(root)  # a reset before any append: only that one record is sent again
+    assert [r.message_id for r in _all(ob)] == [mid]
+    ob.delivered(mid)
+    ob.flush()  # what a wake does before its deep sleep
+    ob = Outbox(root)
+    assert _all(ob) == [] and ob.stats()["delivered"] == 2 * G + 4
+    assert ob.append("reading", 1, "x", T0) not in ids + [mid]
+    support.rmtree(root.rsplit("/", 1)[0])
+
+
+def test_only_a_single_delivery_that_empties_the_queue_waits():
+    root, ob = _fresh("hard")
+    ids = _fill(ob, 6)
+    for batch, dead in (([ids[0]], ()), (ids[1:3], ()), ((), ((ids[3], "no"),))):
+        before = _index(root)
+        ob.resolve(batch, dead)  # not the last record / a batch / a dead letter: written now
+        assert _index(root) != before
+    ob.delivered(ids[5])  # out of order: in the index's list
+    before = _index(root)
+    ob.delivered(ids[4])  # the last one: waits, though the index still lists 5 beyond head
+    assert _index(root) == before
+    ob = Outbox(root)  # a reset: that one record again, not the one resolved out of order
+    assert [r.message_id for r in _all(ob)] == [ids[4]]
+    ob.delivered(ids[4])
+    mid = ob.append("reading", 1, "x", T0)
+    ob = Outbox(root)  # the append carried it past the index's out-of-order list
+    assert [r.message_id for r in _all(ob)] == [mid] and ob.pending_count() == 1
+    assert ob.stats()["delivered"] == 5
     support.rmtree(root.rsplit("/", 1)[0])
