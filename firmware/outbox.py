@@ -39,8 +39,9 @@ up to 8 bytes of file make a 32-byte commit, up to 40 a 64-byte one):
 - One delivery that leaves nothing pending (one reading per request) writes nothing: the next
   append's slot carries it (flag _F_AFTER: every record before this one is resolved), so a
   record costs one commit, not two. Until then it is in RAM only: a power cut or reset sends
-  that one record again (at-least-once; never a loss). flush() writes it (before a deep
-  sleep); a bucket rename and compact() flush first, so no slot it names is taken.
+  that one record again (at-least-once; never a loss). Opening reads the last slot for the
+  flag; an append that would bury a flagged slot under an unflagged one writes the index
+  first. flush() writes it (before a deep sleep); a bucket rename and compact() flush first.
 - a0/a1 and m0/m1 each end in a CRC and carry a generation byte: the newer valid one wins, so
   a write torn on a filesystem without atomic commits (host tests) falls back to the state
   before the torn call, which had returned.
@@ -271,7 +272,7 @@ class Outbox:
         self._converting = self._v1left = False
         self._oo: list = []  # record numbers resolved beyond head, ascending
         self._marks = 0  # slots marked resolved beyond head (0: acks need no read)
-        self._soft = False  # head is one delivery ahead of flash: the next append carries it
+        self._soft = False  # head is ahead of the index: the last slot's flag or RAM has it
         meta, meta_seen = self._read_pair("m")
         if meta is None and _v1_present(self.root):
             self._migrate_v1()
@@ -321,7 +322,7 @@ class Outbox:
         if self.head < self._end - 1 and self._after(self._end - 1):
             # the last append carried a delivery the index does not have: all before it is done
             self.head = self._end - 1
-            self._oo, self._marks = [], 0
+            self._oo, self._marks, self._soft = [], 0, True
         self._count = max(0, self._end - self.head - len(self._oo) - (
             self._marks if self._marks < 0xFFFF else 0))
 
@@ -467,13 +468,14 @@ class Outbox:
         try:
             if n // _G > self._top:
                 self._new_bucket(n // _G)
+            elif self._soft and self.head != n:  # this slot would hide the flag of the last one
+                self._write_index(self.head, self._marks, self._oo)
             with open(self._slot(n), "wb") as f:
                 f.write(data)
         except OSError as e:  # the slot is taken again by the next append: no id was handed out
             raise OutboxError("append failed: %s" % log.describe(e))
         self._end = n + 1
         self._count += 1
-        self._soft = False  # the slot carried it
         return mid or "%x-%x" % (self.boot, n)
 
     def _new_bucket(self, b):

@@ -763,10 +763,25 @@ def test_a_delivery_that_empties_the_queue_rides_on_the_next_append():
     ob = Outbox(root)  # a reset before any append: only that one record is sent again
     assert [r.message_id for r in _all(ob)] == [mid]
     ob.delivered(mid)
+    more = _fill(ob, 2)  # the first carries that delivery; the second must not hide it
+    ob = Outbox(root)
+    assert [r.message_id for r in _all(ob)] == more
+    ob.delivered(more[0])
+    ob.delivered(more[1])
+    more.append(ob.append("reading", 1, "y", T0))  # carries it: the index lags behind
+    ob = Outbox(root)
+    more.append(ob.append("reading", 1, "z", T0))  # after a reset too
+    ob = Outbox(root)
+    assert [r.message_id for r in _all(ob)] == more[2:]
+    ob.resolve(more[2:])
+    ob = Outbox(root)
+    assert _all(ob) == [] and ob.stats()["delivered"] == 2 * G + 8
+    mid = ob.append("reading", 1, "w", T0)
+    ob.delivered(mid)
     ob.flush()  # what a wake does before its deep sleep
     ob = Outbox(root)
-    assert _all(ob) == [] and ob.stats()["delivered"] == 2 * G + 4
-    assert ob.append("reading", 1, "x", T0) not in ids + [mid]
+    assert _all(ob) == [] and ob.stats()["delivered"] == 2 * G + 9
+    assert ob.append("reading", 1, "x", T0) not in ids + [mid] + more
     support.rmtree(root.rsplit("/", 1)[0])
 
 
