@@ -2,6 +2,7 @@
 corrupt index and meta, bucket reuse, the v1 conversion, overflow policy, TTL, flat memory with
 thousands of pending records."""
 import gc
+import json
 import os
 
 import support
@@ -803,4 +804,37 @@ def test_only_a_single_delivery_that_empties_the_queue_waits():
     ob = Outbox(root)  # the append carried it past the index's out-of-order list
     assert [r.message_id for r in _all(ob)] == [mid] and ob.pending_count() == 1
     assert ob.stats()["delivered"] == 5
+    support.rmtree(root.rsplit("/", 1)[0])
+
+
+def _fixture(name):
+    here = __file__.rsplit("/", 3)
+    with open((here[0] if len(here) == 4 else ".") + "/host_tests/fixtures/" + name) as f:
+        return json.loads(f.read())
+
+
+def test_a_store_written_by_the_previous_v3_code_opens_unchanged():
+    # a board updated by OTA with records pending: the files the previous v3 code wrote
+    # (host_tests/fixtures/make_outbox_v3_main.py rebuilds them with that code) open with
+    # every pending record, its message_id and the counts, and ids stay unique
+    from binascii import a2b_base64
+
+    fx = _fixture("outbox_v3_main.json")
+    root = support.tmpdir("v3main") + "/ob"
+    os.mkdir(root)
+    for path, data in fx["files"].items():
+        if "/" in path and path.split("/")[0] not in os.listdir(root):
+            os.mkdir(root + "/" + path.split("/")[0])
+        _write(root + "/" + path, a2b_base64(data))
+    ob = Outbox(root, max_records=500)
+    assert [list(f) for f in _fields(_all(ob))] == fx["pending"]
+    assert ob.stats() == fx["stats"]
+    mid = ob.append("reading", 1, "new", T0)
+    assert mid not in fx["ids"]
+    assert int(mid.split("-")[0], 16) > max(int(m.split("-")[0], 16) for m in fx["ids"])
+    ob.resolve([p[0] for p in fx["pending"]])  # the new code resolves the old records
+    ob = Outbox(root, max_records=500)
+    assert [r.message_id for r in _all(ob)] == [mid]
+    st = ob.stats()
+    assert (st["delivered"], st["dead"]) == (fx["stats"]["delivered"] + len(fx["pending"]), 1)
     support.rmtree(root.rsplit("/", 1)[0])
