@@ -49,15 +49,16 @@ up to 8 bytes of file make a 32-byte commit, up to 40 a 64-byte one):
 Slot file: flags u8 (_F_BIGT, _F_AFTER, _F_DONE), n u32 LE, t u32 LE, boot u16 LE, JSON
 [kind, source, value, desired_id, report_status, message_id] (kind as a small int for the
 usual kinds; trailing nulls and message_id left out unless the record came from v1), CRC-32
-low 16 bits LE. Its size has the
-parity of its bucket number (a trailing JSON space pads it), and a bucket is renamed only to a
-number of the other parity, so the slots of its previous lap never look fresh. A slot whose n
+low 16 bits LE. Its size has the parity of its bucket number (trailing JSON spaces pad it), and
+a bucket is renamed only to a number of the other parity, so the slots of its previous lap never
+look fresh. Size & 2 is set when the slot carries _F_AFTER (and may be in slots written before
+that flag existed). A slot whose n
 is not its position is stale; one whose CRC or shape is wrong is reported, skipped and
 resolved, and the records around it stay.
 
 Open (boot): read m0/m1 and a0/a1, check the bucket range with one lookup each way, list the
 top bucket (names and sizes) to find where the queue ends, read the last slot when the index
-has records pending (a delivery it may carry); nothing grows with the backlog but
+has records pending and its size says it may carry a delivery; nothing grows with the backlog but
 LittleFS's own walk of the outbox directory. The root is listed only when the meta file is
 lost or says a v1 conversion left files behind. pending() reads slots from head on. RAM holds the
 counters, one buffer and the out-of-order list.
@@ -168,8 +169,10 @@ def _unseal(data):
 
 
 def _parity(body, n):
-    # pad (JSON allows a trailing space) so the sealed size has the parity of n's bucket
-    return body + b" " if (len(body) + 2 - n // _G) % 2 else body
+    # pad (JSON allows trailing spaces) so the sealed size has the parity of n's bucket, and
+    # size & 2 set only when the slot may carry _F_AFTER: opening reads the last slot only then
+    # (slots of the v3 code before _F_AFTER have either, so a set bit is checked in the file)
+    return body + b"   "[:(n // _G % 2 + (body[0] & _F_AFTER) - len(body) - 2) % 4]
 
 
 def _newer(a, b):
@@ -319,7 +322,7 @@ class Outbox:
             if idx_seen or self._top >= 0:
                 log.error(_TAG, "ack index missing or corrupt in %s: every intact record is "
                           "pending again; resolved records may be delivered again", self.root)
-        if self.head < self._end - 1 and self._after(self._end - 1):
+        if self.head < self._end - 1 and self._last & 2 and self._after(self._end - 1):
             # the last append carried a delivery the index does not have: all before it is done
             self.head = self._end - 1
             self._oo, self._marks, self._soft = [], 0, True
@@ -366,6 +369,7 @@ class Outbox:
         # B's parity, and a bucket is renamed only to a number of the other parity, so the
         # slots left from its previous lap never look fresh.
         self._end = 0
+        self._last = 2  # size of the last slot (unknown: in the bucket below, read it)
         if self._top < 0:
             return
         self._end = self._top * _G
@@ -378,6 +382,7 @@ class Outbox:
             if size > 0 and size % 2 == self._top % 2 and n >= self._end and name == "%x" % (
                     n % _G):
                 self._end = n + 1
+                self._last = size
 
     # ---- records
     def _encode(self, n, mid, kind, source, value, t, desired_id, report_status):
