@@ -168,11 +168,12 @@ def _unseal(data):
     return data[:-2]
 
 
-def _parity(body, n):
+def _parity(body, n, m=4):
     # pad (JSON allows trailing spaces) so the sealed size has the parity of n's bucket, and
-    # size & 2 set only when the slot may carry _F_AFTER: opening reads the last slot only then
-    # (slots of the v3 code before _F_AFTER have either, so a set bit is checked in the file)
-    return body + b"   "[:(n // _G % 2 + (body[0] & _F_AFTER) - len(body) - 2) % 4]
+    # (m=4, records) size & 2 set only when the slot may carry _F_AFTER: opening reads the last
+    # slot only then (slots of the v3 code before _F_AFTER have either, so a set bit is checked
+    # in the file). A marker (m=2) stays at most 8 bytes: one 32-byte commit
+    return body + b"   "[:(n // _G % 2 + (body[0] & _F_AFTER) - len(body) - 2) % m]
 
 
 def _newer(a, b):
@@ -644,7 +645,7 @@ class Outbox:
                 oo.sort()
             else:  # far out of order (overflow drops behind a stuck report): mark the slot
                 with open(self._slot(n), "wb") as f:
-                    f.write(_seal(_parity(struct.pack("<BI", _F_DONE, n), n)))
+                    f.write(_seal(_parity(struct.pack("<BI", _F_DONE, n), n, 2)))
                 marks = min(marks + 1, 0xFFFF)
             self._write_index(head, marks, oo)
         except OSError as e:

@@ -839,3 +839,21 @@ def test_a_store_written_by_the_previous_v3_code_opens_unchanged():
     st = ob.stats()
     assert (st["delivered"], st["dead"]) == (fx["stats"]["delivered"] + len(fx["pending"]), 1)
     support.rmtree(root.rsplit("/", 1)[0])
+
+
+def test_slot_sizes_keep_the_bucket_parity_and_say_which_may_carry_a_delivery():
+    root, ob = _fresh("sizes")
+    ids = _fill(ob, G + 4)
+    ob.resolve(ids[:-1])
+    ob.delivered(ids[-1])  # empties the queue: the next slot carries it
+    last = ob.append("reading", 7, "after", T0)
+    sizes = [os.stat(p)[6] for p in _slot_paths(root)]
+    bucket = [0] * G + [1] * 5
+    assert [s % 2 for s in sizes] == bucket  # old laps' slots never look fresh
+    assert [s & 2 for s in sizes] == [0] * (G + 4) + [2]  # only the carrier says so
+    more = _fill(ob, 2 * G, start=200)
+    ob.resolve(more[1::2])  # more gaps than the index holds: slots marked, 32-byte commits
+    marked = [p for p in _slot_paths(root) if _read(p)[0] & 0x80]
+    assert len(marked) >= G - 12 and all(os.stat(p)[6] <= 8 for p in marked), marked[:3]
+    assert Outbox(root).pending(1)[0].message_id == last
+    support.rmtree(root.rsplit("/", 1)[0])
