@@ -52,9 +52,8 @@ usual kinds; trailing nulls and message_id left out unless the record came from 
 low 16 bits LE. Its size has the parity of its bucket number (trailing JSON spaces pad it), and
 a bucket is renamed only to a number of the other parity, so the slots of its previous lap never
 look fresh. Size & 2 is set when the slot carries _F_AFTER (and may be in slots written before
-that flag existed). A slot whose n
-is not its position is stale; one whose CRC or shape is wrong is reported, skipped and
-resolved, and the records around it stay.
+that flag existed). A slot whose n is not its position is stale; one whose CRC or shape is
+wrong is reported, skipped and resolved, and the records around it stay.
 
 Open (boot): read m0/m1 and a0/a1, check the bucket range with one lookup each way, list the
 top bucket (names and sizes) to find where the queue ends, read the last slot when the index
@@ -300,7 +299,7 @@ class Outbox:
             # their boot's low 16 bits) unless the store saw 65535 boots
             self.boot = self.epoch + 0xFFFF if self._top >= 0 else self.epoch
         self._write_meta()  # the boot counter is durable before this boot hands out an id
-        self._find_end()
+        last = self._find_end()
         self.head = self._low * _G if self._top >= 0 else self._end
         idx, idx_seen = self._read_pair("a")
         ln = len(idx[1]) if idx is not None else 0
@@ -323,7 +322,7 @@ class Outbox:
             if idx_seen or self._top >= 0:
                 log.error(_TAG, "ack index missing or corrupt in %s: every intact record is "
                           "pending again; resolved records may be delivered again", self.root)
-        if self.head < self._end - 1 and self._last & 2 and self._after(self._end - 1):
+        if self.head < self._end - 1 and last & 2 and self._after(self._end - 1):
             # the last append carried a delivery the index does not have: all before it is done
             self.head = self._end - 1
             self._oo, self._marks, self._soft = [], 0, True
@@ -369,10 +368,11 @@ class Outbox:
         # listing, no file read. Every slot file written under bucket number B has a size of
         # B's parity, and a bucket is renamed only to a number of the other parity, so the
         # slots left from its previous lap never look fresh.
+        # Returns the last slot's size (2 when it is in the bucket below: read it then).
         self._end = 0
-        self._last = 2  # size of the last slot (unknown: in the bucket below, read it)
+        last = 2
         if self._top < 0:
-            return
+            return last
         self._end = self._top * _G
         path = self._bucket(self._top)
         for name, size in _sizes(path):
@@ -383,7 +383,8 @@ class Outbox:
             if size > 0 and size % 2 == self._top % 2 and n >= self._end and name == "%x" % (
                     n % _G):
                 self._end = n + 1
-                self._last = size
+                last = size
+        return last
 
     # ---- records
     def _encode(self, n, mid, kind, source, value, t, desired_id, report_status):
@@ -487,7 +488,8 @@ class Outbox:
     def _new_bucket(self, b):
         # reuse the lowest bucket when all its records are resolved (a rename: one commit),
         # else make one (mkdir: LittleFS allocates and erases a metadata pair)
-        self.flush()  # a rename must not take a slot whose delivery is only in RAM
+        if self._soft:  # a rename must not take a slot whose delivery is only in RAM
+            self._write_index(self.head, self._marks, self._oo)
         if 0 <= self._low < self.head // _G and self._low < self._top and (b - self._low) % 2:
             os.rename(self._bucket(self._low), self._bucket(b))
             self._low += 1
@@ -546,6 +548,7 @@ class Outbox:
         flush()) carries it, so a power cut before that sends this one record again.
         Ids that are unknown or already resolved are ignored, like delivered() does."""
         todo: list = []  # (n, status, id, reason) of records of this store
+        seen: list = []
         alone = False  # ids carried over from v1 are found by a scan and resolved one by one
         for mid, status, reason in [(m, "D", "") for m in ok] + [(m, "X", r) for m, r in dead]:
             k = _key(mid)
@@ -555,13 +558,15 @@ class Outbox:
             if not self.epoch <= k[0] <= self.boot:
                 n = self._find_v1(mid)
                 alone = alone or n is not None
-            if (n is not None and self.head <= n < self._end and n not in self._oo and
-                    all(t[0] != n for t in todo)):
+            if n is not None and self.head <= n < self._end and n not in self._oo and (
+                    n not in seen):
+                seen.append(n)
                 todo.append((n, status, mid, reason))
         if not todo:
             return
         head, marks = self.head, self._marks
-        oo = sorted(self._oo + [t[0] for t in todo])
+        oo = self._oo + seen
+        oo.sort()
         if oo[0] == head:
             head, marks = self._advance(head, oo, marks)
         if alone or len(oo) > _OO_MAX or (oo and oo[-1] - head > 0xFFFF):
@@ -577,7 +582,7 @@ class Outbox:
                 raise OutboxError("ack failed: %s" % log.describe(e))
             self.head, self._oo, self._marks = head, oo, marks
             self._count = max(0, self._count - len(todo))
-            died = sum(1 for t in todo if t[1] == "X")
+            died = len(todo) - [t[1] for t in todo].count("D")
             if died:
                 self._stats["dead"] += died
                 self._save_counts()
