@@ -40,8 +40,9 @@ up to 8 bytes of file make a 32-byte commit, up to 40 a 64-byte one):
   append's slot carries it (flag _F_AFTER: every record before this one is resolved), so a
   record costs one commit, not two. Until then it is in RAM only: a power cut or reset sends
   that one record again (at-least-once; never a loss). Opening reads the last slot for the
-  flag; an append that would bury a flagged slot under an unflagged one writes the index
-  first. flush() writes it (before a deep sleep); a bucket rename and compact() flush first.
+  flag (the one before it when the last one rotted); an append that would bury a flagged slot
+  under an unflagged one writes the index first. flush() writes it (before a deep sleep); a
+  bucket rename and compact() flush first.
 - a0/a1 and m0/m1 each end in a CRC and carry a generation byte: the newer valid one wins, so
   a write torn on a filesystem without atomic commits (host tests) falls back to the state
   before the torn call, which had returned.
@@ -322,10 +323,15 @@ class Outbox:
             if idx_seen or self._top >= 0:
                 log.error(_TAG, "ack index missing or corrupt in %s: every intact record is "
                           "pending again; resolved records may be delivered again", self.root)
-        if self.head < self._end - 1 and last & 2 and self._after(self._end - 1):
-            # the last append carried a delivery the index does not have: all before it is done
-            self.head = self._end - 1
-            self._oo, self._marks, self._soft = [], 0, True
+        n = self._end - 1
+        if self.head < n and last & 2:
+            flag = self._after(n)
+            if flag is None and self.head < n - 1:  # the last slot rotted: the one before it
+                n -= 1
+                flag = self._after(n)
+            if flag:  # an append carried a delivery the index does not have
+                self.head = n  # every record before it is resolved
+                self._oo, self._marks, self._soft = [], 0, True
         self._count = max(0, self._end - self.head - len(self._oo) - (
             self._marks if self._marks < 0xFFFF else 0))
 
@@ -431,11 +437,13 @@ class Outbox:
             return None
 
     def _after(self, n):
-        # whether slot n holds a record written with _F_AFTER (every record before it resolved)
+        # whether slot n holds a record written with _F_AFTER (every record before it
+        # resolved); None when it cannot be read
         data = self._read_file(self._slot(n))
         body = _unseal(data) if data else None
-        return body is not None and len(body) > 10 and body[0] & (
-            _F_AFTER | _F_DONE) == _F_AFTER and struct.unpack_from("<I", body, 1)[0] == n
+        if body is None or len(body) < 11 or struct.unpack_from("<I", body, 1)[0] != n:
+            return None
+        return body[0] & (_F_AFTER | _F_DONE) == _F_AFTER
 
     def _scan(self, fn):
         # fn(n, Record or None) for every unresolved n from head; True from fn stops

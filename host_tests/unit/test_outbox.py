@@ -857,3 +857,27 @@ def test_slot_sizes_keep_the_bucket_parity_and_say_which_may_carry_a_delivery():
     assert len(marked) >= G - 12 and all(os.stat(p)[6] <= 8 for p in marked), marked[:3]
     assert Outbox(root).pending(1)[0].message_id == last
     support.rmtree(root.rsplit("/", 1)[0])
+
+
+def test_a_rotted_slot_that_carried_a_delivery_brings_back_one_record_not_more():
+    root, ob = _fresh("rotsoft")
+    ids = []
+    for i in range(5):  # one reading per request: the index is not written
+        ids.append(ob.append("reading", 1, "v%d" % i, T0 + i))
+        ob.delivered(ids[-1])
+    last = ob.append("reading", 1, "last", T0)  # carries the delivery of ids[4]
+    path = _slot_paths(root)[-1]
+    data = bytearray(_read(path))
+    data[12] ^= 0x21
+    _write(path, data)
+    lines = _capture()
+    try:
+        ob = Outbox(root)
+        got = [r.message_id for r in _all(ob)]
+    finally:
+        log.set_sink(None)
+    # the slot before it still says ids[0..3] are delivered: only ids[4] comes back
+    assert got == [ids[4]], got
+    assert any("damaged" in ln for ln in lines), lines
+    assert last not in got
+    support.rmtree(root.rsplit("/", 1)[0])
