@@ -7,8 +7,9 @@
 #       bench/outbox_wear.py [records] [pending counts, comma separated] [mtime] [warm]
 # Option "warm": Part 1 runs each steady/single workload once unmeasured on the same store
 # first, so the figures are those of a store in service (its buckets exist) rather than new.
-# Part 1, per 1000 records, the same records in three workloads (every append and every ack is
-# durable when it returns, in every store):
+# Part 1, per 1000 records, the same records in three workloads (every append is durable when
+# it returns, in every store; so is every ack, but the v3 outbox's delivery of the last pending
+# record, which its next append carries: "v3 flush each" flushes it at once, as before):
 #   steady   append; after every 10th append take the 10 oldest and mark them delivered
 #   single   append one reading, take it, mark it delivered (one reading per request)
 #   backlog  append all records first, then drain them in batches of 20
@@ -103,6 +104,12 @@ class OneByOneStore(OutboxStore):  # v3 as the firmware used it before resolve()
     def acks(self, mids):
         for m in mids:
             self.ob.delivered(m)
+
+
+class FlushStore(OutboxStore):  # v3 with every ack durable when it returns (flush())
+    def acks(self, mids):
+        self.ob.resolve(mids)
+        self.ob.flush()
 
 
 class V1Store(OutboxStore):
@@ -209,7 +216,8 @@ def wear(n):
         rows = {}
         payload = 0
         for name, cls in (("outbox v3", OutboxStore), ("v3 one by one", OneByOneStore),
-                          ("outbox v1", V1Store), ("file-per-record", NaiveStore)):
+                          ("v3 flush each", FlushStore), ("outbox v1", V1Store),
+                          ("file-per-record", NaiveStore)):
             dev = mounted(256)
             st = cls()
             if WARM and wl is not backlog:
@@ -239,12 +247,12 @@ def wear(n):
         raw.dev.close()
         floor = payload * k / BS
         v2, v1, nv = rows["outbox v3"], rows["outbox v1"], rows["file-per-record"]
-        one = rows["v3 one by one"]
+        one, fl = rows["v3 one by one"], rows["v3 flush each"]
         print("%-8s floor %.1f erases (%.0f payload bytes); v3/naive: erases %.2f, bytes %.2f; "
-              "v3/floor %.1f; v3 one by one/naive: erases %.2f, bytes %.2f; v1/naive erases "
-              "%.1f" % (
+              "v3/floor %.1f; v3 one by one/naive: erases %.2f, bytes %.2f; v3 flush each/naive: "
+              "erases %.2f, bytes %.2f; v1/naive erases %.1f" % (
                   wl.__name__, floor, payload * k, v2[0] / nv[0], v2[1] / nv[1], v2[0] / floor,
-                  one[0] / nv[0], one[1] / nv[1], v1[0] / nv[0]))
+                  one[0] / nv[0], one[1] / nv[1], fl[0] / nv[0], fl[1] / nv[1], v1[0] / nv[0]))
         nor = rows["nor"]
         print("%-8s outbox_nor/naive: erases %.2f, bytes %.2f, programs %.2f; outbox_nor/floor "
               "%.2f; outbox_nor/v3 erases %.2f" % (

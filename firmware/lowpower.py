@@ -160,6 +160,10 @@ def run_once(app, budget_s=None, sleep_s=None, rtc=None, deepsleep=None):
     if use_net or drained:
         state["fail"] = 0 if drained else state["fail"] + 1
     save_state(state, rtc)
+    try:  # the wake's last delivery is on flash only at the next append: put it there now
+        app.outbox.flush()
+    except Exception as e:  # that record is sent again at the next wake (at-least-once)
+        log.warn(_TAG, "outbox flush: %s", log.describe(e))
     safemode.healthy(app.cfg.root)  # a wake that got this far was no crash
     sleep_ms = max(_MIN_SLEEP_MS, int(sleep_s * 1000) - ticks_diff(ticks_ms(), started))
     log.info(_TAG, "wake %d: readings=%d pending=%d network=%s; sleeping %d ms", state["n"],

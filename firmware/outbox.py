@@ -36,20 +36,29 @@ up to 8 bytes of file make a 32-byte commit, up to 40 a 64-byte one):
   resolve() applies a whole send result with one index write (and one meta write when any is
   dead): before it all of them are pending, after it all are resolved. A result with more
   gaps than the index holds is resolved record by record, as are ids carried over from v1.
+- One delivery that leaves nothing pending (one reading per request) writes nothing: the next
+  append's slot carries it (flag _F_AFTER: every record before this one is resolved), so a
+  record costs one commit, not two. Until then it is in RAM only: a power cut or reset sends
+  that one record again (at-least-once; never a loss). Opening reads the last slot for the
+  flag (the one before it when the last one rotted); an append that would bury a flagged slot
+  under an unflagged one writes the index first. flush() writes it (before a deep sleep); a
+  bucket rename and compact() flush first.
 - a0/a1 and m0/m1 each end in a CRC and carry a generation byte: the newer valid one wins, so
   a write torn on a filesystem without atomic commits (host tests) falls back to the state
   before the torn call, which had returned.
 
-Slot file: flags u8, n u32 LE, t u32 LE, boot u16 LE, JSON [kind, source, value, desired_id,
-report_status, message_id] (kind as a small int for the usual kinds; trailing nulls and
-message_id left out unless the record came from v1), CRC-32 low 16 bits LE. Its size has the
-parity of its bucket number (a trailing JSON space pads it), and a bucket is renamed only to a
-number of the other parity, so the slots of its previous lap never look fresh. A slot whose n
-is not its position is stale; one whose CRC or shape is wrong is reported, skipped and
-resolved, and the records around it stay.
+Slot file: flags u8 (_F_BIGT, _F_AFTER, _F_DONE), n u32 LE, t u32 LE, boot u16 LE, JSON
+[kind, source, value, desired_id, report_status, message_id] (kind as a small int for the
+usual kinds; trailing nulls and message_id left out unless the record came from v1), CRC-32
+low 16 bits LE. Its size has the parity of its bucket number (trailing JSON spaces pad it), and
+a bucket is renamed only to a number of the other parity, so the slots of its previous lap never
+look fresh. Size & 2 is set when the slot carries _F_AFTER (and may be in slots written before
+that flag existed). A slot whose n is not its position is stale; one whose CRC or shape is
+wrong is reported, skipped and resolved, and the records around it stay.
 
 Open (boot): read m0/m1 and a0/a1, check the bucket range with one lookup each way, list the
-top bucket (names and sizes) to find where the queue ends; nothing grows with the backlog but
+top bucket (names and sizes) to find where the queue ends, read the last slot when the index
+has records pending and its size says it may carry a delivery; nothing grows with the backlog but
 LittleFS's own walk of the outbox directory. The root is listed only when the meta file is
 lost or says a v1 conversion left files behind. pending() reads slots from head on. RAM holds the
 counters, one buffer and the out-of-order list.
@@ -92,6 +101,7 @@ _CAP_CHECK = const(64)  # pending records from which max_records is checked agai
 _VERSION = const(3)
 _F_BIGT = const(1)  # t did not fit u32: it is the JSON list's 7th item
 _F_DONE = const(0x80)  # a resolution marker written over a record resolved far out of order
+_F_AFTER = const(2)  # written when every record before it was resolved: carries a deferred ack
 _OO_MAX = const(12)  # out-of-order resolutions kept in the index (one 64-byte commit)
 # generation, version (+ _M_V1LEFT), dead, dropped, expired, damaged, delivered base, epoch,
 # top bucket, top - low, boot: 36 bytes, so with its CRC one 64-byte commit (mtime off)
@@ -173,9 +183,12 @@ def _unseal(data):
     return body if data[-2] | data[-1] << 8 == _crc16(body) else None
 
 
-def _parity(body, n):
-    # pad (JSON allows a trailing space) so the sealed size has the parity of n's bucket
-    return body + b" " if (len(body) + 2 - n // _G) % 2 else body
+def _parity(body, n, m=4):
+    # pad (JSON allows trailing spaces) so the sealed size has the parity of n's bucket, and
+    # (m=4, records) size & 2 set only when the slot may carry _F_AFTER: opening reads the last
+    # slot only then (slots of the v3 code before _F_AFTER have either, so a set bit is checked
+    # in the file). A marker (m=2) stays at most 8 bytes: one 32-byte commit
+    return body + b"   "[:(n // _G % 2 + (body[0] & _F_AFTER) - len(body) - 2) % m]
 
 
 def _newer(a, b):
@@ -260,6 +273,7 @@ class Outbox:
                 body += struct.pack("<H", n - head)
         self._write_pair("a", gen, body)
         self._igen = gen
+        self._soft = False
 
     def _write_meta(self):
         if self._converting:  # the meta file is the conversion's commit point
@@ -281,6 +295,7 @@ class Outbox:
         self._converting = self._v1left = False
         self._oo: list = []  # record numbers resolved beyond head, ascending
         self._marks = 0  # slots marked resolved beyond head (0: acks need no read)
+        self._soft = False  # head is ahead of the index: the last slot's flag or RAM has it
         meta, meta_seen = self._read_pair("m")
         if meta is None and _v1_present(self.root):
             self._migrate_v1()
@@ -304,9 +319,8 @@ class Outbox:
             # their boot's low 16 bits) unless the store saw 65535 boots
             self.boot = self.epoch + 0xFFFF if self._top >= 0 else self.epoch
         self._write_meta()  # the boot counter is durable before this boot hands out an id
-        self._find_end()
+        last = self._find_end()
         self.head = self._low * _G if self._top >= 0 else self._end
-        self._count = self._end - self.head  # exact from the index; else until a full scan
         idx, idx_seen = self._read_pair("a")
         ln = len(idx[1]) if idx is not None else 0
         if ln == 5 or (ln >= 7 and ln % 2):
@@ -320,8 +334,6 @@ class Outbox:
                 n = head + struct.unpack_from("<H", idx[1], i)[0]
                 if self.head < n < self._end:
                     self._oo.append(n)
-            self._count = max(0, self._end - self.head - len(self._oo) - (
-                self._marks if self._marks < 0xFFFF else 0))
         elif self._top < 0 and not idx_seen:
             self._write_index(self.head, 0, [])  # a new store
         else:
@@ -330,6 +342,17 @@ class Outbox:
             if idx_seen or self._top >= 0:
                 log.error(_TAG, "ack index missing or corrupt in %s: every intact record is "
                           "pending again; resolved records may be delivered again", self.root)
+        n = self._end - 1
+        if self.head < n and last & 2:
+            flag = self._after(n)
+            if flag is None and self.head < n - 1:  # the last slot rotted: the one before it
+                n -= 1
+                flag = self._after(n)
+            if flag:  # an append carried a delivery the index does not have
+                self.head = n  # every record before it is resolved
+                self._oo, self._marks, self._soft = [], 0, True
+        self._count = max(0, self._end - self.head - len(self._oo) - (
+            self._marks if self._marks < 0xFFFF else 0))
 
     def _check_range(self):
         # the meta file may lag one bucket behind a cut (it is written after mkdir / rename /
@@ -370,9 +393,11 @@ class Outbox:
         # listing, no file read. Every slot file written under bucket number B has a size of
         # B's parity, and a bucket is renamed only to a number of the other parity, so the
         # slots left from its previous lap never look fresh.
+        # Returns the last slot's size (2 when it is in the bucket below: read it then).
         self._end = 0
+        last = 2
         if self._top < 0:
-            return
+            return last
         self._end = self._top * _G
         path = self._bucket(self._top)
         for name, size in _sizes(path):
@@ -383,15 +408,17 @@ class Outbox:
             if size > 0 and size % 2 == self._top % 2 and n >= self._end and name == "%x" % (
                     n % _G):
                 self._end = n + 1
+                last = size
+        return last
 
     # ---- records
     def _encode(self, n, mid, kind, source, value, t, desired_id, report_status):
         k = _KINDS.index(kind) if kind in _KINDS else kind
         fields = [k, source, value, desired_id, report_status, mid]
-        flags = 0
+        flags = _F_AFTER if self._soft and self.head == n else 0
         if not 0 <= t <= 0xFFFFFFFF:
             fields.append(t)
-            flags = _F_BIGT
+            flags |= _F_BIGT
             t = 0
         while fields[-1] is None:
             fields.pop()
@@ -429,6 +456,15 @@ class Outbox:
             log.error(_TAG, "record %d damaged (%s), skipped", n,
                       "missing" if data is None else "%d bytes" % len(data))
             return None
+
+    def _after(self, n):
+        # whether slot n holds a record written with _F_AFTER (every record before it
+        # resolved); None when it cannot be read
+        data = self._read_file(self._slot(n))
+        body = _unseal(data) if data else None
+        if body is None or len(body) < 11 or struct.unpack_from("<I", body, 1)[0] != n:
+            return None
+        return body[0] & (_F_AFTER | _F_DONE) == _F_AFTER
 
     def _scan(self, fn):
         # fn(n, Record or None) for every unresolved n from head; True from fn stops
@@ -468,6 +504,8 @@ class Outbox:
         try:
             if n // _G > self._top:
                 self._new_bucket(n // _G)
+            elif self._soft and self.head != n:  # this slot would hide the flag of the last one
+                self._write_index(self.head, self._marks, self._oo)
             with open(self._slot(n), "wb") as f:
                 f.write(data)
         except OSError as e:  # the slot is taken again by the next append: no id was handed out
@@ -479,6 +517,8 @@ class Outbox:
     def _new_bucket(self, b):
         # reuse the lowest bucket when all its records are resolved (a rename: one commit),
         # else make one (mkdir: LittleFS allocates and erases a metadata pair)
+        if self._soft:  # a rename must not take a slot whose delivery is only in RAM
+            self._write_index(self.head, self._marks, self._oo)
         if 0 <= self._low < self.head // _G and self._low < self._top and (b - self._low) % 2:
             os.rename(self._bucket(self._low), self._bucket(b))
             self._low += 1
@@ -555,60 +595,72 @@ class Outbox:
         """One send result: ok ids delivered, dead (id, reason) pairs dead-lettered. The ack
         index is written once for all of them (and the meta file once when any is dead): a
         power cut before that write leaves them all pending, after it all are resolved.
+        One delivery that empties the queue is not written at all: the next append (or
+        flush()) carries it, so a power cut before that sends this one record again.
         Ids that are unknown or already resolved are ignored, like delivered() does."""
-        todo: list = []  # (n, status, id, reason) of records of this store, in order
+        todo: list = []  # (n, status, id, reason) of records of this store
         seen: list = []
+        alone = False  # ids carried over from v1 are found by a scan and resolved one by one
         for mid, status, reason in [(m, "D", "") for m in ok] + [(m, "X", r) for m, r in dead]:
             k = _key(mid)
             if k is None:
                 continue
-            if not self.epoch <= k[0] <= self.boot:  # a v1 id: found by a scan, resolved alone
-                found: list = []
-
-                def look(n, rec, mid=mid, found=found):  # v1 records come first
-                    if rec is not None and rec.message_id == mid:
-                        found.append(n)
-                    return bool(found) or (rec is not None and
-                                           _key(rec.message_id)[0] >= self.epoch)
-
-                self._scan(look)
-                if found and self._resolve_n(found[0], status) and status == "X":
-                    log.warn(_TAG, "dead letter %s: %s", mid, reason)
-                continue
             n = k[1]
-            if self.head <= n < self._end and n not in self._oo and n not in seen:
+            if not self.epoch <= k[0] <= self.boot:
+                n = self._find_v1(mid)
+                alone = alone or n is not None
+            if n is not None and self.head <= n < self._end and n not in self._oo and (
+                    n not in seen):
                 seen.append(n)
                 todo.append((n, status, mid, reason))
         if not todo:
             return
-        head, oo, marks = self.head, list(self._oo), self._marks
-        oo.extend(seen)
+        head, marks = self.head, self._marks
+        oo = self._oo + seen
         oo.sort()
         if oo[0] == head:
             head, marks = self._advance(head, oo, marks)
-        if len(oo) > _OO_MAX or (oo and oo[-1] - head > 0xFFFF):
+        if alone or len(oo) > _OO_MAX or (oo and oo[-1] - head > 0xFFFF):
             # too far out of order for one index: each one on its own (marks slots as needed)
-            for n, status, mid, reason in todo:
-                if self._resolve_n(n, status) and status == "X":
-                    log.warn(_TAG, "dead letter %s: %s", mid, reason)
-            return
-        try:
-            self._write_index(head, marks, oo)
-        except OSError as e:
-            raise OutboxError("ack failed: %s" % log.describe(e))
-        self.head, self._oo, self._marks = head, oo, marks
-        self._count = max(0, self._count - len(todo))
-        died = 0
+            todo = [t for t in todo if self._resolve_n(t[0], t[1])]
+        elif len(todo) == 1 and todo[0][1] == "D" and head == self._end:
+            self.head, self._oo, self._marks, self._soft = head, oo, marks, True
+            self._count = 0
+        else:
+            try:
+                self._write_index(head, marks, oo)
+            except OSError as e:
+                raise OutboxError("ack failed: %s" % log.describe(e))
+            self.head, self._oo, self._marks = head, oo, marks
+            self._count = max(0, self._count - len(todo))
+            died = len(todo) - [t[1] for t in todo].count("D")
+            if died:
+                self._stats["dead"] += died
+                self._save_counts()
         for _, status, mid, reason in todo:
             if status == "X":
-                died += 1
                 log.warn(_TAG, "dead letter %s: %s", mid, reason)
-        if died:
-            self._stats["dead"] += died
+
+    def flush(self) -> None:
+        """Make a delivery that resolve() left for the next append durable now (before a deep
+        sleep or a reset: else that one record is sent again after the boot)."""
+        if self._soft:
             try:
-                self._write_meta()
-            except OSError as e:  # the records are resolved; only their counter is not durable
-                log.error(_TAG, "counter not saved: %s", log.describe(e))
+                self._write_index(self.head, self._marks, self._oo)
+            except OSError as e:
+                raise OutboxError("ack failed: %s" % log.describe(e))
+
+    def _find_v1(self, mid):
+        # the record number of an id carried over from v1 (v1 records come first), or None
+        found: list = []
+
+        def look(n, rec):
+            if rec is not None and rec.message_id == mid:
+                found.append(n)
+            return bool(found) or (rec is not None and _key(rec.message_id)[0] >= self.epoch)
+
+        self._scan(look)
+        return found[0] if found else None
 
     def pending_count(self) -> int:
         return self._count
@@ -626,6 +678,7 @@ class Outbox:
     def compact(self) -> None:
         """Give back the space of fully resolved buckets (a drained backlog), keeping a few for
         reuse. Costs one delete per slot; the queue never needs it to stay correct."""
+        self.flush()
         while self._low >= 0 and self._low < self.head // _G - 2 and self._low < self._top:
             path = self._bucket(self._low)
             for name in list(_names(path)):
@@ -648,7 +701,7 @@ class Outbox:
                 oo.sort()
             else:  # far out of order (overflow drops behind a stuck report): mark the slot
                 with open(self._slot(n), "wb") as f:
-                    f.write(_seal(_parity(struct.pack("<BI", _F_DONE, n), n)))
+                    f.write(_seal(_parity(struct.pack("<BI", _F_DONE, n), n, 2)))
                 marks = min(marks + 1, 0xFFFF)
             self._write_index(head, marks, oo)
         except OSError as e:
@@ -660,11 +713,14 @@ class Outbox:
                 self._bad += 1
             else:
                 self._stats[_STATUS_NAMES[status]] += 1
-            try:
-                self._write_meta()
-            except OSError as e:  # the record is resolved; only its counter is not durable
-                log.error(_TAG, "counter not saved: %s", log.describe(e))
+            self._save_counts()
         return True
+
+    def _save_counts(self):
+        try:
+            self._write_meta()
+        except OSError as e:  # the records are resolved; only their counter is not durable
+            log.error(_TAG, "counter not saved: %s", log.describe(e))
 
     def _advance(self, head, oo, marks):
         # the first unresolved n from head on, past acks in oo and marked slots; reads slots

@@ -386,8 +386,7 @@ def test_command_applied_once_expired_reported_and_duplicates_ignored_across_reb
         push(connector, 11, 55, now_ts, 600)  # redelivered on the same socket
         await until(lambda: app.outbox.pending_count() == 2, "two reports")
         res = await c.send(app.outbox.pending(10))
-        for mid in res.ok:
-            app.outbox.delivered(mid)
+        app.outbox.resolve(res.ok)  # as the uplink does: one send result, durable at once
         return res
 
     res = run_session(app.cloud, first)
