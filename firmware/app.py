@@ -81,24 +81,15 @@ class App:
         self.ended: list = []  # those that returned, for the uplink to settle
         self.end = Wake()  # an attempt returned
 
-    # the supervised tasks: the bound method is the supervisor's factory for each
-    def sampler(self):
-        return sensing.sampler(self)
-
-    def uplink(self):
-        return uplink.run(self)
-
-    def downlink(self):
-        return renewal.downlink(self)
-
-    def auth(self):
-        return renewal.auth(self)
-
-    def local(self):
-        return sensing.local(self)
-
-    def health(self):
-        return health.health(self)
+    # The supervised tasks, each a coroutine function of its own module that takes the app:
+    # as class attributes they bind like methods (app.uplink() is uplink.run(app)), and the
+    # bound method is the supervisor's factory. No wrapper function, no closure.
+    sampler = sensing.sampler
+    uplink = uplink.run
+    downlink = renewal.downlink
+    auth = renewal.auth
+    local = sensing.local
+    health = health.run
 
     def append(self, kind, source, value, desired_id=None, report_status=None):
         self.outbox.append(kind, source, value_text(value), clock.unix_time(),

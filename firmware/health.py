@@ -10,7 +10,7 @@ from firmware import clock, log, uplink
 _TAG = "app"
 
 
-async def health(app):
+async def run(app):
     """Feeds the watchdog while every critical task progresses (firmware/watchdog.py),
     marks the boot healthy for safe mode after a while, logs the status line."""
     from firmware import safemode
