@@ -1,5 +1,5 @@
 """Composition root: config -> board, outbox, cloud adapter; builds, wires, starts and stops
-the cooperative tasks, each a module of its own that takes the app as its argument.
+the cooperative tasks, whose loops live in modules of their own and take the app as argument.
 
 Tasks (docs/design.md "The loop"), each restarted by the supervisor if it crashes:
 - sampler   (firmware/sensing.py) reads each reported sensor at its interval into the
@@ -7,11 +7,11 @@ Tasks (docs/design.md "The loop"), each restarted by the supervisor if it crashe
 - uplink    (firmware/uplink.py) drains the outbox through the adapter; a record leaves only
             on success/replay; up to the adapter's `send_depth` batches in flight at once
             (Realer MQTT: 2); its backoff ends when any task reaches the cloud (`on_reached`)
-- downlink  (firmware/renewal.py) polls the command catalog and applies new desired values
+- downlink  (firmware/upkeep.py) polls the command catalog and applies new desired values
             (firmware/desired.py)
-- auth      (firmware/renewal.py) renews the token before `renew_after`
+- auth      (firmware/upkeep.py) renews the token before `renew_after`
 - local     (firmware/sensing.py) reports physical input changes without desired_id
-- health    (firmware/health.py) feeds the watchdog while the loop progresses, confirms an
+- health    (firmware/upkeep.py) feeds the watchdog while the loop progresses, confirms an
             OTA update on trial after the first accepted delivery, one status line every
             `intervals.status_s`
 - wifi      (on the board) keeps the station up; senders wait for it
@@ -32,11 +32,10 @@ if hasattr(gc, "threshold"):  # MicroPython only
     gc.threshold(max(1024, (gc.mem_free() + gc.mem_alloc()) >> 6))
 
 import asyncio  # noqa: E402
-import os  # noqa: E402
 
 from micropython import const  # noqa: E402
 
-from firmware import clock, config, health, heap, log, renewal, sensing, uplink  # noqa: E402
+from firmware import clock, config, heap, log, sensing, upkeep, uplink  # noqa: E402
 from firmware.board.base import BoardError, value_text  # noqa: E402
 from firmware.desired import DesiredState, apply_desired  # noqa: E402
 from firmware.outbox import Outbox  # noqa: E402
@@ -86,10 +85,10 @@ class App:
     # bound method is the supervisor's factory. No wrapper function, no closure.
     sampler = sensing.sampler
     uplink = uplink.run
-    downlink = renewal.downlink
-    auth = renewal.auth
+    downlink = upkeep.downlink
+    auth = upkeep.auth
     local = sensing.local
-    health = health.run
+    health = upkeep.health
 
     def append(self, kind, source, value, desired_id=None, report_status=None):
         self.outbox.append(kind, source, value_text(value), clock.unix_time(),
@@ -233,6 +232,8 @@ def _setup_ota(cfg):
 
 
 def _exists(path):
+    import os  # start-up only: not one more name in this module's table for good
+
     try:
         os.stat(path)
         return True

@@ -75,6 +75,12 @@ class Adapter:
     async def close(self):
         pass
 
+    def link_up(self, client):
+        """For a broker session's `session_up`: tell the app the session opened (`on_link_up`;
+        first is False after a reconnect)."""
+        if self.on_link_up is not None:
+            self.on_link_up(client.connects == 1)
+
 
 class SendResult:
     """What one delivery attempt decided: message ids to drop (`ok`), (id, reason) pairs to
@@ -128,7 +134,7 @@ async def mqtt_session(adapter):
                               after a refusal or when due; the catalog read again); raises to
                               skip this connect
     - `await session_up(client)`  after every connect, the subscriptions made (the adapter's
-                              first messages; `link_up`)
+                              first messages; Adapter.link_up)
     - `await session_tend(client)`  runs while the session is held (renewals, queued answers)
                               and returns when it must end (no MQTT offered, a new registration)
     - `await session_ended(client)`  after the session ended and the client disconnected
@@ -148,9 +154,3 @@ async def mqtt_session(adapter):
             runner.cancel()
             await client.disconnect()
         await adapter.session_ended(client)
-
-
-def link_up(adapter, client):
-    """Tell the app a broker session opened (`on_link_up`; first is False after a reconnect)."""
-    if adapter.on_link_up is not None:
-        adapter.on_link_up(client.connects == 1)

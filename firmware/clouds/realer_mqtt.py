@@ -39,7 +39,7 @@ import json
 from micropython import const
 
 from firmware import clock, log
-from firmware.clouds import Adapter, answer_json, link_up, mqtt_session
+from firmware.clouds import Adapter, answer_json, mqtt_session
 from firmware.clouds.realer_https import RealerError, RealerHttps, SendResult, error_type, to_wire
 from firmware.net import conn, mqtt
 
@@ -299,11 +299,11 @@ class RealerMqtt(Adapter):
 
     # -- the session task (firmware/clouds/__init__.py: mqtt_session and its hooks) -------
 
-    def session(self):
-        """Background task: HTTPS fallback until the catalog offers MQTT, then one broker
-        session kept up, with the credential renewed at renew_after and the catalog read
-        again every catalog interval (and after refusals, TLS and connection failures)."""
-        return mqtt_session(self)
+    # Background task: HTTPS fallback until the catalog offers MQTT, then one broker session
+    # kept up, with the credential renewed at renew_after and the catalog read again every
+    # catalog interval (and after refusals, TLS and connection failures). The shared loop
+    # as a class attribute binds like a method: cloud.session() is mqtt_session(cloud).
+    session = mqtt_session
 
     async def session_open(self):
         try:
@@ -329,7 +329,7 @@ class RealerMqtt(Adapter):
 
     async def session_up(self, client):
         self._subscribed = client.connects  # the ack topic is subscribed on this session
-        link_up(self, client)
+        self.link_up(client)
 
     async def session_tend(self, client):
         """Returns when the catalog stops offering MQTT. Meanwhile: the credential renewed at

@@ -13,7 +13,7 @@ import json
 from micropython import const
 
 from firmware import clock, log
-from firmware.clouds import link_up, mqtt_session
+from firmware.clouds import mqtt_session
 from firmware.clouds.xyte_reg import XyteError
 from firmware.net import mqtt
 
@@ -44,6 +44,7 @@ class Session:
     credentials: int
     generation: int
     on_link_up: "Any"
+    link_up: "Any"  # Adapter's
     _out: list
     _out_lock: "Any"
     _jobs: list
@@ -102,9 +103,9 @@ class Session:
         except Exception as e:  # the broker learns it from the closed session anyway
             log.info(_TAG, "close: %s", log.describe(e))
 
-    def session(self):
-        """Background task: one broker session per registration, answers and jobs sent."""
-        return mqtt_session(self)
+    # Background task: one broker session per registration, answers and jobs sent (the
+    # shared loop, bound like a method: cloud.session() is mqtt_session(cloud))
+    session = mqtt_session
 
     async def session_open(self):
         if not self.reg:  # deleted while running: the auth task may sleep for long
@@ -154,4 +155,4 @@ class Session:
                                "name": self.name or self.sn})
         self.answer("get", {})
         await self._flush_out()
-        link_up(self, client)
+        self.link_up(client)

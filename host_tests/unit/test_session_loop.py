@@ -6,7 +6,7 @@ whether tend returned, raised or the task was cancelled. Loop steps only, no tim
 import asyncio
 
 import support
-from firmware.clouds import link_up, mqtt_session
+from firmware.clouds import Adapter, mqtt_session
 
 
 class _Client:
@@ -41,11 +41,12 @@ class _Client:
         self.connected = False
 
 
-class _Adapter:
+class _Adapter(Adapter):
     """The hooks, scripted: `opens` is what session_open returns round by round (None: the
     adapter paused); each session's tend waits for `end` (or raises `fail`)."""
 
     def __init__(self, opens):
+        super().__init__()
         self.opens = list(opens)
         self.calls: list = []  # (hook, client name)
         self.end = asyncio.Event()
@@ -68,7 +69,7 @@ class _Adapter:
 
     async def session_up(self, client):
         self.calls.append(("up", client.name))
-        link_up(self, client)
+        self.link_up(client)
 
     async def session_tend(self, client):
         self.calls.append(("tend", client.name))
@@ -154,13 +155,12 @@ def test_a_failing_tend_or_a_cancel_still_ends_the_session():
 
 
 def test_link_up_without_a_hook_does_nothing():
-    ad = _Adapter([])
-    ad.on_link_up = None
+    ups: list = []
     c = _Client("c")
     c.connects = 1
-    link_up(ad, c)  # no hook given by the app: nothing to call, nothing raised
-    ad.on_link_up = ad.ups.append
-    link_up(ad, c)
+    Adapter().link_up(c)  # no hook given by the app: nothing to call, nothing raised
+    ad = Adapter(on_link_up=ups.append)
+    ad.link_up(c)
     c.connects = 2
-    link_up(ad, c)
-    assert ad.ups == [True, False]
+    ad.link_up(c)
+    assert ups == [True, False]
