@@ -75,12 +75,6 @@ class Adapter:
     async def close(self):
         pass
 
-    def link_up(self, client):
-        """For a broker session's `session_up`: tell the app the session opened (`on_link_up`;
-        first is False after a reconnect)."""
-        if self.on_link_up is not None:
-            self.on_link_up(client.connects == 1)
-
 
 class SendResult:
     """What one delivery attempt decided: message ids to drop (`ok`), (id, reason) pairs to
@@ -127,23 +121,25 @@ def shape(raw, parsed):
 async def mqtt_session(adapter):
     """The broker session loop of the MQTT adapters (Realer MQTT, Xyte): their background
     task, one copy. The adapter gives the hooks, as methods:
-    - `await session_open()`  what a session needs first (Realer: a catalog that offers MQTT;
-                              Xyte: a registration): the net.mqtt.Client to hold, or None after
-                              the adapter's own pause (the round starts over)
+    - `await session_open(ended)`  what a session needs first (Realer: a catalog that offers
+                              MQTT; Xyte: a registration): the net.mqtt.Client to hold, or None
+                              after the adapter's own pause (the round starts over). `ended`:
+                              a session of this loop just ended (Realer falls back to HTTPS)
     - `await session_prepare(client)`  before every connect: the credential hooks (a new one
                               after a refusal or when due; the catalog read again); raises to
                               skip this connect
     - `await session_up(client)`  after every connect, the subscriptions made (the adapter's
-                              first messages; Adapter.link_up)
+                              first messages; the app's on_link_up)
     - `await session_tend(client)`  runs while the session is held (renewals, queued answers)
                               and returns when it must end (no MQTT offered, a new registration)
-    - `await session_ended(client)`  after the session ended and the client disconnected
     While a session is held, `client.run` connects with backoff, subscribes
     `client.subscriptions`, pumps incoming messages to the client's on_message and reconnects
     when the connection drops. However the session ends (tend returned or raised, the task
     cancelled at shutdown) the runner is cancelled and the client disconnected."""
+    ended = False
     while True:
-        client = await adapter.session_open()
+        client = await adapter.session_open(ended)
+        ended = False
         if client is None:
             continue
         runner = asyncio.create_task(client.run(prepare=adapter.session_prepare,
@@ -153,4 +149,5 @@ async def mqtt_session(adapter):
         finally:
             runner.cancel()
             await client.disconnect()
-        await adapter.session_ended(client)
+        client = None  # not held while the adapter pauses
+        ended = True

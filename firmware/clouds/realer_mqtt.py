@@ -305,7 +305,11 @@ class RealerMqtt(Adapter):
     # as a class attribute binds like a method: cloud.session() is mqtt_session(cloud).
     session = mqtt_session
 
-    async def session_open(self):
+    async def session_open(self, ended):
+        if ended:  # session_tend returned: the catalog stopped offering MQTT
+            log.warn(_TAG, "the catalog no longer offers MQTT: records go over HTTPS")
+            self.mode = HTTPS
+            await asyncio.sleep_ms(self.catalog_ms)
         try:
             offered = await self._read_catalog()
         except Exception as e:  # the catalog is read again after a pause
@@ -322,14 +326,10 @@ class RealerMqtt(Adapter):
             self._no_mqtt = False
         return client
 
-    async def session_ended(self, client):
-        log.warn(_TAG, "the catalog no longer offers MQTT: records go over HTTPS")
-        self.mode = HTTPS
-        await asyncio.sleep_ms(self.catalog_ms)
-
     async def session_up(self, client):
         self._subscribed = client.connects  # the ack topic is subscribed on this session
-        self.link_up(client)
+        if self.on_link_up is not None:
+            self.on_link_up(client.connects == 1)
 
     async def session_tend(self, client):
         """Returns when the catalog stops offering MQTT. Meanwhile: the credential renewed at

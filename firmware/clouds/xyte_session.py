@@ -44,7 +44,6 @@ class Session:
     credentials: int
     generation: int
     on_link_up: "Any"
-    link_up: "Any"  # Adapter's
     _out: list
     _out_lock: "Any"
     _jobs: list
@@ -107,7 +106,8 @@ class Session:
     # shared loop, bound like a method: cloud.session() is mqtt_session(cloud))
     session = mqtt_session
 
-    async def session_open(self):
+    async def session_open(self, ended):
+        self.client = None  # the last session's, if any, ended
         if not self.reg:  # deleted while running: the auth task may sleep for long
             try:
                 wait = await self.authenticate()
@@ -138,9 +138,6 @@ class Session:
             except Exception as e:  # kept for the next round; the session reports its end
                 log.warn(_TAG, "answers: %s", log.describe(e))
 
-    async def session_ended(self, client):
-        self.client = None
-
     async def session_prepare(self, client):
         if not self.reg:
             raise XyteError("not registered")
@@ -155,4 +152,5 @@ class Session:
                                "name": self.name or self.sn})
         self.answer("get", {})
         await self._flush_out()
-        self.link_up(client)
+        if self.on_link_up is not None:
+            self.on_link_up(client.connects == 1)
