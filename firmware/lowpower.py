@@ -18,7 +18,7 @@ from time import ticks_diff, ticks_ms
 
 from micropython import const
 
-from firmware import clock, config, log, safemode, statefile
+from firmware import clock, config, log, safemode, statefile, upkeep
 from firmware.board.base import BoardError
 
 _TAG = "lowpower"
@@ -100,7 +100,7 @@ async def sample_once(app):
             app.sensor_errors += 1
             log.warn(_TAG, "sensor %s: %s", sid, log.describe(e))
             continue
-        app._append("sensor", sid, value)
+        app.append("sensor", sid, value)
         app.readings += 1
         kept += 1
     return kept
@@ -156,7 +156,7 @@ def run_once(app, budget_s=None, sleep_s=None, rtc=None, deepsleep=None):
         log.exc(_TAG, "cycle failed", e)
         drained = False
     if getattr(app, "trial", None) is not None and app.delivered:
-        app.confirm_update()  # the health task may not tick within a short wake
+        upkeep.confirm_update(app)  # the health task may not tick within a short wake
     if use_net or drained:
         state["fail"] = 0 if drained else state["fail"] + 1
     save_state(state, rtc)

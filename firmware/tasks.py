@@ -31,11 +31,13 @@ class SupervisorError(Exception):
 
 
 class _Task:
-    def __init__(self, name, factory, period_ms, backoff):
+    def __init__(self, name, factory, period_ms):
         self.name = name
         self.factory = factory
         self.period_ms = period_ms
-        self.backoff = backoff
+        # made at the first crash: a task that never crashes (every one, normally) holds none
+        # (about 50 bytes of heap each on the frozen image; bench/memory.md)
+        self.backoff = None
         self.task = None
         self.runs = 0
         self.restarts = 0
@@ -48,7 +50,8 @@ class Supervisor:
     """`add(name, factory)` then `await run_forever()`; `stop()` ends it from anywhere.
 
     `on_crash(name, exc, delay_ms)` is called after each crash is logged (health counts them).
-    `backoff` makes a fresh per-task backoff object with `next_ms()` and `reset()`.
+    `backoff` makes a fresh per-task backoff object with `next_ms()` and `reset()` (at a
+    task's first crash: `info(name).backoff` is None until then).
     """
 
     def __init__(self, base_ms=_BASE_MS, cap_ms=_CAP_MS, healthy_ms=_HEALTHY_MS,
@@ -64,7 +67,7 @@ class Supervisor:
         """Register a task; if the supervisor is already running, it starts at once."""
         if name in self._tasks:
             raise SupervisorError("task %r is already supervised" % (name,))
-        t = _Task(name, factory, period_ms, self._make_backoff())
+        t = _Task(name, factory, period_ms)
         self._tasks[name] = t
         if self._running:
             t.task = asyncio.create_task(self._run(t))
@@ -143,19 +146,24 @@ class Supervisor:
                     t.done = True
                     log.info(_TAG, "%s finished", t.name)
                     return
-                t.backoff.reset()
+                if t.backoff is not None:
+                    t.backoff.reset()
                 delay = t.period_ms
             await asyncio.sleep_ms(delay)
 
     # Log, count and pick the pause; must never raise itself, whatever `e` is.
     def _crashed(self, t, e, ran_ms):
         t.restarts += 1
-        if ran_ms >= self.healthy_ms:
+        if ran_ms >= self.healthy_ms and t.backoff is not None:
             t.backoff.reset()
         try:
+            if t.backoff is None:  # its first crash
+                t.backoff = self._make_backoff()
             delay = int(t.backoff.next_ms())
         except Exception:
-            delay = _CAP_MS
+            # a broken backoff: the longest pause; no room to make one (a MemoryError crash):
+            # the first pause, and another try at the next crash
+            delay = _CAP_MS if t.backoff is not None else _BASE_MS
         t.last_delay_ms = delay
         try:
             t.last_error = log.describe(e)

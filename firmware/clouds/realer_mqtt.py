@@ -39,7 +39,7 @@ import json
 from micropython import const
 
 from firmware import clock, log
-from firmware.clouds import Adapter, answer_json
+from firmware.clouds import Adapter, answer_json, mqtt_session
 from firmware.clouds.realer_https import RealerError, RealerHttps, SendResult, error_type, to_wire
 from firmware.net import conn, mqtt
 
@@ -83,8 +83,8 @@ class RealerMqtt(Adapter):
         self.refused = False  # the broker refused the current credential
         self._stale = clock.Deadline(0)  # when the catalog is to be read again
         self._no_mqtt = False  # a re-read catalog no longer offers MQTT
-        self._connects_seen = 0  # client.connects at the last _prepare
-        self._prep_failed = False  # the last _prepare raised
+        self._connects_seen = 0  # client.connects at the last session_prepare
+        self._prep_failed = False  # the last session_prepare raised
         self._subscribed = 0  # client.connects when the subscriptions were last made
         self._reported: set = set()  # catalog problems already logged
         self.ack_topic = None
@@ -275,13 +275,13 @@ class RealerMqtt(Adapter):
         self.credentials += 1
         log.info(_TAG, "MQTT credential %d issued, renew in %ss", self.credentials, renew_s)
 
-    async def _prepare(self, client):
+    async def session_prepare(self, client):
         # before every connect. A refused credential stays refused until a new one came
         # (also when asking for it failed in between). After a refusal or a connect that
         # failed (TLS, DNS, refused, unreachable) the catalog is read again first: the
         # broker may have moved. A session that merely dropped reconnects as it was.
         err = client.error
-        # run() also records why the previous _prepare raised: that was no connect
+        # run() also records why the previous session_prepare raised: that was no connect
         failed = err is not None and client.connects == self._connects_seen and \
             not self._prep_failed
         self._connects_seen = client.connects
@@ -297,45 +297,41 @@ class RealerMqtt(Adapter):
             await self._new_credential(client)
         self._prep_failed = False
 
-    # -- the session task ---------------------------------------------------------------
+    # -- the session task (firmware/clouds/__init__.py: mqtt_session and its hooks) -------
 
-    async def session(self):
-        """Background task: HTTPS fallback until the catalog offers MQTT, then one broker
-        session kept up, with the credential renewed at renew_after and the catalog read
-        again every catalog interval (and after refusals, TLS and connection failures)."""
-        while True:
-            try:
-                offered = await self._read_catalog()
-            except Exception as e:  # the catalog is read again after a pause
-                log.warn(_TAG, "MQTT catalog: %s", log.describe(e))
-                await asyncio.sleep_ms(min(_RETRY_MS, self.catalog_ms))
-                continue
-            if not offered:
-                self.mode = HTTPS
-                await asyncio.sleep_ms(self.catalog_ms)
-                continue
-            client = self.client
-            if client is None:
-                continue
-            self.mode = MQTT
-            self._no_mqtt = False
-            runner = asyncio.create_task(client.run(prepare=self._prepare,
-                                                    on_connect=self._connected))
-            try:
-                await self._supervise(client)
-            finally:
-                runner.cancel()
-                await client.disconnect()
+    # Background task: HTTPS fallback until the catalog offers MQTT, then one broker session
+    # kept up, with the credential renewed at renew_after and the catalog read again every
+    # catalog interval (and after refusals, TLS and connection failures). The shared loop
+    # as a class attribute binds like a method: cloud.session() is mqtt_session(cloud).
+    session = mqtt_session
+
+    async def session_open(self, ended):
+        if ended:  # session_tend returned: the catalog stopped offering MQTT
             log.warn(_TAG, "the catalog no longer offers MQTT: records go over HTTPS")
             self.mode = HTTPS
             await asyncio.sleep_ms(self.catalog_ms)
+        try:
+            offered = await self._read_catalog()
+        except Exception as e:  # the catalog is read again after a pause
+            log.warn(_TAG, "MQTT catalog: %s", log.describe(e))
+            await asyncio.sleep_ms(min(_RETRY_MS, self.catalog_ms))
+            return None
+        if not offered:
+            self.mode = HTTPS
+            await asyncio.sleep_ms(self.catalog_ms)
+            return None
+        client = self.client
+        if client is not None:
+            self.mode = MQTT
+            self._no_mqtt = False
+        return client
 
-    async def _connected(self, client):
+    async def session_up(self, client):
         self._subscribed = client.connects  # the ack topic is subscribed on this session
         if self.on_link_up is not None:
             self.on_link_up(client.connects == 1)
 
-    async def _supervise(self, client):
+    async def session_tend(self, client):
         """Returns when the catalog stops offering MQTT. Meanwhile: the credential renewed at
         renew_after, the catalog re-read when its interval is over."""
         while not self._no_mqtt:

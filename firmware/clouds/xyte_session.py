@@ -1,10 +1,11 @@
 """Xyte's MQTT 5 session: one broker session per registration.
 
-Part of the Xyte adapter (firmware/clouds/xyte.py composes it): the `Session` mixin runs the
-background task (connect with client id = user name = device id, password = access key;
-subscribe to config, commands, license, space_info, firmware; after every connect `update`
-and `get`), queues the answers the reader may not publish itself, and says goodbye on
-close().
+Part of the Xyte adapter (firmware/clouds/xyte.py composes it): the `Session` mixin gives the
+hooks of the shared broker session loop (firmware/clouds/__init__.py: `mqtt_session`,
+Xyte's background task): connect with client id = user name = device id, password = access
+key; subscribe to config, commands, license, space_info, firmware; after every connect
+`update` and `get`. It queues the answers the reader may not publish itself, and says goodbye
+on close().
 """
 import asyncio
 import json
@@ -12,6 +13,7 @@ import json
 from micropython import const
 
 from firmware import clock, log
+from firmware.clouds import mqtt_session
 from firmware.clouds.xyte_reg import XyteError
 from firmware.net import mqtt
 
@@ -100,47 +102,43 @@ class Session:
         except Exception as e:  # the broker learns it from the closed session anyway
             log.info(_TAG, "close: %s", log.describe(e))
 
-    async def session(self):
-        """Background task: one broker session per registration, answers and jobs sent."""
-        while True:
-            if not self.reg:  # deleted while running: the auth task may sleep for long
-                try:
-                    wait = await self.authenticate()
-                except Exception as e:  # tried again after the registrar's pause
-                    log.warn(_TAG, "registration: %s", log.describe(e))
-                    wait = self._reg_wait_ms()
-                await asyncio.sleep_ms(wait or _RECHECK_MS)
-                continue
-            gen = self.generation
-            self.client = mqtt.Client(mqtt_url(self.reg.get("mqtt_hub_url") or ""),
-                                      self.reg["id"], ca_file=self.ca_file, keepalive_s=60,
-                                      on_message=self._on_message)
-            for leaf in ("config", self.cmd_topic, "license", "space_info", "firmware"):
-                self.client.subscriptions[self.topic(leaf)] = 1
-            runner = asyncio.create_task(self.client.run(prepare=self._prepare,
-                                                         on_connect=self._connected))
+    # Background task: one broker session per registration, answers and jobs sent (the
+    # shared loop, bound like a method: cloud.session() is mqtt_session(cloud))
+    session = mqtt_session
+
+    async def session_open(self, ended):
+        self.client = None  # the last session's, if any, ended
+        if not self.reg:  # deleted while running: the auth task may sleep for long
             try:
-                while gen == self.generation:
-                    await self._work()
-            finally:
-                runner.cancel()
-                await self.client.disconnect()
-                self.client = None
+                wait = await self.authenticate()
+            except Exception as e:  # tried again after the registrar's pause
+                log.warn(_TAG, "registration: %s", log.describe(e))
+                wait = self._reg_wait_ms()
+            await asyncio.sleep_ms(wait or _RECHECK_MS)
+            return None
+        self.client = mqtt.Client(mqtt_url(self.reg.get("mqtt_hub_url") or ""),
+                                  self.reg["id"], ca_file=self.ca_file, keepalive_s=60,
+                                  on_message=self._on_message)
+        for leaf in ("config", self.cmd_topic, "license", "space_info", "firmware"):
+            self.client.subscriptions[self.topic(leaf)] = 1
+        return self.client
 
-    async def _work(self):
-        try:
-            await asyncio.wait_for(self._wake.wait(), _RECHECK_MS / 1000)
-        except asyncio.TimeoutError:
-            pass
-        self._wake.clear()
-        try:
-            await self._flush_out()
-            while self._jobs:
-                await self._jobs.pop(0)
-        except Exception as e:  # kept for the next round; the session reports its end
-            log.warn(_TAG, "answers: %s", log.describe(e))
+    async def session_tend(self, client):
+        gen = self.generation  # a new registration ends this session
+        while gen == self.generation:
+            try:
+                await asyncio.wait_for(self._wake.wait(), _RECHECK_MS / 1000)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self._flush_out()
+                while self._jobs:
+                    await self._jobs.pop(0)
+            except Exception as e:  # kept for the next round; the session reports its end
+                log.warn(_TAG, "answers: %s", log.describe(e))
 
-    async def _prepare(self, client):
+    async def session_prepare(self, client):
         if not self.reg:
             raise XyteError("not registered")
         if isinstance(client.error, mqtt.CredentialsRefused):
@@ -148,7 +146,7 @@ class Session:
         client.client_id = client.username = self.reg["id"]
         client.password = self.reg["access_key"]
 
-    async def _connected(self, client):
+    async def session_up(self, client):
         self.credentials += 1
         self.answer("update", {"firmware_version": self.fw_version,
                                "name": self.name or self.sn})

@@ -10,8 +10,8 @@ from test_realer_https import FakeHttp, FakeResp
 from test_xyte import DEV, message, registered, sent
 
 import support
-from firmware import app as app_mod
 from firmware import clock, config, log
+from firmware import uplink as uplink_mod
 from firmware.app import App
 from firmware.board.factory import make_board
 from firmware.clouds import Adapter, SendResult
@@ -150,7 +150,7 @@ def test_a_send_result_is_resolved_with_one_outbox_index_write():
     res.ok = ids[:5] + ids[6:11]
     res.dead = [(ids[5], "rejected")]
     gen = a.outbox._igen  # generation of the ack index: one step per write
-    _quiet(lambda: a._settle(recs, res, Backoff(1000, 60000)))
+    _quiet(lambda: uplink_mod._settle(a, recs, res, Backoff(1000, 60000)))
     assert (a.outbox._igen - gen) & 0xFF == 1
     assert a.delivered == 10 and [r.message_id for r in a.outbox.pending(12)] == ids[11:]
     st = Outbox(config.join(root, "outbox")).stats()
@@ -292,7 +292,7 @@ class _Link:
             for i in items]})
 
 
-_REAL_BACKOFF = app_mod.Backoff
+_REAL_BACKOFF = uplink_mod.Backoff
 
 
 def _longest_backoff(base_ms, cap_ms):
@@ -330,11 +330,11 @@ def _outage(exchange, feed=None, feed_after=None):
         await _rounds()
         seen.append((http.posts - before, a.outbox.pending_count()))
 
-    app_mod.Backoff = _longest_backoff
+    uplink_mod.Backoff = _longest_backoff
     try:
         _run([("uplink", a.uplink)], judge)
     finally:
-        app_mod.Backoff = _REAL_BACKOFF
+        uplink_mod.Backoff = _REAL_BACKOFF
     support.rmtree(root)
     return seen[0]
 
@@ -406,11 +406,11 @@ def test_the_wifi_station_coming_back_ends_the_uplinks_backoff():
         await _rounds()
         seen.append((http.posts - before, a.outbox.pending_count()))
 
-    app_mod.Backoff = _longest_backoff
+    uplink_mod.Backoff = _longest_backoff
     try:
         _run([("uplink", a.uplink)], judge)
     finally:
-        app_mod.Backoff = _REAL_BACKOFF
+        uplink_mod.Backoff = _REAL_BACKOFF
     support.rmtree(root)
     posts, pending = seen[0]
     assert posts >= 1 and pending <= 10, (posts, pending)

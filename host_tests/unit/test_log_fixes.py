@@ -96,7 +96,7 @@ def test_lines_carry_wall_clock_time_once_the_clock_is_set():
 
 def test_an_unset_clock_is_named_once_with_the_fix():
     import support
-    from firmware import app, clock
+    from firmware import clock, sensing
 
     state = {"set": False, "sleeps": 0}
 
@@ -108,15 +108,15 @@ def test_an_unset_clock_is_named_once_with_the_fix():
         if state["sleeps"] >= 15:  # NTP answers after 15 s
             state["set"] = True
 
-    real = clock.is_set, app.asyncio.sleep_ms
-    clock.is_set, app.asyncio.sleep_ms = is_set, sleep_ms
+    real = clock.is_set, sensing.asyncio.sleep_ms
+    clock.is_set, sensing.asyncio.sleep_ms = is_set, sleep_ms
     cap = Capture()
     try:
-        support.run(app.App._clock_ready(None))  # the sampler waiting
-        support.run(app.App._clock_ready(None))  # the uplink, once the clock is set
+        support.run(sensing.clock_ready())  # the sampler waiting
+        support.run(sensing.clock_ready())  # the uplink, once the clock is set
     finally:
         cap.close()
-        clock.is_set, app.asyncio.sleep_ms = real
+        clock.is_set, sensing.asyncio.sleep_ms = real
     assert len(cap.lines) == 2, cap.lines
     assert " W app: clock: not set after 10 s; nothing is sampled or sent until it is; fix: " \
         "it comes from NTP once Wi-Fi is up: check wifi.ssid, wifi.password" in cap.lines[0]

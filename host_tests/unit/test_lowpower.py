@@ -4,7 +4,7 @@ deep sleep with the machine shim (deepsleep records the call), radio skipping af
 import machine
 
 import support
-from firmware import clock, config, log, lowpower, safemode
+from firmware import clock, config, log, lowpower, safemode, upkeep
 from firmware.app import App
 from firmware.board.factory import make_board
 from firmware.clouds import Adapter
@@ -225,9 +225,13 @@ def _wake_with_trial(root, cloud):
     app = _app(root, cloud)
     calls = []
     app.trial = "2.0"  # what build() finds when boot.py started a slot on trial
-    app.confirm_update = lambda: calls.append(app.trial)
-    _quiet(lambda: lowpower.run_once(app, budget_s=0.2, rtc=_fresh_rtc(),
-                                     deepsleep=lambda ms: None))
+    real = upkeep.confirm_update
+    upkeep.confirm_update = lambda a: calls.append(a.trial)
+    try:
+        _quiet(lambda: lowpower.run_once(app, budget_s=0.2, rtc=_fresh_rtc(),
+                                         deepsleep=lambda ms: None))
+    finally:
+        upkeep.confirm_update = real
     return calls
 
 

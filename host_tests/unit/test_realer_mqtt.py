@@ -152,14 +152,14 @@ def test_refused_credential_is_never_offered_again_and_the_catalog_is_read_again
                            _cred(2)])
     support.run(cloud._read_catalog())
     c = cloud.client
-    support.run(cloud._prepare(c))
+    support.run(cloud.session_prepare(c))
     assert c.password == "secret-1"
     c.error = mqtt.NotAuthorized(0x87)  # the broker refused it (run() records why)
-    support.raises(rm.RealerError, support.run, cloud._prepare(c))  # new one: 503
+    support.raises(rm.RealerError, support.run, cloud.session_prepare(c))  # new one: 503
     assert (c.host, c.port) == ("moved.example", 8884)
     assert cloud.route_for("sensor", 7) == FEED_S
     c.error = rm.RealerError("credential request answered 503")  # what run() keeps next
-    support.run(cloud._prepare(c))  # still not the refused one
+    support.run(cloud.session_prepare(c))  # still not the refused one
     assert (c.username, c.password) == ("u2", "secret-2")
     assert [call[1].rsplit("/", 1)[1] for call in http.calls[1:]] == [
         "mqtt", "mqtt-credentials", "mqtt", "mqtt-credentials", "mqtt-credentials"]
@@ -185,7 +185,7 @@ def test_credential_is_used_as_password_and_never_logged():
                      "renew_after": 2700}}
     cloud, http = adapter([_token(), FakeResp(200, catalog()), FakeResp(200, cred)])
     support.run(cloud._read_catalog())
-    support.run(cloud._prepare(cloud.client))
+    support.run(cloud.session_prepare(cloud.client))
     method, url, kw = http.calls[2]
     assert (method, url) == ("POST", "https://cloud/iot/v1/mqtt-credentials")
     assert kw["json"] == {"device_id": 12345, "scopes": ["iot:mqtt:connect"]}
@@ -194,7 +194,7 @@ def test_credential_is_used_as_password_and_never_logged():
     assert c.password != "bearer-token-1"
     assert log.redact("pw plaintext-returned-once") == "pw ***"
     assert 2690000 < cloud.cred_renew.remaining_ms() <= 2700000
-    support.run(cloud._prepare(cloud.client))  # not due: no second request
+    support.run(cloud.session_prepare(cloud.client))  # not due: no second request
     assert len(http.calls) == 3 and cloud.credentials == 1
 
 
@@ -202,7 +202,7 @@ def test_refused_credential_request_is_a_named_error():
     cloud, _ = adapter([_token(), FakeResp(200, catalog()),
                         FakeResp(403, {"error": {"type": "insufficient_scope"}})])
     support.run(cloud._read_catalog())
-    e = support.raises(rm.RealerError, support.run, cloud._prepare(cloud.client))
+    e = support.raises(rm.RealerError, support.run, cloud.session_prepare(cloud.client))
     assert "403 insufficient_scope" in str(e)
 
 
@@ -261,7 +261,7 @@ def test_reread_reconnects_only_when_the_catalog_changed():
     cloud, _ = adapter([_token(), FakeResp(200, catalog()), _cred(1), FakeResp(200, catalog()),
                         FakeResp(200, documented())])
     support.run(cloud._read_catalog())
-    support.run(cloud._prepare(cloud.client))
+    support.run(cloud.session_prepare(cloud.client))
     cloud.client.subscriptions.pop(DESIRED_3)  # the broker refused it (subscribe() drops it)
     assert support.run(cloud._refresh()) is False  # same catalog: no reconnect, same credential
     assert cloud.cred_renew is not None
@@ -313,7 +313,7 @@ def test_no_publishing_before_the_ack_topic_is_subscribed():
     assert "not subscribed yet" in str(e)
     ups: list = []
     cloud.on_link_up = ups.append
-    support.run(cloud._connected(c))  # run() calls it once the subscriptions are made
+    support.run(cloud.session_up(c))  # run() calls it once the subscriptions are made
     assert cloud._subscribed == 1 and ups == [True]
 
 

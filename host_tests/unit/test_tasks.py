@@ -278,3 +278,56 @@ def test_wake_set_wait_and_timeout():
     first, second, order = support.run(go())
     assert first is True and second is False
     assert order == ["set", ("woke", True)]
+
+
+def test_a_task_holds_no_backoff_until_its_first_crash():
+    made: list = []
+
+    def backoff():
+        made.append(_Doubling(0, 0))
+        return made[-1]
+
+    sup = Supervisor(backoff=backoff)
+    runs = {"ok": 0, "bad": 0}
+
+    async def ok():
+        runs["ok"] += 1
+        if runs["ok"] == 3:
+            sup.stop()
+
+    async def bad():
+        runs["bad"] += 1
+        if runs["bad"] <= 2:
+            raise ValueError("x")
+
+    sup.add("ok", ok, period_ms=0)
+    sup.add("bad", bad)
+    assert sup.info("ok").backoff is None and sup.info("bad").backoff is None and not made
+    _quiet(lambda: support.run(sup.run_forever()))
+    # the task that never crashed still holds none (heap on a small board); the one that did
+    # got one at its first crash and kept it for the second
+    assert sup.info("ok").backoff is None
+    assert len(made) == 1 and sup.info("bad").backoff is made[0] and made[0].n == 2
+
+
+def test_no_room_for_a_backoff_still_restarts_the_task():
+    seen: list = []
+
+    def on_crash(name, e, delay_ms):  # before the pause: stop here, nothing waits it out
+        seen.append((name, delay_ms))
+        sup.stop()
+
+    sup = Supervisor(backoff=_no_room, on_crash=on_crash)
+
+    async def flaky():
+        raise MemoryError("full")
+
+    sup.add("f", flaky)
+    _quiet(lambda: support.run(sup.run_forever()))
+    # no backoff could be made: the first pause (the supervisor's base), none kept
+    assert seen == [("f", 500)] and sup.restarts("f") == 1
+    assert sup.info("f").backoff is None and sup.info("f").last_delay_ms == 500
+
+
+def _no_room():
+    raise MemoryError("no room for a backoff")

@@ -1,5 +1,5 @@
 """A send attempt that never returns (a stalled peer) against one that fails (a cloud that
-says no), both runtimes: the health task's check_uplink() cancels the first, once, with one
+says no), both runtimes: the health task's uplink.check() cancels the first, once, with one
 warning; the uplink lives on with every record kept; the second is never flagged. Loop steps
 and an expired limit, never time."""
 import asyncio
@@ -7,7 +7,7 @@ import asyncio
 from test_app_wiring import _app, _run, _Scripted, _until
 
 import support
-from firmware import app as app_mod
+from firmware import uplink as uplink_mod
 
 
 class _Stalled(_Scripted):
@@ -38,8 +38,8 @@ def test_a_send_that_never_returns_is_cancelled_once_and_the_records_stay():
     async def judge():
         await _until(lambda: cloud.entered == 1, "the send started")
         assert a.outbox.pending_count() == 3
-        assert a.check_uplink() is True
-        assert a.check_uplink() is False  # once per attempt
+        assert uplink_mod.check(a) is True
+        assert uplink_mod.check(a) is False  # once per attempt
         await _until(lambda: cloud.unwound == 1, "the stuck send unwound")
         a.link.set()  # end the uplink's backoff: the next attempt goes out and delivers
         await _until(lambda: a.outbox.pending_count() == 0, "the records were delivered")
@@ -69,7 +69,7 @@ def test_a_cloud_that_says_no_is_not_a_stuck_uplink():
     async def judge():
         await _until(lambda: cloud.calls == 1, "the refused send")
         await asyncio.sleep_ms(1)  # the uplink is in its backoff now, no attempt running
-        assert a.check_uplink() is False  # it returned (with an error): nothing to cancel
+        assert uplink_mod.check(a) is False  # it returned (with an error): nothing to cancel
         assert a.outbox.pending_count() == 2
 
     _run([("uplink", a.uplink)], judge)
@@ -82,17 +82,20 @@ def test_the_health_task_runs_the_check_and_shutdown_still_ends_a_hung_send():
     a, root = _app(cloud, records=1)
     a.send_limit_ms = 0
     checked = []
-    real = a.check_uplink
-    a.check_uplink = lambda: checked.append(real()) or checked[-1]
+    real = uplink_mod.check
+    uplink_mod.check = lambda app: checked.append(real(app)) or checked[-1]
 
     async def judge():
         await _until(lambda: cloud.entered >= 1, "the send started")
         await _until(lambda: True in checked, "health cancelled the stuck send")
 
-    _run([("uplink", a.uplink), ("health", a.health)], judge)
+    try:
+        _run([("uplink", a.uplink), ("health", a.health)], judge)
+    finally:
+        uplink_mod.check = real
     # the supervisor's stop cancelled the uplink mid-send: the attempt was unwound with it
     assert cloud.unwound == cloud.entered and a.outbox.pending_count() == 1
-    assert isinstance(app_mod.SendStuck("x"), Exception)
+    assert isinstance(uplink_mod.SendStuck("x"), Exception)
     support.rmtree(root)
 
 
@@ -111,16 +114,20 @@ def test_a_host_closed_by_429_keeps_the_records_and_the_uplink_waits_it_out():
     a, root = _app(cloud, records=2)
     pauses: list = []
 
-    async def spy(backoff, delay_ms, floor_ms):
+    async def spy(app, backoff, delay_ms, floor_ms):
         pauses.append((delay_ms, floor_ms))
         await asyncio.sleep_ms(1)  # the test does not sit the 30 s out
 
-    a._pause = spy
+    real = uplink_mod._pause
+    uplink_mod._pause = spy
 
     async def judge():
         await _until(lambda: pauses, "the uplink's wait")
 
-    _run([("uplink", a.uplink)], judge)
+    try:
+        _run([("uplink", a.uplink)], judge)
+    finally:
+        uplink_mod._pause = real
     # the gate's wait is the floor: slept in full, not ended by a success elsewhere
     assert pauses[0][0] >= 30000 and pauses[0][1] >= 30000, pauses
     assert a.outbox.pending_count() == 2
