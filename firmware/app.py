@@ -123,7 +123,8 @@ class App:
         """An orderly stop (Ctrl-C on the host, a planned reset): end the app's tasks, let
         the adapter say goodbye (NUBISON logout, Xyte offline), then end the rest. The
         adapter's own tasks (a broker session) and Wi-Fi run on until close() returns: the
-        goodbye needs the live session. close() gets at most 10 s."""
+        goodbye needs the live session. close() gets at most 10 s. Last, the outbox makes its
+        last delivery durable (Outbox.flush)."""
         keep = [name for name, _ in self.cloud.background()] + ["wifi"]
         for name in sup.names():
             task = sup.info(name).task
@@ -136,6 +137,10 @@ class App:
             log.warn(_TAG, "close: %s", log.describe(e))
         sup.stop()
         await asyncio.sleep_ms(0)
+        try:  # a delivery left for the next append's slot is not sent again after a reset
+            self.outbox.flush()
+        except Exception as e:  # OutboxError: the record comes back once, nothing is lost
+            log.warn(_TAG, "outbox: %s", log.describe(e))
 
     def supervisor(self, sampler=True):
         """All tasks under one Supervisor (lowpower runs them without the sampler). Makes the

@@ -503,6 +503,27 @@ def test_shutdown_with_the_contracts_default_close():
     assert ended == ["worker"]
 
 
+def test_shutdown_makes_the_last_delivery_durable():
+    # a delivery that empties the queue waits for the next append's slot (Outbox.flush): an
+    # orderly stop (a planned reset) must not leave that record to be sent again after the boot
+    cloud = _Scripted([], gated=False)
+    a, root = _app(cloud, records=1)
+    sup = Supervisor()
+    sup.add("uplink", a.uplink)
+
+    async def go():
+        runner = asyncio.create_task(sup.run_forever())
+        await _until(lambda: a.outbox.pending_count() == 0, "the delivery")
+        await a.shutdown(sup)
+        await _until(runner.done, "the supervisor stopped")
+        await runner
+
+    (_, lines) = _quiet(lambda: support.run(go()))
+    left = Outbox(config.join(root, "outbox"), max_records=1000).pending_count()
+    support.rmtree(root)
+    assert cloud.calls == 1 and left == 0, (left, lines)
+
+
 # --- 4. Xyte: a firmware message -> files/<id> -> updater.start ------------------------------
 
 class _Updater:
