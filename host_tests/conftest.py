@@ -1,7 +1,14 @@
 """pytest setup: the same import paths the MicroPython runner uses (repo root, shims, unit),
-plus the MicroPython APIs CPython lacks (tools/cpython_compat.py)."""
+plus the MicroPython APIs CPython lacks (tools/cpython_compat.py), and a temporary directory
+of this session's own for tmp_path / tmp_path_factory, removed when the session ends whatever
+the tests did (pytest's own keeps the last three runs' directories, failed tests' included,
+with their databases, keys and logs)."""
 import os
+import shutil
 import sys
+import tempfile
+
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -13,3 +20,21 @@ for path in (os.path.join(HERE, "unit"), os.path.join(HERE, "shims"),
 from tools import cpython_compat  # noqa: E402
 
 cpython_compat.install()
+
+_OWN_BASETEMP = "_host_tests_own_basetemp"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmpdir plugin reads --basetemp
+def pytest_configure(config):
+    # Only the controlling process picks the directory: pytest-xdist gives each worker a
+    # subdirectory of it (workerinput is set in workers). A --basetemp given by hand stays.
+    if hasattr(config, "workerinput") or config.option.basetemp:
+        return
+    config.option.basetemp = tempfile.mkdtemp(prefix="host-tests-")
+    setattr(config, _OWN_BASETEMP, config.option.basetemp)
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, _OWN_BASETEMP, None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
