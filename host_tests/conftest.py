@@ -38,3 +38,19 @@ def pytest_unconfigure(config):
     path = getattr(config, _OWN_BASETEMP, None)
     if path:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# The longest files (each 15 s to 45 s a test, mostly waiting on the firmware's real-time
+# intervals), run first: with `make test`'s pytest-xdist workers a long test that starts last
+# would run on alone while the other workers idle.
+_LONG_FIRST = ("test_tls_sessions.py", "test_xyte_e2e.py", "test_outbox_powerloss.py",
+               "test_realer_mqtt_e2e.py", "test_board_log.py", "test_realer_https_e2e.py",
+               "test_ota_app_e2e.py", "test_deploy.py", "test_improv_wifi.py",
+               "test_ota_serve.py", "test_lowpower_e2e.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return _LONG_FIRST.index(name) if name in _LONG_FIRST else len(_LONG_FIRST)
+    items.sort(key=rank)  # stable: within a file, and for the rest, collection order stays
