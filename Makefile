@@ -48,8 +48,13 @@ typecheck: deps
 unit-mp: deps
 	$(PY) host_tests/mp_parallel.py
 
+# pytest-xdist workers: the system tests mostly wait (on real peers, TLS handshakes and the
+# firmware's intervals), so 4 on a 2-core machine. The long files come first (conftest.py) and
+# are handed out one test at a time (--maxschedchunk 1; by default the first worker would get
+# them all in its first batch). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 4
 pytest: deps
-	$(PY) -m pytest -q host_tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist load --maxschedchunk 1 host_tests
 
 test: lint typecheck unit-mp pytest
 

@@ -55,6 +55,15 @@ class FaultProxy:
         ready.wait(10)
         return self.listen_port
 
+    def drop(self):
+        """Reset every open connection now (a cut that kept-alive connections feel too;
+        `set` alone changes only what flows next)."""
+        def reset_all():
+            for w in list(self._writers):
+                _reset(w)
+
+        self._loop.call_soon_threadsafe(reset_all)
+
     def stop(self):
         loop = self._loop
         if loop is None:

@@ -366,7 +366,8 @@ class Cloud:
         key = body["deviceKey"]
         if not self._registered(key):
             return _not_found()
-        self.conn.execute("delete from token where token=?", (body["accessToken"],))
+        # revoked, not deleted: tokens() keeps every token ever issued for leak checks
+        self.conn.execute("update token set expires=0 where token=?", (body["accessToken"],))
         self.event(key, "logout")
         return web.Response(status=200)
 

@@ -29,12 +29,19 @@ import gc, json, struct, sys
 from firmware.ota import ed25519
 out = []
 # Binary records (pk 32, sig 64, u32 length, message): the 64K heap holds one case at a time.
+# One buffer for every message, made while the heap is whole: a fresh 3 KB one per case
+# sometimes found no room in the heap the bignum arithmetic had fragmented.
+buf = bytearray(4096)
 with open(sys.argv[1], "rb") as f:
     while True:
         head = f.read(100)
         if not head:
             break
-        msg = f.read(struct.unpack("<I", head[96:])[0])
+        n = struct.unpack("<I", head[96:])[0]
+        if n > len(buf):
+            raise ValueError("message longer than the buffer: %d" % n)
+        msg = memoryview(buf)[:n]
+        f.readinto(msg)
         out.append(ed25519.verify(head[:32], msg, head[32:96]))
         gc.collect()
 print(json.dumps(out))

@@ -21,7 +21,10 @@ TRIALS = 150
 T0 = 1800000000
 
 
-def _run(root, first, kill_after=None):
+def _run(root, first, kill_after=None, from_ready=False):
+    """One life of the writer: to the end of its check, or SIGKILLed `kill_after` seconds
+    after its start or, with from_ready, after it said READY (inside the write loop however
+    long the start took on a busy machine)."""
     assert os.path.exists(MICROPYTHON), "micropython binary missing: run make deps"
     args = [MICROPYTHON, SCRIPT, root, str(first)] + ([] if kill_after else ["check"])
     p = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
@@ -29,11 +32,20 @@ def _run(root, first, kill_after=None):
     if kill_after is None:
         out, _ = p.communicate(timeout=30)
         assert p.returncode == 0
-    else:
-        time.sleep(kill_after)
-        p.send_signal(signal.SIGKILL)
-        out, _ = p.communicate(timeout=30)
-        assert p.returncode == -signal.SIGKILL, "writer ended by itself: %r" % out[-500:]
+        return out.decode(errors="replace").splitlines()
+    head = b""
+    # os.read, not p.stdout's reads: communicate() below reads the fd itself and would miss
+    # what a buffered reader had taken ahead
+    while from_ready and b"\nREADY" not in b"\n" + head:
+        chunk = os.read(p.stdout.fileno(), 65536)
+        if not chunk:
+            break  # ended before READY: the assertion below says so
+        head += chunk
+    time.sleep(kill_after)  # the random moment of the kill, not a wait for something
+    p.send_signal(signal.SIGKILL)
+    out, _ = p.communicate(timeout=30)
+    out = head + out
+    assert p.returncode == -signal.SIGKILL, "writer ended by itself: %r" % out[-500:]
     return out.decode(errors="replace").splitlines()
 
 
@@ -102,8 +114,12 @@ def test_sigkill_at_random_moments():
         appended, acked, seen = {}, {}, set()
         next_i = 0
         checked = in_loop = 0
-        for _ in range(TRIALS):
-            lines = _run(root, next_i, kill_after=random.uniform(0.005, 0.15))
+        for trial in range(TRIALS):
+            # one kill in three counts from the start (it may land in the reopen and dump),
+            # two from READY, so at least two thirds land in the write loop even when a busy
+            # machine makes the start slow
+            lines = _run(root, next_i, kill_after=random.uniform(0.005, 0.15),
+                         from_ready=trial % 3 != 0)
             pend = _check(lines, appended, acked, seen)
             if pend is not None:  # the reopened outbox is the truth from here on
                 checked += 1

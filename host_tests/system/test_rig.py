@@ -1,9 +1,13 @@
 """The shared e2e rig's own guarantees: wait_for returns the condition's value or fails
 naming what it waited for, and a scratch directory is gone even when the test body raised."""
 import os
+import subprocess
+import sys
 
 import pytest
 from rig import scratch_dir, status_of, wait_for
+
+HOST_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_wait_for_returns_the_first_truthy_value():
@@ -48,3 +52,38 @@ def test_wait_for_shows_the_log_and_fails_at_once_on_a_marker():
     assert calls == []  # no waiting out the 300 s once the log says the device is done for
     with pytest.raises(AssertionError, match="(?s)timed out.*--- log ---\nlast line"):
         wait_for("a reading", lambda: None, timeout=0, step=0, log=lambda: "last line")
+
+
+_FAILING = '''
+import os
+
+
+def test_fails(tmp_path, tmp_path_factory):
+    shared = tmp_path_factory.mktemp("pki")
+    for d in (tmp_path, shared):
+        (d / "cloud.db").write_text("x")
+    with open(os.environ["SEEN_PATHS"], "a") as f:
+        f.write("%s\\n%s\\n" % (tmp_path, shared))
+    assert False, "the test failed"
+'''
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_tmp_path_is_removed_even_when_the_test_fails(workers):
+    """host_tests/conftest.py gives each session a temporary directory of its own and removes
+    it at the end: a failed test's tmp_path (and tmp_path_factory's) are gone too, also with
+    pytest-xdist's workers (make test runs them)."""
+    with scratch_dir("tmp-path-check-") as d:
+        test = os.path.join(d, "test_failing.py")
+        with open(test, "w") as f:
+            f.write(_FAILING)
+        seen = os.path.join(d, "seen.txt")
+        env = dict(os.environ, SEEN_PATHS=seen, PYTHONPATH=HOST_TESTS)
+        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              "-p", "conftest", "--rootdir", d, *workers, test],
+                             cwd=d, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 1 and "the test failed" in out.stdout, out.stdout + out.stderr
+        with open(seen) as f:
+            paths = f.read().split()
+    assert len(paths) == 2
+    assert [p for p in paths if os.path.exists(p)] == [], paths

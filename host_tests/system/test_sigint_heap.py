@@ -19,7 +19,8 @@ import peers
 from tools import run_local
 
 DRIVER = os.path.join(peers.ROOT, "host_tests", "system", "mp", "sigint_heap.py")
-RUNS = 6
+RUNS = 6  # at least this many stops, all clean
+MAX_RUNS = 100  # and more until one SIGINT landed in a collection (about 1 run in 10 here)
 
 
 def _root(tmp_path):
@@ -47,8 +48,9 @@ def _mp(root, *args):
 
 def test_ctrl_c_inside_a_collection_still_stops_cleanly(tmp_path):
     root = _root(tmp_path)
-    cut = 0
-    for _ in range(RUNS):
+    cut = runs = 0
+    while runs < RUNS or (not cut and runs < MAX_RUNS):
+        runs += 1
         proc = _mp(root)
         seen = []
         for line in proc.stdout:  # the condition, not a pause: it is collecting now
@@ -72,7 +74,7 @@ def test_ctrl_c_inside_a_collection_still_stops_cleanly(tmp_path):
         else:
             assert "rc=0 heap_was_locked=0" in out, out
     # the runs must have met the case they are about, or they proved nothing
-    assert cut >= 1, "no SIGINT landed in a collection in %d runs" % RUNS
+    assert cut >= 1, "no SIGINT landed in a collection in %d runs" % runs
 
 
 def test_a_crash_inside_a_heap_locked_section_is_still_reported(tmp_path):
