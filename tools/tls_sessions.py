@@ -27,7 +27,8 @@ _ESTABLISHED = "01"
 
 
 def established(pid):
-    """How many ESTABLISHED TCP connections process pid holds."""
+    """The peers ("port" on loopback, else "address:port", hex as /proc has them) of the
+    ESTABLISHED TCP connections process pid holds, one entry per connection."""
     inodes = set()
     fd_dir = "/proc/%d/fd" % pid
     try:
@@ -39,8 +40,8 @@ def established(pid):
             if link.startswith("socket:["):
                 inodes.add(link[8:-1])
     except OSError:
-        return 0
-    n = 0
+        return []
+    peers = []
     for table in ("tcp", "tcp6"):
         try:
             with open("/proc/%d/net/%s" % (pid, table)) as f:
@@ -48,10 +49,16 @@ def established(pid):
                 for line in f:
                     cols = line.split()
                     if cols[3] == _ESTABLISHED and cols[9] in inodes:
-                        n += 1
+                        peers.append(_peer(cols[2]))
         except OSError:
             pass
-    return n
+    return peers
+
+
+def _peer(hex_addr):
+    addr, port = hex_addr.split(":")
+    port = str(int(port, 16))
+    return port if addr in ("0100007F", "00000000000000000000000001000000") else addr + ":" + port
 
 
 class Sampler(threading.Thread):
@@ -65,16 +72,18 @@ class Sampler(threading.Thread):
         self.at_peak = None  # seconds since start when the peak was first seen
         self.peak_wall = None  # time.time() then: to find the log lines around it
         self.peak_samples = 0  # samples at the peak: how long it is held
+        self.peak_peers: list = []  # the peers held when the peak was first seen
         self._halt = threading.Event()
 
     def run(self):
         t0 = time.time()
         while not self._halt.is_set():
-            n = established(self.pid)
+            peers = established(self.pid)
+            n = len(peers)
             self.samples += 1
             if n > self.peak:
                 self.peak, self.at_peak, self.peak_samples = n, time.time() - t0, 0
-                self.peak_wall = time.time()
+                self.peak_wall, self.peak_peers = time.time(), sorted(peers)
             if n == self.peak:
                 self.peak_samples += 1
             self._halt.wait(self.every_s)
@@ -97,7 +106,8 @@ def _status(text):
 def run(platform, transport, seconds, frozen=None, workdir=None, renewals=None):
     """Run the firmware for `seconds`, or until it delivered and renewed its token
     `renewals` times; returns {"peak", "samples", "peak_samples", "renewals", "delivered",
-    "log"}."""
+    "log", "peak_wall", "peak_peers", "cloud_ports"}: peak_peers are the peer ports of the
+    connections at the peak, cloud_ports what each of the cloud's services listens on."""
     tmp = workdir or tempfile.mkdtemp(prefix="tls-sessions-")
     cloud_dir = os.path.join(tmp, "cloud")
     device = os.path.join(tmp, "device")
@@ -139,7 +149,18 @@ def run(platform, transport, seconds, frozen=None, workdir=None, renewals=None):
     delivered, renewed = _status(text)
     return {"peak": sampler.peak, "samples": sampler.samples,
             "peak_samples": sampler.peak_samples, "delivered": delivered,
-            "renewals": renewed, "log": text, "peak_wall": sampler.peak_wall}
+            "renewals": renewed, "log": text, "peak_wall": sampler.peak_wall,
+            "peak_peers": sampler.peak_peers, "cloud_ports": _ports(cloud)}
+
+
+def _ports(cloud):
+    """{service: port} from the local cloud's description (its URLs)."""
+    out = {}
+    for k, v in cloud.items():
+        m = re.match(r"\w+://[^/:]+:(\d+)", v) if isinstance(v, str) else None
+        if m:
+            out[k] = m.group(1)
+    return out
 
 
 def around(text, wall, seconds=3):

@@ -21,6 +21,8 @@ def test_peak_tls_sessions_within_documented_number(platform, transport, tmp_pat
         "the run must deliver and renew twice to mean anything:\n" + r["log"][-3000:])
     assert r["samples"] > 100, r["samples"]
     assert 1 <= r["peak"] <= DOCUMENTED_PEAK[(platform, transport)] <= BOARD_BUDGET, (
-        "%s/%s held %d TLS sessions at once; docs/boards.md budgets %d; the log then:\n%s" % (
-            platform, transport, r["peak"], DOCUMENTED_PEAK[(platform, transport)],
+        "%s/%s held %d TLS sessions at once (peers %s; the cloud listens on %s); "
+        "docs/boards.md budgets %d; the log then:\n%s" % (
+            platform, transport, r["peak"], r["peak_peers"], r["cloud_ports"],
+            DOCUMENTED_PEAK[(platform, transport)],
             tls_sessions.around(r["log"], r["peak_wall"])))
