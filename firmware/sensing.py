@@ -7,6 +7,7 @@ from micropython import const
 
 from firmware import clock, log
 from firmware.backoff import Backoff
+from firmware.tasks import within_ms
 
 _TAG = "app"
 _IDLE_WAKE_MS = const(30000)
@@ -44,7 +45,7 @@ async def sampler(app):
             if enabled is not None and sid not in enabled:
                 continue  # the cloud's sensor catalog does not list it
             try:
-                value = await asyncio.wait_for(sensor.read(), sensor.timeout_s)
+                value = await within_ms(sensor.read(), int(sensor.timeout_s * 1000))
             except Exception as e:  # BoardError, a driver bug, asyncio.TimeoutError
                 app.sensor_errors += 1
                 b = failing.get(sid)

@@ -5,6 +5,7 @@ but cancellation), the supervisor logs why (redacted, via log.exc), counts the r
 that task's own backoff and starts it again; other tasks never notice. A task that returns
 normally stays finished unless it was added with `period_ms`, in which case it runs again
 after that pause. Nothing a task does can make `run_forever()` return; only `stop()` can.
+`within_ms` is the firmware's wait with a timeout (never asyncio.wait_for: see there).
 """
 import asyncio
 import gc
@@ -204,8 +205,46 @@ class Wake:
             if timeout_ms is None:
                 await self._ev.wait()
             else:
-                await asyncio.wait_for(self._ev.wait(), timeout_ms / 1000)
+                await within_ms(self._ev.wait(), timeout_ms)
         except asyncio.TimeoutError:
             return False
         self._ev.clear()
         return True
+
+
+async def within_ms(aw, timeout_ms):
+    """`await aw` for at most timeout_ms, else aw is cancelled, has unwound, and
+    asyncio.TimeoutError is raised. Not asyncio.wait_for: on MicroPython (1.29) a cancel that
+    reaches it after its timeout fired, while aw unwinds, is lost and becomes TimeoutError, so
+    a task being stopped ran on (a supervisor's stop hung, about 1 run in 60 of
+    test_watchdog under load). The caller here only ever awaits an Event, and an Event's
+    waiter always gets its cancel."""
+    ended = asyncio.Event()
+    out: list = []  # [result], or [None, exception] once aw ended
+
+    async def run():
+        try:
+            out.append(await aw)
+        except BaseException as e:  # its cancel included: handed to the caller
+            out.extend((None, e))
+        ended.set()
+
+    async def ring():
+        await asyncio.sleep_ms(timeout_ms)
+        ended.set()
+
+    runner = asyncio.create_task(run())
+    timer = asyncio.create_task(ring())
+    try:
+        await ended.wait()
+        if not out:  # the timer rang first
+            ended.clear()
+            runner.cancel()
+            await ended.wait()
+            raise asyncio.TimeoutError
+        if len(out) > 1:
+            raise out[1]
+        return out[0]
+    finally:
+        timer.cancel()
+        runner.cancel()  # this task was cancelled: aw goes with it (nothing when it ended)

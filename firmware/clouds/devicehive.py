@@ -47,6 +47,7 @@ from firmware.backoff import Backoff
 from firmware.clouds import Adapter, SendResult
 from firmware.config_types import join
 from firmware.net import conn, ws
+from firmware.tasks import within_ms
 
 _TAG = "devicehive"
 _STATE_FILE = "devicehive.json"
@@ -209,8 +210,7 @@ class DeviceHive(Adapter):
                     await self._drop(sock)
                     raise conn.NetTimeout("%s: no answer" % action)
                 try:
-                    await asyncio.wait_for(ev.wait(),
-                                           max(1, deadline.remaining_ms()) / 1000)
+                    await within_ms(ev.wait(), max(1, deadline.remaining_ms()))
                 except asyncio.TimeoutError:
                     pass
             resp = self._responses[rid]

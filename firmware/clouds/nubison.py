@@ -39,6 +39,7 @@ from firmware import clock, log, statefile
 from firmware.clouds import Adapter, SendResult, answer_json, shape
 from firmware.config_types import join
 from firmware.net import http
+from firmware.tasks import within_ms
 
 _TAG = "nubison"
 _STATE_FILE = "nubison.json"
@@ -340,12 +341,12 @@ class Nubison(Adapter):
         """Log out (orderly shutdown) and close the connection; never raises."""
         try:
             if self.token:
-                resp = await asyncio.wait_for(
+                resp = await within_ms(
                     self.http.request("POST", self.base + "/devices/logout",
                                       json={"accessToken": self.token,
                                             "deviceKey": self.device_key},
                                       idempotent=True, timeout_ms=_CLOSE_TIMEOUT_MS),
-                    _CLOSE_TIMEOUT_MS / 1000)
+                    _CLOSE_TIMEOUT_MS)
                 log.info(_TAG, "logout: http %d", resp.status)
         except Exception as e:  # shutting down anyway: the token simply expires
             log.warn(_TAG, "logout failed: %s", log.describe(e))

@@ -16,6 +16,7 @@ from firmware import clock, log
 from firmware.clouds import mqtt_session
 from firmware.clouds.xyte_reg import XyteError
 from firmware.net import mqtt
+from firmware.tasks import within_ms
 
 MYPY = False
 if MYPY:  # the type checker only (MicroPython has no typing module)
@@ -127,7 +128,7 @@ class Session:
         gen = self.generation  # a new registration ends this session
         while gen == self.generation:
             try:
-                await asyncio.wait_for(self._wake.wait(), _RECHECK_MS / 1000)
+                await within_ms(self._wake.wait(), _RECHECK_MS)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()

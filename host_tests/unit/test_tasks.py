@@ -1,10 +1,11 @@
-"""The task supervisor and Wake, on both runtimes. Counts and order only, never durations."""
+"""The task supervisor, Wake and within_ms, on both runtimes. Counts and order only, never
+durations."""
 import asyncio
 
 import support
 from firmware import log
 from firmware.backoff import Backoff
-from firmware.tasks import Supervisor, SupervisorError, Wake
+from firmware.tasks import Supervisor, SupervisorError, Wake, within_ms
 
 
 class _Doubling:
@@ -331,3 +332,81 @@ def test_no_room_for_a_backoff_still_restarts_the_task():
 
 def _no_room():
     raise MemoryError("no room for a backoff")
+
+
+# --- within_ms: a wait with a timeout that never loses a cancel ---------------------------------
+
+async def _steps(cond, what, n=2000):
+    # a hang guard counted in loop steps, never in time
+    while not cond():
+        n -= 1
+        if n < 0:
+            raise AssertionError("never happened: " + what)
+        await asyncio.sleep_ms(1)
+
+
+def test_within_ms_returns_raises_and_times_out_after_aw_unwound():
+    seen: list = []
+
+    async def value():
+        return 7
+
+    async def broken():
+        raise ValueError("driver")
+
+    async def stuck():
+        try:
+            await asyncio.Event().wait()
+        finally:
+            seen.append("unwound")
+
+    async def go():
+        assert await within_ms(value(), 1000) == 7
+        try:
+            await within_ms(broken(), 1000)
+        except ValueError as e:
+            seen.append(str(e))
+        try:
+            await within_ms(stuck(), 5)
+        except asyncio.TimeoutError:
+            seen.append("timeout")  # after stuck() ran its finally, not before
+
+    support.run(go())
+    assert seen == ["driver", "unwound", "timeout"], seen
+
+
+def test_a_cancel_landing_just_after_the_timeout_is_never_lost():
+    # asyncio.wait_for on MicroPython 1.29 turns a cancel that lands while it unwinds its
+    # timed-out awaitable into TimeoutError: a loop like this one (the uplink's idle wait, a
+    # sensor read) then ran on after a supervisor's stop and the stop never returned
+    lost: list = []
+
+    async def trial(k):
+        timeouts: list = []
+
+        async def waiter():
+            while True:
+                try:
+                    await within_ms(asyncio.Event().wait(), 2)
+                except asyncio.TimeoutError:
+                    timeouts.append(1)
+
+        t = asyncio.create_task(waiter())
+        await _steps(lambda: timeouts, "a first timeout")
+        n = len(timeouts)
+        await _steps(lambda: len(timeouts) > n, "a second timeout")  # in step with the timer
+        for _ in range(k):
+            await asyncio.sleep_ms(0)
+        t.cancel()
+        try:
+            await _steps(t.done, "the cancel landing", 200)
+        except AssertionError:
+            lost.append(k)
+            t.cancel()
+
+    async def go():
+        for i in range(60):
+            await trial(i % 6)
+
+    support.run(go())
+    assert not lost, "cancels lost at steps %s" % lost
