@@ -78,7 +78,6 @@ _DEFAULT_MAX_PACKET = const(16384)
 # TCP segment: split writes meet Nagle's algorithm and the peer's delayed ACK); a bigger one
 # goes as its header from that buffer, then the payload from the caller's own buffer.
 _TX_SIZE = const(512)
-_RX_SIZE = const(256)  # received packets that do not fit in the stream buffer are read here
 _TOPICS = const(16)  # encoded topic names kept (a device publishes to a handful)
 # connect, TLS, CONNECT and the whole CONNACK: a broker that trickles them meets this, not
 # just each read's timeout
@@ -160,16 +159,16 @@ class PacketTooLarge(MqttError):
     (the broker would drop the session, and a resend would do it again)."""
 
 
-_spare: list = []  # (tx, rx, read) buffer sets from reserve(), for the next Client made
+_spare: list = []  # (tx, read) buffer pairs from reserve(), for the next Client made
 
 
 def reserve():
-    """Make the buffers of one Client now (1.8K), for an adapter that creates its Client only
+    """Make the buffers of one Client now (1.5K), for an adapter that creates its Client only
     later, after a catalog read: by then the heap is fragmented and may lack a free block of
     1K. Called from the adapter's constructor at start-up, while the heap is whole. One set
     is kept at most (one adapter per firmware)."""
     if not _spare:
-        _spare.append((bytearray(_TX_SIZE), bytearray(_RX_SIZE), conn.new_buf()))
+        _spare.append((bytearray(_TX_SIZE), conn.new_buf()))
 
 
 def refusal(code, reason=""):
@@ -586,11 +585,9 @@ class Client:
         self.server_props: dict = {}
         # the read buffer (_rbuf) serves every session (one at a time): a reconnect on a
         # fragmented heap needs no new 1K block
-        bufs = _spare.pop() if _spare else (bytearray(_TX_SIZE), bytearray(_RX_SIZE),
-                                             conn.new_buf())
+        bufs = _spare.pop() if _spare else (bytearray(_TX_SIZE), conn.new_buf())
         self._tx: bytearray = bufs[0]
-        self._rx: bytearray = bufs[1]
-        self._rbuf: bytearray = bufs[2]
+        self._rbuf: bytearray = bufs[1]
         self._txv = memoryview(self._tx)
         self._topics: dict = {}  # topic -> its UTF-8 bytes
 
@@ -840,7 +837,9 @@ class Client:
     async def _read_packet(self, stream, timeout_ms):
         """The next packet, decoded; None for a PUBACK, which is handled here without
         allocating (the hot path of publishing). Reads straight from the stream's buffer:
-        the body is decoded in place when it is there whole, else gathered in self._rx."""
+        a body that fits is decoded in place once it is there whole (a body cut at the
+        buffer's end is moved to its start by _fill, no second buffer kept for it); only one
+        larger than the buffer is gathered in a bytearray of its own."""
         if stream.start == stream.end:
             await stream._fill(timeout_ms)
         first = stream.buf[stream.start]
@@ -861,7 +860,9 @@ class Client:
         if size > self.max_packet:
             raise MqttProtocolError("packet of %d bytes is over the %d allowed" %
                                     (size, self.max_packet))
-        if stream.end - stream.start >= length:  # whole in the stream buffer
+        if length <= len(stream.buf):
+            while stream.end - stream.start < length:
+                await stream._fill(timeout_ms)
             start = stream.start
             stream.start += length
             if first == PUBACK << 4 and (length == 2 or (length == 3 and self.v5)):
@@ -870,9 +871,7 @@ class Client:
                              else 0)
                 return None
             return decode(first, stream.mv[start:start + length], self.v5)
-        if length > len(self._rx):
-            self._rx = bytearray(length)
-        rx = memoryview(self._rx)
+        rx = memoryview(bytearray(length))
         got = 0
         while got < length:
             if stream.start == stream.end:

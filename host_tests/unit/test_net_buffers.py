@@ -86,9 +86,9 @@ def test_an_mqtt_client_takes_the_reserved_buffers_and_keeps_its_read_buffer():
     mqtt.reserve()
     mqtt.reserve()  # one set at most
     assert len(mqtt._spare) == 1
-    tx, rx, rbuf = mqtt._spare[0]
+    tx, rbuf = mqtt._spare[0]
+    assert len(tx) + len(rbuf) == 1536  # no third buffer for packets cut at the read's end
     client = mqtt.Client("mqtt://h:1883", "dev", keepalive_s=0)
-    assert (client._tx, client._rx, client._rbuf) == (tx, rx, rbuf)
     assert client._tx is tx and client._rbuf is rbuf and not mqtt._spare
     other = mqtt.Client("mqtt://h:1883", "dev2")  # nothing reserved: its own
     assert other._rbuf is not rbuf and len(other._rbuf) == len(rbuf)
@@ -105,3 +105,27 @@ def test_an_mqtt_client_takes_the_reserved_buffers_and_keeps_its_read_buffer():
     _with(peers, lambda: support.run(two_sessions()))
     assert len(peers.opened) == 2 and streams[0] is not streams[1]
     assert streams[0].buf is rbuf and streams[1].buf is rbuf  # no new 1K per reconnect
+
+
+def test_mqtt_packets_cut_at_the_read_buffers_end_or_larger_than_it_arrive_whole():
+    # 1000 bytes of small publishes, then one cut by the 1024-byte read, then one larger than
+    # the buffer: all decoded, in order, from the one read buffer (and a buffer of its own
+    # for the large one only)
+    small = [mqtt.encode_publish("t/%d" % i, b"%03d" % i + b"s" * 90) for i in range(10)]
+    cut = mqtt.encode_publish("t/cut", b"c" * 200)
+    large = mqtt.encode_publish("t/large", bytes(range(256)) * 6)
+    stream = b"".join(small) + cut + large
+    assert sum(len(p) for p in small) < 1024 < sum(len(p) for p in small) + len(cut)
+    got: list = []
+    client = mqtt.Client("mqtt://h:1883", "dev", keepalive_s=0,
+                         on_message=lambda m: got.append((m.topic, bytes(m.payload))))
+
+    async def session():
+        await client.connect()
+        await client.wait_closed()  # the script ends: the session closes
+
+    peers = Peers([_connack(), stream])
+    _with(peers, lambda: support.run(session()))
+    want = [("t/%d" % i, b"%03d" % i + b"s" * 90) for i in range(10)]
+    want += [("t/cut", b"c" * 200), ("t/large", bytes(range(256)) * 6)]
+    assert got == want
