@@ -114,6 +114,20 @@ _NONES = ((None, None, None), (None, None), (None,))  # fills a short record's l
 _STATUS_NAMES = {"D": "delivered", "X": "dead", "P": "dropped", "E": "expired"}
 
 
+def _read_file(path):
+    # bytes of a small file (at most _MAX_PAYLOAD + 16), or None when it does not exist or
+    # is not a file. Read in a small first piece, not into a resident 1K buffer: that
+    # cost every configuration 1K of heap for good (bench/memory.md, the merged tree)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_FIRST_READ)
+            if len(data) == _FIRST_READ:  # a large one: the rest, up to the bound
+                data += f.read(_MAX_PAYLOAD + 16 - _FIRST_READ)
+    except OSError:
+        return None
+    return data
+
+
 class OutboxError(Exception):
     pass
 
@@ -227,26 +241,13 @@ class Outbox:
             c = self._bpath = (b, self.epoch, self._bucket(b) + "/")
         return c[2] + "%x" % (n % _G)
 
-    def _read_file(self, path):
-        # bytes of a small file (at most _MAX_PAYLOAD + 16), or None when it does not exist or
-        # is not a file. Read in a small first piece, not into a resident 1K buffer: that
-        # cost every configuration 1K of heap for good (bench/memory.md, the merged tree)
-        try:
-            with open(path, "rb") as f:
-                data = f.read(_FIRST_READ)
-                if len(data) == _FIRST_READ:  # a large one: the rest, up to the bound
-                    data += f.read(_MAX_PAYLOAD + 16 - _FIRST_READ)
-        except OSError:
-            return None
-        return data
-
     def _read_pair(self, name):
         # (generation, body) of the newer valid one of name0/name1, or None; and whether any
         # of the two exists
         best = None
         seen = False
         for i in (0, 1):
-            data = self._read_file(self._p("%s%d" % (name, i)))
+            data = _read_file(self._p("%s%d" % (name, i)))
             if data is None:
                 continue
             seen = True
@@ -298,7 +299,7 @@ class Outbox:
         self._soft = False  # head is ahead of the index: the last slot's flag or RAM has it
         meta, meta_seen = self._read_pair("m")
         if meta is None and _v1_present(self.root):
-            self._migrate_v1()
+            _migrate_v1(self)
             meta, meta_seen = self._read_pair("m")
         if meta is not None and len(meta[1]) == _META_LEN and meta[1][1] & 0x7F == _VERSION:
             self._mgen = meta[0]
@@ -308,7 +309,16 @@ class Outbox:
                 _v1_remove(self.root)
             self._low = self._top - span if span != 0xFFFF and self._top >= 0 else -1
             self._stats.update(dead=dead, dropped=dropped, expired=expired)
-            self._check_range()
+            # the meta file may lag one bucket behind a cut (written after mkdir / rename /
+            # rmdir): one lookup each way settles it
+            moved = False
+            while _is_dir(self._bucket(self._top + 1)):
+                self._top += 1
+                moved = True
+            if self._low < 0 <= self._top:
+                self._low = 0 if moved and _is_dir(self._bucket(0)) else self._top
+            while 0 <= self._low < self._top and not _is_dir(self._bucket(self._low)):
+                self._low += 1
             self.boot = boot + 1
         else:
             self._scan_buckets()  # lists the root: only when the meta file is lost
@@ -353,18 +363,6 @@ class Outbox:
                 self._oo, self._marks, self._soft = [], 0, True
         self._count = max(0, self._end - self.head - len(self._oo) - (
             self._marks if self._marks < 0xFFFF else 0))
-
-    def _check_range(self):
-        # the meta file may lag one bucket behind a cut (it is written after mkdir / rename /
-        # rmdir): one lookup each way settles it
-        moved = False
-        while _is_dir(self._bucket(self._top + 1)):
-            self._top += 1
-            moved = True
-        if self._low < 0 <= self._top:
-            self._low = 0 if moved and _is_dir(self._bucket(0)) else self._top
-        while 0 <= self._low < self._top and not _is_dir(self._bucket(self._low)):
-            self._low += 1
 
     def _scan_buckets(self):
         # low..top bucket numbers and the epoch, from the bucket names (no file is opened)
@@ -428,7 +426,7 @@ class Outbox:
     def _read(self, n):
         # the Record in slot n; False for a resolution marker; None when the slot is missing,
         # damaged or stale
-        data = self._read_file(self._slot(n))
+        data = _read_file(self._slot(n))
         body = _unseal(data) if data else None
         try:
             if body is None or struct.unpack_from("<I", body, 1)[0] != n:
@@ -460,7 +458,7 @@ class Outbox:
     def _after(self, n):
         # whether slot n holds a record written with _F_AFTER (every record before it
         # resolved); None when it cannot be read
-        data = self._read_file(self._slot(n))
+        data = _read_file(self._slot(n))
         body = _unseal(data) if data else None
         if body is None or len(body) < 11 or struct.unpack_from("<I", body, 1)[0] != n:
             return None
@@ -607,7 +605,7 @@ class Outbox:
                 continue
             n = k[1]
             if not self.epoch <= k[0] <= self.boot:
-                n = self._find_v1(mid)
+                n = _find_v1(self, mid)
                 alone = alone or n is not None
             if n is not None and self.head <= n < self._end and n not in self._oo and (
                     n not in seen):
@@ -649,18 +647,6 @@ class Outbox:
                 self._write_index(self.head, self._marks, self._oo)
             except OSError as e:
                 raise OutboxError("ack failed: %s" % log.describe(e))
-
-    def _find_v1(self, mid):
-        # the record number of an id carried over from v1 (v1 records come first), or None
-        found: list = []
-
-        def look(n, rec):
-            if rec is not None and rec.message_id == mid:
-                found.append(n)
-            return bool(found) or (rec is not None and _key(rec.message_id)[0] >= self.epoch)
-
-        self._scan(look)
-        return found[0] if found else None
 
     def pending_count(self) -> int:
         return self._count
@@ -755,45 +741,59 @@ class Outbox:
             log.warn(_TAG, "full (%d): dropping %s", self.max_records, victim[1])
             self._resolve_n(victim[0], "P")
 
-    # ---- v1 conversion
-    def _migrate_v1(self):
-        from firmware import outbox_v1  # imported only on the boot that converts
 
-        log.info(_TAG, "converting %s from the v1 layout", self.root)
-        old = outbox_v1.Outbox(self.root, max_records=1 << 30)
-        self._converting = True
-        # a conversion cut short before its commit starts over in the buckets it made (the
-        # same records go to the same slots), under the epoch it chose: no v1 id has it
-        self._scan_buckets()
-        if self._top < 0:
-            self.epoch = old.boot + 1  # above every v1 id: order and uniqueness both hold
-        self.boot = self.epoch
-        self._end = self.head = self._count = 0
-        keep, self.max_records = self.max_records, 1 << 30  # carry everything, drop nothing
-        carried = []
+# ---- v1 conversion (a device updated by OTA from the v1 layout)
+def _find_v1(box, mid):
+    # the record number of an id carried over from v1 (v1 records come first), or None
+    found: list = []
 
-        def carry(_, __, rec):
-            if outbox_v1._key(rec[0]) not in old._acked:
-                self._append(rec[1], rec[2], rec[3], rec[4], rec[5], rec[6], rec[0])
-                carried.append(1)
-            return False
+    def look(n, rec):
+        if rec is not None and rec.message_id == mid:
+            found.append(n)
+        return bool(found) or (rec is not None and _key(rec.message_id)[0] >= box.epoch)
 
-        old._opening = True
-        old._records(old._hseg, old._hoff, carry)
-        if self._top < 0:
-            self._new_bucket(0)  # the epoch lives in bucket names: keep it above the v1 ids
-        st = old._stats
-        self._stats = {"dead": st["dead"], "dropped": st["dropped"], "expired": st["expired"]}
-        # what stats() adds up to the v1 store's delivered count
-        self._base = -(st["delivered"] + st["dead"] + st["dropped"] + st["expired"])
-        self._write_index(0, 0, [])
-        self._converting = False
-        self._v1left = True
-        self._write_meta()  # the commit point: from here on the store is v3
-        self.max_records = keep
-        _v1_remove(self.root)
-        self._v1left = False  # the write of this boot's counter records it
-        log.info(_TAG, "converted: %d pending records kept with their ids", len(carried))
+    box._scan(look)
+    return found[0] if found else None
+
+
+def _migrate_v1(box):
+    from firmware import outbox_v1  # imported only on the boot that converts
+
+    log.info(_TAG, "converting %s from the v1 layout", box.root)
+    old = outbox_v1.Outbox(box.root, max_records=1 << 30)
+    box._converting = True
+    # a conversion cut short before its commit starts over in the buckets it made (the
+    # same records go to the same slots), under the epoch it chose: no v1 id has it
+    box._scan_buckets()
+    if box._top < 0:
+        box.epoch = old.boot + 1  # above every v1 id: order and uniqueness both hold
+    box.boot = box.epoch
+    box._end = box.head = box._count = 0
+    keep, box.max_records = box.max_records, 1 << 30  # carry everything, drop nothing
+    carried = []
+
+    def carry(_, __, rec):
+        if outbox_v1._key(rec[0]) not in old._acked:
+            box._append(rec[1], rec[2], rec[3], rec[4], rec[5], rec[6], rec[0])
+            carried.append(1)
+        return False
+
+    old._opening = True
+    old._records(old._hseg, old._hoff, carry)
+    if box._top < 0:
+        box._new_bucket(0)  # the epoch lives in bucket names: keep it above the v1 ids
+    st = old._stats
+    box._stats = {"dead": st["dead"], "dropped": st["dropped"], "expired": st["expired"]}
+    # what stats() adds up to the v1 store's delivered count
+    box._base = -(st["delivered"] + st["dead"] + st["dropped"] + st["expired"])
+    box._write_index(0, 0, [])
+    box._converting = False
+    box._v1left = True
+    box._write_meta()  # the commit point: from here on the store is v3
+    box.max_records = keep
+    _v1_remove(box.root)
+    box._v1left = False  # the write of this boot's counter records it
+    log.info(_TAG, "converted: %d pending records kept with their ids", len(carried))
 
 
 def capacity(root):

@@ -7,6 +7,7 @@ import os
 
 import support
 from firmware import log
+from firmware import outbox as outbox_mod
 from firmware.outbox import SLOTS_PER_BUCKET as G
 from firmware.outbox import Outbox, OutboxError
 
@@ -315,28 +316,35 @@ def test_ttl_expires_old_records():
     support.rmtree(root.rsplit("/", 1)[0])
 
 
-def _counting_reads(ob):
+def _counting_reads():
+    """(paths every outbox file read appends to, a function that ends the counting)."""
     reads: list = []
-    real = ob._read_file
+    real = outbox_mod._read_file
 
     def counting(path):
         reads.append(path)
         return real(path)
 
-    ob._read_file = counting
-    return reads
+    def restore():
+        outbox_mod._read_file = real
+
+    outbox_mod._read_file = counting
+    return reads, restore
 
 
 def test_pending_skips_records_in_flight_without_reading_them():
     root, ob = _fresh("skip")
     ids = _fill(ob, 12)
-    reads = _counting_reads(ob)
-    got = ob.pending(3, skip={ids[0], ids[1], ids[2], ids[4]})
-    assert [r.message_id for r in got] == [ids[3], ids[5], ids[6]]
-    assert len(reads) == 3, reads  # the four in flight are passed by number, not read
-    del reads[:]
-    assert [r.message_id for r in ob.pending(20, skip=set(ids[3:12]))] == ids[:3]
-    assert len(reads) == 3, reads
+    reads, restore = _counting_reads()
+    try:
+        got = ob.pending(3, skip={ids[0], ids[1], ids[2], ids[4]})
+        assert [r.message_id for r in got] == [ids[3], ids[5], ids[6]]
+        assert len(reads) == 3, reads  # the four in flight are passed by number, not read
+        del reads[:]
+        assert [r.message_id for r in ob.pending(20, skip=set(ids[3:12]))] == ids[:3]
+        assert len(reads) == 3, reads
+    finally:
+        restore()
     assert ob.pending_count() == 12  # a skipped record is still pending
     assert ob.pending(5, skip=set(ids)) == [] and ob.pending_count() == 12
     ob.resolve(ids[:2])  # the skip set may hold ids resolved meanwhile, and unknown ones
@@ -436,26 +444,18 @@ def test_memory_flat_with_thousands_pending():
 def test_acks_read_no_record_and_opening_reads_a_fixed_number_of_files():
     root, ob = _fresh("cost", max_records=5000)
     ids = _fill(ob, 1000)
-    reads = []
-    real = ob._read_file
-
-    def counting(path):
-        reads.append(path)
-        return real(path)
-
-    ob._read_file = counting
-    for mid in ids[:40]:
-        ob.delivered(mid)
-    ob.dead_letter(ids[40], "test")
-    assert reads == [], reads[:5]  # the index is written; no slot is read
-    assert ob.pending_count() == 959
-    opened = []
-    Outbox._read_file, real_cls = (lambda self, path: opened.append(path) or real_cls(self, path),
-                                   Outbox._read_file)
+    reads, restore = _counting_reads()
     try:
+        for mid in ids[:40]:
+            ob.delivered(mid)
+        ob.dead_letter(ids[40], "test")
+        assert reads == [], reads[:5]  # the index is written; no slot is read
+        assert ob.pending_count() == 959
+        del reads[:]
         ob = Outbox(root, max_records=5000)
     finally:
-        Outbox._read_file = real_cls
+        restore()
+    opened = reads
     # m0, m1, a0, a1, whatever the backlog: no record (the last slot's size says it carries
     # no delivery)
     assert [p.rsplit("/", 1)[1] for p in opened] == ["m0", "m1", "a0", "a1"]
