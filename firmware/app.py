@@ -39,7 +39,7 @@ from firmware import clock, config, heap, log, sensing, upkeep, uplink  # noqa: 
 from firmware.board.base import BoardError, value_text  # noqa: E402
 from firmware.desired import DesiredState, apply_desired  # noqa: E402
 from firmware.outbox import Outbox  # noqa: E402
-from firmware.tasks import Supervisor, Wake, within_ms  # noqa: E402
+from firmware.tasks import Supervisor, Wake  # noqa: E402
 
 _TAG = "app"
 _CLOSE_TIMEOUT_S = const(10)
@@ -132,7 +132,7 @@ class App:
                 task.cancel()
         await asyncio.sleep_ms(0)
         try:  # a goodbye is not worth a hung Ctrl-C (a QoS 1 PUBACK may never come)
-            await within_ms(self.cloud.close(), _CLOSE_TIMEOUT_S * 1000)
+            await asyncio.wait_for(self.cloud.close(), _CLOSE_TIMEOUT_S)
         except Exception as e:  # asyncio.TimeoutError included
             log.warn(_TAG, "close: %s", log.describe(e))
         sup.stop()

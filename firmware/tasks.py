@@ -5,7 +5,7 @@ but cancellation), the supervisor logs why (redacted, via log.exc), counts the r
 that task's own backoff and starts it again; other tasks never notice. A task that returns
 normally stays finished unless it was added with `period_ms`, in which case it runs again
 after that pause. Nothing a task does can make `run_forever()` return; only `stop()` can.
-`within_ms` is the firmware's wait with a timeout (never asyncio.wait_for: see there).
+`within_ms` is the wait with a timeout for the loops a stop must end (see there).
 """
 import asyncio
 import gc
@@ -185,31 +185,44 @@ class Supervisor:
 
 class Wake:
     """A wake-up call between tasks (the sampler wakes the uplink): `set()` from anywhere,
-    `await wait(timeout_ms)` returns True when woken, False when the timeout passed."""
+    `await wait(timeout_ms)` returns True when woken, False when the timeout passed. One task
+    waits on a Wake."""
 
     def __init__(self):
         self._ev = asyncio.Event()
+        self._called = False  # set() was called (the Event is also set by a wait's timer)
 
     def set(self):
+        self._called = True
         self._ev.set()
 
     def is_set(self):
-        return self._ev.is_set()
+        return self._called
 
     def clear(self):
         """Forget a call made before now (older news than what the caller is about to do)."""
+        self._called = False
         self._ev.clear()
 
     async def wait(self, timeout_ms=None):
+        # the timeout is a timer that sets the Event, not asyncio.wait_for: the waiter awaits
+        # only the Event, so a cancel always reaches it (within_ms says why), and an idle
+        # uplink holds one small task while it waits, less than wait_for's two
+        timer = None
+        if timeout_ms is not None and not self._called:
+            timer = asyncio.create_task(self._ring(timeout_ms))
         try:
-            if timeout_ms is None:
-                await self._ev.wait()
-            else:
-                await within_ms(self._ev.wait(), timeout_ms)
-        except asyncio.TimeoutError:
-            return False
-        self._ev.clear()
-        return True
+            await self._ev.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+        woke = self._called
+        self.clear()
+        return woke
+
+    async def _ring(self, ms):
+        await asyncio.sleep_ms(ms)
+        self._ev.set()
 
 
 async def within_ms(aw, timeout_ms):
@@ -218,7 +231,9 @@ async def within_ms(aw, timeout_ms):
     reaches it after its timeout fired, while aw unwinds, is lost and becomes TimeoutError, so
     a task being stopped ran on (a supervisor's stop hung, about 1 run in 60 of
     test_watchdog under load). The caller here only ever awaits an Event, and an Event's
-    waiter always gets its cancel."""
+    waiter always gets its cancel. It costs a second task and an Event per call, so the
+    network layer's per-read timeouts keep wait_for (within_ms there cost Realer MQTT its
+    56K floor, bench/memory.md); Wake.wait has a lighter timer of its own."""
     ended = asyncio.Event()
     out: list = []  # [result], or [None, exception] once aw ended
 

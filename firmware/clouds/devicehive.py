@@ -47,7 +47,6 @@ from firmware.backoff import Backoff
 from firmware.clouds import Adapter, SendResult
 from firmware.config_types import join
 from firmware.net import conn, ws
-from firmware.tasks import within_ms
 
 _TAG = "devicehive"
 _STATE_FILE = "devicehive.json"
@@ -210,7 +209,8 @@ class DeviceHive(Adapter):
                     await self._drop(sock)
                     raise conn.NetTimeout("%s: no answer" % action)
                 try:
-                    await within_ms(ev.wait(), max(1, deadline.remaining_ms()))
+                    await asyncio.wait_for(ev.wait(),
+                                           max(1, deadline.remaining_ms()) / 1000)
                 except asyncio.TimeoutError:
                     pass
             resp = self._responses[rid]

@@ -39,7 +39,6 @@ from firmware import clock, log, statefile
 from firmware.clouds import Adapter, SendResult, answer_json, shape
 from firmware.config_types import join
 from firmware.net import http
-from firmware.tasks import within_ms
 
 _TAG = "nubison"
 _STATE_FILE = "nubison.json"
@@ -341,12 +340,12 @@ class Nubison(Adapter):
         """Log out (orderly shutdown) and close the connection; never raises."""
         try:
             if self.token:
-                resp = await within_ms(
+                resp = await asyncio.wait_for(
                     self.http.request("POST", self.base + "/devices/logout",
                                       json={"accessToken": self.token,
                                             "deviceKey": self.device_key},
                                       idempotent=True, timeout_ms=_CLOSE_TIMEOUT_MS),
-                    _CLOSE_TIMEOUT_MS)
+                    _CLOSE_TIMEOUT_MS / 1000)
                 log.info(_TAG, "logout: http %d", resp.status)
         except Exception as e:  # shutting down anyway: the token simply expires
             log.warn(_TAG, "logout failed: %s", log.describe(e))

@@ -42,7 +42,6 @@ from firmware import clock, log
 from firmware.clouds import Adapter, answer_json, mqtt_session
 from firmware.clouds.realer_https import RealerError, RealerHttps, SendResult, error_type, to_wire
 from firmware.net import conn, mqtt
-from firmware.tasks import within_ms
 
 _TAG = "realer-mqtt"
 HTTPS = "https"
@@ -454,7 +453,7 @@ class RealerMqtt(Adapter):
         broker session ended first: acks published meanwhile went to a session that is gone,
         so the records go back to the uplink at once (published again, same message_id)
         instead of waiting out ack_timeout."""
-        # cleared before each look, set by every ack: an ack that comes while within_ms's
+        # cleared before each look, set by every ack: an ack that comes while wait_for's
         # task is not yet waiting still wakes it (a pulse then was lost, up to ack_timeout)
         deadline = clock.Deadline(self.ack_timeout_ms)
         while not deadline.expired():
@@ -464,8 +463,8 @@ class RealerMqtt(Adapter):
             if client.connects != session or not client.connected:
                 return False
             try:
-                await within_ms(event.wait(), max(1, min(deadline.remaining_ms(),
-                                                         _SESSION_CHECK_MS)))
+                await asyncio.wait_for(event.wait(), max(1, min(
+                    deadline.remaining_ms(), _SESSION_CHECK_MS)) / 1000)
             except asyncio.TimeoutError:
                 pass
         return True

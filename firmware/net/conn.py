@@ -11,7 +11,6 @@ from time import ticks_add, ticks_diff, ticks_ms
 from micropython import const
 
 from firmware.net import tls
-from firmware.tasks import within_ms
 
 _BUF_SIZE = const(1024)
 _MAX_LINE = const(1024)
@@ -196,7 +195,8 @@ class Stream:
         if d is not None:
             timeout_ms = d.cap(timeout_ms, "read")
         try:
-            n = await within_ms(self.reader.readinto(self.mv[self.end:]), timeout_ms)
+            n = await asyncio.wait_for(self.reader.readinto(self.mv[self.end:]),
+                                       timeout_ms / 1000)
         except asyncio.TimeoutError:
             if d is not None and d.remaining_ms() == 0:  # the whole, not this read, ran out
                 raise DeadlineExceeded("read: no complete exchange within %d ms" % d.ms)
@@ -237,7 +237,7 @@ async def open_connection(host, port, secure, ca_file, timeout_ms):
             coro = asyncio.open_connection(host, port)
         else:
             coro = asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
-        return await within_ms(coro, timeout_ms)
+        return await asyncio.wait_for(coro, timeout_ms / 1000)
     except Exception as e:  # every failure leaves here as a NetError
         raise as_net_error(e, what)
 
@@ -246,7 +246,7 @@ async def send(writer, data, timeout_ms):
     """Write data and wait until it left, at most timeout_ms. On TLS the first write also
     runs the handshake, so a peer that accepted and went silent must time out here too."""
     writer.write(data)
-    await within_ms(writer.drain(), timeout_ms)
+    await asyncio.wait_for(writer.drain(), timeout_ms / 1000)
 
 
 async def close(writer):

@@ -24,7 +24,6 @@ from micropython import const
 from firmware import log
 from firmware.backoff import Backoff
 from firmware.net import conn
-from firmware.tasks import within_ms
 
 _TAG = "mqtt"
 CONNECT = const(1)
@@ -616,8 +615,8 @@ class Client:
             await conn.send(writer, encode_connect(self.client_id, self.username, self.password,
                                                    self.keepalive_s, self.clean_start, self.v5,
                                                    props), until.cap(self.timeout_ms, what))
-            pkt: tuple = await within_ms(self._read_packet(stream, self.timeout_ms),
-                                         until.cap(until.ms, what))
+            pkt: tuple = await asyncio.wait_for(self._read_packet(stream, self.timeout_ms),
+                                         until.cap(until.ms, what) / 1000)
             if pkt is None or pkt[0] != CONNACK:
                 raise MqttProtocolError("expected CONNACK, got packet type %d" %
                                         (pkt[0] if pkt else PUBACK))
@@ -696,7 +695,7 @@ class Client:
             if more is not None:
                 w.write(more)
             if _backlog(w):
-                await within_ms(w.drain(), self.timeout_ms)
+                await asyncio.wait_for(w.drain(), self.timeout_ms / 1000)
         except Exception as e:  # the socket is gone: the session is over
             err = conn.as_net_error(e, "mqtt send")
             await self._end(err)
@@ -819,7 +818,7 @@ class Client:
         self._pending[pid] = entry
         try:
             await self._send(encoder(pid, items, self.v5))
-            await within_ms(self._answer(entry), self.timeout_ms)
+            await asyncio.wait_for(self._answer(entry), self.timeout_ms / 1000)
         except asyncio.TimeoutError:
             raise conn.NetTimeout("no %s from the broker" % ("SUBACK" if ptype == SUBSCRIBE
                                                              else "UNSUBACK"))

@@ -376,18 +376,24 @@ def test_within_ms_returns_raises_and_times_out_after_aw_unwound():
 
 
 def test_a_cancel_landing_just_after_the_timeout_is_never_lost():
-    # asyncio.wait_for on MicroPython 1.29 turns a cancel that lands while it unwinds its
-    # timed-out awaitable into TimeoutError: a loop like this one (the uplink's idle wait, a
-    # sensor read) then ran on after a supervisor's stop and the stop never returned
+    # within_ms, and Wake.wait with a timeout. asyncio.wait_for on MicroPython 1.29 turns a
+    # cancel that lands while it unwinds its timed-out awaitable into TimeoutError: a loop
+    # like this one (the uplink's idle wait, a sensor read) then ran on after a supervisor's
+    # stop and the stop never returned
     lost: list = []
+    wake = Wake()
 
-    async def trial(k):
+    async def timed_wait():
+        await within_ms(asyncio.Event().wait(), 2)
+
+    async def trial(k, wait):
         timeouts: list = []
 
         async def waiter():
             while True:
                 try:
-                    await within_ms(asyncio.Event().wait(), 2)
+                    if not await wait():  # Wake.wait: False when the timeout passed
+                        timeouts.append(1)
                 except asyncio.TimeoutError:
                     timeouts.append(1)
 
@@ -401,12 +407,13 @@ def test_a_cancel_landing_just_after_the_timeout_is_never_lost():
         try:
             await _steps(t.done, "the cancel landing", 200)
         except AssertionError:
-            lost.append(k)
+            lost.append((wait, k))
             t.cancel()
 
     async def go():
         for i in range(60):
-            await trial(i % 6)
+            await trial(i % 6, timed_wait)
+            await trial(i % 6, lambda: wake.wait(2))
 
     support.run(go())
     assert not lost, "cancels lost at steps %s" % lost
