@@ -21,17 +21,17 @@ TRIALS = 150
 T0 = 1800000000
 
 
-def _run(root, first, kill_after=None, from_ready=False):
+def _run(root, first, kill_after=None, from_ready=False, script=SCRIPT):
     """One life of the writer: to the end of its check, or SIGKILLed `kill_after` seconds
     after its start or, with from_ready, after it said READY (inside the write loop however
     long the start took on a busy machine)."""
     assert os.path.exists(MICROPYTHON), "micropython binary missing: run make deps"
-    args = [MICROPYTHON, SCRIPT, root, str(first)] + ([] if kill_after else ["check"])
+    args = [MICROPYTHON, script, root, str(first)] + ([] if kill_after else ["check"])
     p = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL)
     if kill_after is None:
         out, _ = p.communicate(timeout=30)
-        assert p.returncode == 0
+        assert p.returncode == 0, out[-500:]
         return out.decode(errors="replace").splitlines()
     head = b""
     # os.read, not p.stdout's reads: communicate() below reads the fd itself and would miss
