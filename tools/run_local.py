@@ -135,6 +135,9 @@ def transports():
 
 
 def main(argv=None):
+    # Ctrl-C must stop us even when started with SIGINT ignored (a background shell, a test
+    # runner's worker): Python then installs no KeyboardInterrupt handler of its own
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--platform", default="realer", choices=platforms.names())
     ap.add_argument("--transport", default="https", choices=transports())

@@ -25,9 +25,12 @@ def run_until_status(run_dir, *args, timeout=90, then=None):
     if not os.access(run_local.MICROPYTHON, os.X_OK):
         raise AssertionError("MicroPython unix port missing at %s: run `make deps`"
                              % run_local.MICROPYTHON)
+    # started with SIGINT ignored, as from a background shell (and, it turned out, inside
+    # `make test`): the Ctrl-C below must stop it all the same
     proc = subprocess.Popen([sys.executable, "-m", "tools.run_local", "--run-dir", run_dir,
                              *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     seen = b""
     try:
         end = time.monotonic() + timeout
