@@ -149,8 +149,9 @@ class Record:
                                              self.value, self.t)
 
 
-def _key(mid):
-    # message_id -> (epoch or v1 boot, n or v1 seq), or None for anything that is not one of ours
+def id_key(mid):
+    """message_id -> (epoch or v1 boot, n or v1 seq), or None for anything that is not one of
+    ours (firmware/outbox_nor.py reads its ids with it too)."""
     if not isinstance(mid, str) or len(mid) > 40:
         return None
     parts = mid.split("-")
@@ -445,7 +446,7 @@ class Outbox:
             mid = f[5]
             if mid is None:  # the boot that appended it: the latest one with these low 16 bits
                 mid = "%x-%x" % (self.boot - ((self.boot - b16) & 0xFFFF), n)
-            elif _key(mid) is None:  # an id carried over from v1
+            elif id_key(mid) is None:  # an id carried over from v1
                 raise ValueError("id")
             if not isinstance(kind, str) or not isinstance(f[2], str):
                 raise ValueError("fields")
@@ -600,7 +601,7 @@ class Outbox:
         seen: list = []
         alone = False  # ids carried over from v1 are found by a scan and resolved one by one
         for mid, status, reason in [(m, "D", "") for m in ok] + [(m, "X", r) for m, r in dead]:
-            k = _key(mid)
+            k = id_key(mid)
             if k is None:
                 continue
             n = k[1]
@@ -750,7 +751,7 @@ def _find_v1(box, mid):
     def look(n, rec):
         if rec is not None and rec.message_id == mid:
             found.append(n)
-        return bool(found) or (rec is not None and _key(rec.message_id)[0] >= box.epoch)
+        return bool(found) or (rec is not None and id_key(rec.message_id)[0] >= box.epoch)
 
     box._scan(look)
     return found[0] if found else None

@@ -52,7 +52,7 @@ from binascii import crc32
 from micropython import const
 
 from firmware import clock, log
-from firmware.outbox import OutboxError, Record
+from firmware.outbox import OutboxError, Record, id_key
 
 _TAG = "outbox"
 _SMAGIC = b"OBN1"
@@ -100,19 +100,6 @@ def _status(flags):
         if d < dist:
             best, dist = i, d
     return best
-
-
-def _id_key(mid):
-    # message_id -> (boot, n), or None for anything that is not one of ours
-    if not isinstance(mid, str) or len(mid) > 40:
-        return None
-    parts = mid.split("-")
-    if len(parts) != 2:
-        return None
-    try:
-        return (int(parts[0], 16), int(parts[1], 16))
-    except ValueError:
-        return None
 
 
 def _is_report(rec):
@@ -168,7 +155,7 @@ def _load(dev, s, off, n, boot, ln):
         kind = _KINDS[f[0]] if isinstance(f[0], int) else f[0]
         mid = f[6] if f[6] is not None else "%x-%x" % (boot, n)
         if not isinstance(kind, str) or not isinstance(f[2], str) or not isinstance(
-                f[3], int) or _id_key(mid) is None:
+                f[3], int) or id_key(mid) is None:
             raise ValueError("fields")
         return body, Record(mid, kind, f[1], f[2], f[3], f[4], f[5])
     except (ValueError, TypeError, IndexError):
@@ -620,7 +607,7 @@ class OutboxNor:
         loc = self._cache.pop(mid, None) if isinstance(mid, str) else None
         if loc is not None:
             return loc
-        k = _id_key(mid)
+        k = id_key(mid)
         if k is None:
             return None
         if k[0] < self.epoch:  # carried over: found by a scan
