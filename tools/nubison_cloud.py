@@ -32,7 +32,9 @@ to /devices/*: 401 (the device's tokens expire now; the call then answers 401 by
 503 and 429 (with Retry-After; NUBISON documents neither: generic HTTP), slow (--seconds),
 garbage (the call is handled, its answer body replaced by broken JSON), wrong-types (login
 answers {"AccessToken": 12345}; other calls answer 500 {"code": 500, "message": [..]}
-without handling), login-json (form logins answer 415). Admin: `unregister` drops the
+without handling), login-json (form logins answer 415), lost-answer (a data call is stored,
+then its connection is reset before the answer: a network cut after the cloud accepted it,
+timed exactly, which a proxy switched from a test cannot be). Admin: `unregister` drops the
 device's registration (the next data call gets 405), `expire-tokens`.
 
     python -m tools.nubison_cloud serve --data DIR [--port N] [--token-ttl S]
@@ -49,6 +51,8 @@ import binascii
 import json
 import os
 import secrets
+import socket
+import struct
 import sys
 import time
 
@@ -61,7 +65,7 @@ DEVICE_ID = "sim-0001"
 DEVICE_KEY = PRODUCT_CODE + "_" + DEVICE_ID
 CLIENT_ID = "nbc-" + "4f1e2d3c5b6a7988"
 MODELS = ("ESP32-SIM", "ESP32-DEVKITC")
-FAULTS = ("401", "503", "429", "slow", "garbage", "wrong-types", "login-json")
+FAULTS = ("401", "503", "429", "slow", "garbage", "wrong-types", "login-json", "lost-answer")
 MAX_BODY = 16384
 MSG = {
     "ERROR401": "authorization header does not exist.",
@@ -154,6 +158,16 @@ def set_knob(data, name, value):
     cloudkit.Knobs(db(data)).set(name, value)
 
 
+def _reset(transport):
+    """Drop a connection with RST, as a middlebox cutting it would; aiohttp then finds the
+    transport closing and writes nothing."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    if transport is not None:
+        transport.abort()
+
+
 def set_fault(data, kind, count=1, retry_after=2, seconds=5.0):
     if kind not in FAULTS:
         raise ValueError("unknown fault %r; one of %s" % (kind, ", ".join(FAULTS)))
@@ -228,7 +242,13 @@ class Cloud:
         return None
 
     def garbage(self, request, resp):
-        """Fault knob garbage: the call was handled, its answer is replaced."""
+        """Fault knobs garbage (the call was handled, its answer is replaced) and lost-answer
+        (a stored data call's connection is reset instead of answered)."""
+        if request.path == "/devices/data" and resp.status == 201 and \
+                self.take("lost-answer") is not None:
+            self.event(None, "lost-answer", request.path)
+            _reset(request.transport)
+            return resp
         if self.take("garbage") is not None:
             self.event(None, "fault", "garbage " + request.path)
             return web.Response(status=resp.status, body=b'{"AccessToken": "tru',

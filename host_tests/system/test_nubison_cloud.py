@@ -213,8 +213,14 @@ def test_fault_knobs_each_take_effect_for_the_next_calls_only(cloud):
     t0 = time.time()
     assert api.data(key, tok, {"message_id": "e-5"})[0] == 201
     assert time.time() - t0 >= 0.9
-    mids = [r["message_id"] for r in nc.data_rows(data) if r["device_key"] == key]
-    assert mids == ["e-1", "e-3", "e-5"]
+    nc.set_fault(data, "lost-answer")
+    assert api.post("/devices/login", form={"deviceKey": key})[0] == 200  # only data calls
+    with pytest.raises((ConnectionError, urllib.error.URLError, OSError)):
+        api.data(key, tok, {"message_id": "e-6"})  # stored, then the connection is reset
+    assert api.data(key, tok, {"message_id": "e-6"})[0] == 201  # the replay is answered
+    rows = [r for r in nc.data_rows(data) if r["device_key"] == key]
+    assert [r["message_id"] for r in rows] == ["e-1", "e-3", "e-5", "e-6"]
+    assert rows[-1]["replays"] == 1 and nc.count(data, "lost-answer") == 1
     with pytest.raises(ValueError):
         nc.set_fault(data, "nonsense")
 
