@@ -49,6 +49,10 @@ class _Attempt:
 async def run(app):
     backoff = Backoff(_UPLINK_BASE_MS, _UPLINK_CAP_MS)
     flying: set = set()  # message_ids in a running attempt: never handed out twice
+    # batch size while the heap is short (0: the adapter's batch_max): halved when a send
+    # ran out of memory, one more per clean success; a backlog's big batches would else
+    # fail forever on a board at its heap's edge
+    limit = 0
     app.attempts = []
     app.ended = []
     try:
@@ -63,11 +67,15 @@ async def run(app):
                 for r in h.records:
                     flying.discard(r.message_id)
                 if h.error is not None:
+                    if fault is None and isinstance(h.error, MemoryError):
+                        limit = _shrink(app, len(h.records))
                     fault = fault or h.error
                 else:
                     wait = _settle(app, h.records, h.result, backoff)
                     if wait is not None and delay is None:
                         delay = wait
+                    elif limit and not h.result.failed:
+                        limit = 0 if limit + 1 >= app.cloud.batch_max else limit + 1
                 h = None  # its records are on flash: not held in RAM during a pause
             if fault is not None:
                 log.failing("uplink", "app", "uplink", log.describe(fault),  # once, counted
@@ -82,7 +90,7 @@ async def run(app):
                 await _pause(app, backoff, delay[0], delay[1])
                 continue
             if len(app.attempts) < max(1, getattr(app.cloud, "send_depth", 1)):
-                records = _next_batch(app, flying)
+                records = _next_batch(app, flying, limit)
                 if records:
                     if app.wifi is not None and not app.wifi.up.is_set():
                         await app.wifi.up.wait()  # senders wait for the station
@@ -102,10 +110,17 @@ async def run(app):
             h.task.cancel()  # its connection closes as it unwinds; the records stay
         app.attempts = []
 
-def _next_batch(app, flying):
-    """The oldest pending records not in a running attempt, at most batch_max."""
+def _next_batch(app, flying, limit):
+    """The oldest pending records not in a running attempt, at most batch_max (or limit)."""
     # the outbox passes the records in flight without reading them, and never expires one
-    return app.outbox.pending(app.cloud.batch_max, flying)
+    return app.outbox.pending(limit or app.cloud.batch_max, flying)
+
+def _shrink(app, failed):
+    """The batch size after a send of `failed` records ran out of heap."""
+    limit = max(1, failed // 2)
+    log.warn("app", "uplink: out of memory sending %d records; batches of %d until sends "
+             "succeed again", failed, limit)
+    return limit
 
 def _settle(app, records, result, backoff):
     """Applies one attempt's result to the outbox; (delay_ms, floor_ms) when the cloud

@@ -144,3 +144,43 @@ def test_a_record_in_flight_is_not_expired_while_the_next_batch_is_read():
     assert (st["delivered"], st["expired"]) == (6, 3), st  # the two batches out were delivered
     assert cloud.batches == [ids[0:3], ids[3:6]]
     support.rmtree(root)
+
+
+class _ShortOfHeap(_Overlapping):
+    """A board at its heap's edge: a send of more than `fits` records raises MemoryError
+    (as building a big batch's body does on a 44K heap); smaller ones are delivered."""
+
+    batch_max = 8
+    send_depth = 1
+    fits = 3
+
+    async def send(self, records):
+        self.batches.append([r.message_id for r in records])
+        if len(records) > self.fits:
+            self.app.link.set()  # the link is up: no backoff to wait out
+            raise MemoryError("memory allocation failed")
+        res = SendResult()
+        res.ok = [r.message_id for r in records]
+        return res
+
+
+def test_a_send_out_of_heap_halves_the_batch_until_the_backlog_drains():
+    """Without it the uplink sent the same 8-record batch again and again (nothing left,
+    the backlog grew): a board at its heap's edge never drained."""
+    cloud = _ShortOfHeap()
+    a, root = _app(cloud, records=20)
+    ids = [r.message_id for r in a.outbox.pending(20)]
+
+    async def judge():
+        await _until(lambda: a.outbox.pending_count() == 0 or len(cloud.batches) > 60,
+                     "the backlog drained")
+        assert a.outbox.pending_count() == 0, [len(b) for b in cloud.batches]
+
+    lines = _run([("uplink", a.uplink)], judge)
+    sizes = [len(b) for b in cloud.batches]
+    assert sizes[:3] == [8, 4, 2], sizes  # halved per failure; then one more per success
+    assert sizes[3:5] == [3, 4], sizes
+    delivered = [m for b in cloud.batches if len(b) <= cloud.fits for m in b]
+    assert sorted(delivered) == sorted(ids) and a.delivered == 20  # each once, none lost
+    assert any("out of memory sending 8 records; batches of 4" in ln for ln in lines), lines
+    support.rmtree(root)
