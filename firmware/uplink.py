@@ -67,7 +67,7 @@ async def run(app):
                 for r in h.records:
                     flying.discard(r.message_id)
                 if h.error is not None:
-                    if fault is None and isinstance(h.error, MemoryError):
+                    if fault is None and _out_of_heap(h.error):
                         limit = _shrink(app, len(h.records))
                     fault = fault or h.error
                 else:
@@ -114,6 +114,10 @@ def _next_batch(app, flying, limit):
     """The oldest pending records not in a running attempt, at most batch_max (or limit)."""
     # the outbox passes the records in flight without reading them, and never expires one
     return app.outbox.pending(limit or app.cloud.batch_max, flying)
+
+def _out_of_heap(e):
+    # the network layer names a MemoryError in its exchange net.conn.OutOfHeap
+    return isinstance(e, MemoryError) or getattr(e, "out_of_heap", False)
 
 def _shrink(app, failed):
     """The batch size after a send of `failed` records ran out of heap."""
