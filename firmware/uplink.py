@@ -68,7 +68,7 @@ async def run(app):
                     flying.discard(r.message_id)
                 if h.error is not None:
                     if fault is None and _out_of_heap(h.error):
-                        limit = _shrink(app, len(h.records))
+                        limit = _shrink(len(h.records), limit)
                     fault = fault or h.error
                 else:
                     wait = _settle(app, h.records, h.result, backoff)
@@ -119,12 +119,14 @@ def _out_of_heap(e):
     # the network layer names a MemoryError in its exchange net.conn.OutOfHeap
     return isinstance(e, MemoryError) or getattr(e, "out_of_heap", False)
 
-def _shrink(app, failed):
-    """The batch size after a send of `failed` records ran out of heap."""
-    limit = max(1, failed // 2)
-    log.warn("app", "uplink: out of memory sending %d records; batches of %d until sends "
-             "succeed again", failed, limit)
-    return limit
+def _shrink(failed, limit):
+    """The batch size after a send of `failed` records ran out of heap (logged when it
+    changes: a board short of heap for even one record says so once)."""
+    smaller = max(1, failed // 2)
+    if smaller != limit:
+        log.warn("app", "uplink: out of heap sending %d records; batches of %d until sends "
+                 "succeed again", failed, smaller)
+    return smaller
 
 def _settle(app, records, result, backoff):
     """Applies one attempt's result to the outbox; (delay_ms, floor_ms) when the cloud

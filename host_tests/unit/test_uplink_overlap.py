@@ -187,5 +187,5 @@ def test_a_send_out_of_heap_halves_the_batch_until_the_backlog_drains():
     assert sizes[3:5] == [3, 4], sizes
     delivered = [m for b in cloud.batches if len(b) <= cloud.fits for m in b]
     assert sorted(delivered) == sorted(ids) and a.delivered == 20  # each once, none lost
-    assert any("out of memory sending 8 records; batches of 4" in ln for ln in lines), lines
+    assert any("out of heap sending 8 records; batches of 4" in ln for ln in lines), lines
     support.rmtree(root)
