@@ -53,12 +53,6 @@ class Closed(NetError):
     """The peer closed the connection (or reset it) while we were talking."""
 
 
-class OutOfHeap(NetError):
-    """The board's heap ran out mid-exchange (a TLS handshake, a body): its own fault, not
-    the network's; the uplink answers it with smaller batches."""
-    out_of_heap = True
-
-
 class ProtocolError(NetError):
     """The peer sent something its protocol does not allow (here: a line beyond our limit)."""
 
@@ -133,8 +127,6 @@ def as_net_error(e, what):
         return ConnectError("%s: %s" % (what, text))
     if isinstance(e, EOFError):
         return Closed("%s: closed by peer" % what)
-    if isinstance(e, MemoryError):
-        return OutOfHeap("%s: %s" % (what, e))
     return NetError("%s: %s" % (what, e))
 
 

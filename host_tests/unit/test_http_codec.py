@@ -88,8 +88,6 @@ def test_errors_mapped_in_one_place():
     assert isinstance(conn.as_net_error(OSError(-29312), "x"), conn.TLSError)
     assert isinstance(conn.as_net_error(OSError(110), "x"), conn.NetTimeout)
     assert isinstance(conn.as_net_error(ValueError("bad CN"), "x"), conn.TLSError)
-    assert isinstance(conn.as_net_error(MemoryError("memory allocation failed"), "x"),
-                      conn.OutOfHeap)
 
 
 PEM = """junk
