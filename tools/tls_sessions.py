@@ -28,7 +28,15 @@ _ESTABLISHED = "01"
 
 def established(pid):
     """The peers ("port" on loopback, else "address:port", hex as /proc has them) of the
-    ESTABLISHED TCP connections process pid holds, one entry per connection."""
+    ESTABLISHED TCP connections process pid holds, one entry per socket (inode).
+
+    One entry per inode, not per line: /proc/net/tcp is not a snapshot. The kernel writes it
+    a page per read() and resumes in the middle of a hash bucket by counting entries, so a
+    connection opened or closed meanwhile (any process's: the machine is shared) can shift
+    the bucket and the same socket comes out twice. Seen here (2026-12-06, 2 cores, other test
+    runs beside): in 4 of 3505 reads of the whole table an ESTABLISHED socket, same inode and
+    ports, was listed twice, and the firmware's one DeviceHive WebSocket was counted as 2
+    and 3 sessions. (The same shift can skip a line, so a sample may also read one low.)"""
     inodes = set()
     fd_dir = "/proc/%d/fd" % pid
     try:
@@ -41,7 +49,7 @@ def established(pid):
                 inodes.add(link[8:-1])
     except OSError:
         return []
-    peers = []
+    peers = {}
     for table in ("tcp", "tcp6"):
         try:
             with open("/proc/%d/net/%s" % (pid, table)) as f:
@@ -49,10 +57,10 @@ def established(pid):
                 for line in f:
                     cols = line.split()
                     if cols[3] == _ESTABLISHED and cols[9] in inodes:
-                        peers.append(_peer(cols[2]))
+                        peers[cols[9]] = _peer(cols[2])
         except OSError:
             pass
-    return peers
+    return list(peers.values())
 
 
 def _peer(hex_addr):
