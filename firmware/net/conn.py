@@ -250,8 +250,8 @@ if sys.implementation.name == "micropython":
     # asyncio.open_connection of MicroPython 1.29, holding the socket in `made` from its
     # creation: asyncio's own drops it, unclosed, when a cancel or wait_for's timeout lands
     # in its wait for the connect, or when wrap_socket fails (no memory for another TLS
-    # session); a unix-port socket then stays open for good, the board's until the GC
-    # finalises it. (The wait uses asyncio's I/O queue as asyncio's own does.)
+    # session); the board's socket (and TLS session) then stays until the GC finalises it,
+    # a plain unix-port socket for good. (The wait uses asyncio's I/O queue, as asyncio's.)
     def _open(host, port, ctx, made):
         import socket
         from errno import EINPROGRESS
