@@ -28,7 +28,17 @@ _ESTABLISHED = "01"
 
 def established(pid):
     """The peers ("port" on loopback, else "address:port", hex as /proc has them) of the
-    ESTABLISHED TCP connections process pid holds, one entry per connection."""
+    ESTABLISHED TCP connections process pid holds, one entry per socket (inode).
+
+    One entry per inode, not per line: /proc/net/tcp is not a snapshot. The kernel writes it
+    a page per read() and resumes by counting entries, so connections opened or closed
+    meanwhile (any process's: the machine is shared) can shift it and the same socket comes
+    out twice. Seen here (2026-12-06, 2 cores, kernel 6.18): 4 of 3505 reads of the whole
+    table listed one ESTABLISHED socket (same inode and ports) twice; beside a loopback
+    connect/close loop the firmware's one DeviceHive WebSocket was listed twice in 14
+    samples of a 35 s run, which counting lines took for 2 sessions (test_tls_sessions had
+    failed DeviceHive with 2 and 3 and no reconnect in the log). The same shift can skip a
+    line, so a sample may also read one low; a real overlap lasts many samples."""
     inodes = set()
     fd_dir = "/proc/%d/fd" % pid
     try:
@@ -41,18 +51,26 @@ def established(pid):
                 inodes.add(link[8:-1])
     except OSError:
         return []
-    peers = []
+    lines: list = []
     for table in ("tcp", "tcp6"):
         try:
             with open("/proc/%d/net/%s" % (pid, table)) as f:
                 next(f)
-                for line in f:
-                    cols = line.split()
-                    if cols[3] == _ESTABLISHED and cols[9] in inodes:
-                        peers.append(_peer(cols[2]))
+                lines += f
         except OSError:
             pass
-    return peers
+    return held(lines, inodes)
+
+
+def held(lines, inodes):
+    """The peers of the ESTABLISHED sockets among `inodes` in /proc/net/tcp lines, one per
+    socket however often the table listed it."""
+    peers = {}
+    for line in lines:
+        cols = line.split()
+        if cols[3] == _ESTABLISHED and cols[9] in inodes:
+            peers[cols[9]] = _peer(cols[2])
+    return list(peers.values())
 
 
 def _peer(hex_addr):

@@ -133,7 +133,7 @@ async def mqtt_session(adapter):
     While a session is held, `client.run` connects with backoff, subscribes
     `client.subscriptions`, pumps incoming messages to the client's on_message and reconnects
     when the connection drops. However the session ends (tend returned or raised, the task
-    cancelled at shutdown) the runner is cancelled and the client disconnected."""
+    cancelled at shutdown) the runner is cancelled and the client stopped."""
     import asyncio  # here: every platform loads this module, a global would take its table
     # one size up (12 -> 17 slots)
 
@@ -149,6 +149,8 @@ async def mqtt_session(adapter):
             await adapter.session_tend(client)
         finally:
             runner.cancel()
-            await client.disconnect()
+            # stop, not just disconnect: a cancel MicroPython's wait_for loses (tasks.within_ms
+            # says when) reaches run() as a timeout, and a stopped run() does not retry it
+            await client.stop()
         client = None  # not held while the adapter pauses
         ended = True

@@ -6,6 +6,7 @@ ESP32's lwIP and mbedTLS report some failures with their own numbers (negative m
 113/118 for unreachable hosts); they are listed once here so every client reads them alike.
 """
 import asyncio
+import sys
 from time import ticks_add, ticks_diff, ticks_ms
 
 from micropython import const
@@ -229,17 +230,57 @@ class Stream:
 
 
 async def open_connection(host, port, secure, ca_file, timeout_ms):
-    """(reader, writer) to host:port; TLS verified against ca_file when secure."""
+    """(reader, writer) to host:port; TLS verified against ca_file when secure. The socket
+    is closed on every way out but the return: an error, the timeout, a cancel (also one
+    that lands after the connect, when wait_for would drop the streams it had)."""
     ctx = tls.context(ca_file) if secure else None
     what = "connect %s:%d" % (host, port)
+    made: list = []  # the socket (MicroPython) or writer (CPython) once it exists
     try:
+        return await asyncio.wait_for(_open(host, port, ctx, made), timeout_ms / 1000)
+    except BaseException as e:  # a cancel included: nothing here may outlive it
+        for s in made:
+            close_now(s)
+        if isinstance(e, Exception):  # every failure leaves here as a NetError
+            raise as_net_error(e, what)
+        raise
+
+
+if sys.implementation.name == "micropython":
+    # asyncio.open_connection of MicroPython 1.29, holding the socket in `made` from its
+    # creation: asyncio's own drops it, unclosed, when a cancel or wait_for's timeout lands
+    # in its wait for the connect, or when wrap_socket fails (no memory for another TLS
+    # session); the board's socket (and TLS session) then stays until the GC finalises it,
+    # a plain unix-port socket for good. (The wait uses asyncio's I/O queue, as asyncio's.)
+    def _open(host, port, ctx, made):
+        import socket
+        from errno import EINPROGRESS
+
+        ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+        s = socket.socket(ai[0], ai[1], ai[2])
+        made.append(s)
+        s.setblocking(False)
+        try:
+            s.connect(ai[-1])
+        except OSError as e:
+            if e.errno != EINPROGRESS:
+                raise
+        if ctx is not None:
+            s = made[0] = ctx.wrap_socket(s, server_hostname=host,
+                                          do_handshake_on_connect=False)  # it owns the socket
+            s.setblocking(False)
+        yield asyncio.core._io_queue.queue_write(s)  # type: ignore[attr-defined]  # not in stubs
+        stream = asyncio.StreamWriter(s)
+        return stream, stream
+else:
+    # CPython's open_connection closes its own socket on a cancel
+    async def _open(host, port, ctx, made):  # type: ignore[misc]  # the host runtime's variant
         if ctx is None:
-            coro = asyncio.open_connection(host, port)
+            r, w = await asyncio.open_connection(host, port)
         else:
-            coro = asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
-        return await asyncio.wait_for(coro, timeout_ms / 1000)
-    except Exception as e:  # every failure leaves here as a NetError
-        raise as_net_error(e, what)
+            r, w = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
+        made.append(w)
+        return r, w
 
 
 async def send(writer, data, timeout_ms):
@@ -263,7 +304,7 @@ def close_now(writer):
     a connection dropped with close() alone stayed open (a second TLS session on the board,
     the peer still connected) until the GC finalised the socket."""
     try:
-        writer.close()
+        writer.close()  # (a bare MicroPython socket: closed here at once)
         sock = getattr(writer, "s", None)  # MicroPython's Stream; CPython's has none
         if sock is not None:
             sock.close()

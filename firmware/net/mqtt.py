@@ -623,8 +623,10 @@ class Client:
             _, present, code, props = pkt
             if code:
                 raise refusal(code, props.get(REASON_STRING, ""))
-        except Exception as e:
-            await conn.close(writer)
+        except BaseException as e:  # a cancel too: the socket must not outlive it
+            conn.close_now(writer)
+            if not isinstance(e, Exception):
+                raise
             if isinstance(e, asyncio.TimeoutError) and until.remaining_ms() == 0:
                 e = conn.DeadlineExceeded("no CONNACK within %d ms" % until.ms)
             raise conn.as_net_error(e, what)

@@ -281,6 +281,9 @@ async def connect(url, headers=None, ca_file=None, timeout_ms=_DEFAULT_TIMEOUT_M
     except Exception as e:
         await conn.close(writer)
         raise conn.as_net_error(e, "websocket handshake")
+    except BaseException:  # a cancel: the socket must not outlive it
+        conn.close_now(writer)
+        raise
     if status != 101 or got.get("upgrade", "").lower() != "websocket":
         await conn.close(writer)
         raise HandshakeError("server answered %d, not 101 websocket" % status)

@@ -26,3 +26,15 @@ def test_peak_tls_sessions_within_documented_number(platform, transport, tmp_pat
             platform, transport, r["peak"], r["peak_peers"], r["cloud_ports"],
             DOCUMENTED_PEAK[(platform, transport)],
             tls_sessions.around(r["log"], r["peak_wall"])))
+
+
+def test_a_socket_the_table_lists_twice_counts_once():
+    # /proc/net/tcp as read under connection churn: the firmware's socket (inode 501) twice,
+    # another process's socket (inode 777) and a TIME_WAIT entry (inode 0) beside it
+    head = "   0: 0100007F:C350 0100007F:{port} {state} 00000000:00000000 00:00000000 00000000" \
+           "  1000        0 {inode} 1 0000000000000000 20 4 30 10 -1\n"
+    lines = [head.format(port="A8D5", state="01", inode="501"),
+             head.format(port="1F90", state="01", inode="777"),
+             head.format(port="A8D5", state="06", inode="0"),
+             head.format(port="A8D5", state="01", inode="501")]
+    assert tls_sessions.held(lines, {"501", "502"}) == ["43221"]

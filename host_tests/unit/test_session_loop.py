@@ -12,7 +12,8 @@ from firmware.clouds import mqtt_session
 
 class _Client:
     """net.mqtt.Client's part the loop uses: run(prepare, on_connect) connects (prepare
-    first), waits for a drop and connects again until cancelled; disconnect()."""
+    first), waits for a drop and connects again until cancelled or stopped; disconnect(),
+    stop()."""
 
     def __init__(self, name):
         self.name = name
@@ -23,15 +24,24 @@ class _Client:
         self.run_ended = 0
         self.drop = asyncio.Event()
 
+        self.deaf = 0  # cancels run() loses, as MicroPython's wait_for can (tasks.within_ms)
+        self._stopping = False
+
     async def run(self, prepare=None, on_connect=None):
         self.runs += 1
+        self._stopping = False
         try:
-            while True:
-                await prepare(self)
-                self.connects += 1
-                self.connected = True
-                await on_connect(self)
-                await self.drop.wait()
+            while not self._stopping:
+                try:
+                    await prepare(self)
+                    self.connects += 1
+                    self.connected = True
+                    await on_connect(self)
+                    await self.drop.wait()
+                except asyncio.CancelledError:
+                    if not self.deaf:
+                        raise
+                    self.deaf -= 1  # lost: as a timeout, which run() retries
                 self.drop.clear()
                 self.connected = False
         finally:
@@ -40,6 +50,10 @@ class _Client:
     async def disconnect(self):
         self.disconnects += 1
         self.connected = False
+
+    async def stop(self):
+        self._stopping = True
+        await self.disconnect()
 
 
 class _Adapter:
@@ -150,3 +164,29 @@ def test_a_failing_tend_or_a_cancel_still_ends_the_session():
     # a restarted loop's first round is no "ended" one (Realer would fall back to HTTPS)
     assert ("open", "b", False) in ad.calls, ad.calls
     assert out["cancelled"] and out["b"] == (1, 1)
+
+
+def test_a_session_whose_cancel_was_lost_still_ends_before_the_next():
+    # MicroPython's wait_for turns a cancel that lands while it unwinds a timed-out read into
+    # a TimeoutError, and run() retries those: the runner would go on connecting beside the
+    # next session's (a third TLS session on the board). The loop stops the client as well.
+    a, b = _Client("a"), _Client("b")
+    a.deaf = 1
+    ad = _Adapter([a, b])
+    out = {}
+
+    async def main():
+        task = asyncio.create_task(mqtt_session(ad))
+        await _steps(lambda: a.connects == 1, "the first session connected")
+        ad.end.set()
+        await _steps(lambda: b.connects == 1, "the second session connected")
+        await _steps(lambda: a.run_ended, "the first runner ended")
+        out["a"] = (a.connects, a.connected)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    support.run(main())
+    assert out["a"] == (1, False), out["a"]  # it did not connect again
