@@ -56,12 +56,16 @@ look fresh. Size & 2 is set when the slot carries _F_AFTER (and may be in slots 
 that flag existed). A slot whose n is not its position is stale; one whose CRC or shape is
 wrong is reported, skipped and resolved, and the records around it stay.
 
-Open (boot): read m0/m1 and a0/a1, check the bucket range with one lookup each way, list the
-top bucket (names and sizes) to find where the queue ends, read the last slot when the index
-has records pending and its size says it may carry a delivery; nothing grows with the backlog but
-LittleFS's own walk of the outbox directory. The root is listed only when the meta file is
-lost or says a v1 conversion left files behind. pending() reads slots from head on. RAM holds the
-counters, one buffer and the out-of-order list.
+Open (boot): read m0/m1 and a0/a1, find where the queue ends by a binary search of at most
+five slot opens in the top bucket (a listing of it walked LittleFS's log twice per slot: 60 KB
+at 1k pending; past _LIST_SPAN buckets every open walks several metadata blocks and one listing
+reads less), read the last slot when the index has records pending and its size says it may
+carry a delivery. The bucket range is not looked up: the meta file may lag one bucket behind a
+cut (written after mkdir / rename / rmdir), so a top bucket found full looks one bucket up, a
+rename finds its low bucket gone, and only an open without an index looks the low one up. The
+root is listed only when the meta file is lost or says a v1 conversion left files behind.
+pending() reads slots from head on. RAM holds the counters, one buffer and the out-of-order
+list.
 
 A store in the v1 layout (segments, state.json, k/ markers; firmware/outbox_v1.py) is
 converted on the first open: every pending record keeps its message_id and the stats carry
@@ -102,6 +106,7 @@ _VERSION = const(3)
 _F_BIGT = const(1)  # t did not fit u32: it is the JSON list's 7th item
 _F_DONE = const(0x80)  # a resolution marker written over a record resolved far out of order
 _F_AFTER = const(2)  # written when every record before it was resolved: carries a deferred ack
+_LIST_SPAN = const(64)  # buckets from which _fresh lists the top one (bench/outbox-wear.md)
 _OO_MAX = const(12)  # out-of-order resolutions kept in the index (one 64-byte commit)
 # generation, version (+ _M_V1LEFT), dead, dropped, expired, damaged, delivered base, epoch,
 # top bucket, top - low, boot: 36 bytes, so with its CRC one 64-byte commit (mtime off)
@@ -311,15 +316,8 @@ class Outbox:
             self._low = self._top - span if span != 0xFFFF and self._top >= 0 else -1
             self._stats.update(dead=dead, dropped=dropped, expired=expired)
             # the meta file may lag one bucket behind a cut (written after mkdir / rename /
-            # rmdir): one lookup each way settles it
-            moved = False
-            while _is_dir(self._bucket(self._top + 1)):
-                self._top += 1
-                moved = True
-            if self._low < 0 <= self._top:
-                self._low = 0 if moved and _is_dir(self._bucket(0)) else self._top
-            while 0 <= self._low < self._top and not _is_dir(self._bucket(self._low)):
-                self._low += 1
+            # rmdir): _find_end looks one bucket up when the top one is full, a rename finds
+            # a low bucket gone, and only an open without index looks the low one up
             self.boot = boot + 1
         else:
             self._scan_buckets()  # lists the root: only when the meta file is lost
@@ -331,9 +329,12 @@ class Outbox:
             self.boot = self.epoch + 0xFFFF if self._top >= 0 else self.epoch
         self._write_meta()  # the boot counter is durable before this boot hands out an id
         last = self._find_end()
-        self.head = self._low * _G if self._top >= 0 else self._end
         idx, idx_seen = self._read_pair("a")
         ln = len(idx[1]) if idx is not None else 0
+        if not (ln == 5 or (ln >= 7 and ln % 2)):  # no index: every record from the low bucket
+            while 0 <= self._low < self._top and not _is_dir(self._bucket(self._low)):
+                self._low += 1
+        self.head = self._low * _G if self._top >= 0 else self._end
         if ln == 5 or (ln >= 7 and ln % 2):
             self._igen = idx[0]
             head = struct.unpack_from(_IDX, idx[1])[1]
@@ -388,27 +389,55 @@ class Outbox:
         self._low, self._top = low, top
 
     def _find_end(self):
-        # the queue ends after the last slot of the top bucket written in this lap: one
-        # listing, no file read. Every slot file written under bucket number B has a size of
-        # B's parity, and a bucket is renamed only to a number of the other parity, so the
-        # slots left from its previous lap never look fresh.
+        # the queue ends after the last slot of the top bucket written in this lap. Every slot
+        # file written under bucket number B has a size of B's parity, and a bucket is renamed
+        # only to a number of the other parity, so the slots left from its previous lap never
+        # look fresh. A top bucket found full looks one bucket up (the meta file is written
+        # after mkdir / rename).
         # Returns the last slot's size (2 when it is in the bucket below: read it then).
-        self._end = 0
+        b = self._top
+        self._end = max(b, 0) * _G
         last = 2
-        if self._top < 0:
-            return last
-        self._end = self._top * _G
-        path = self._bucket(self._top)
-        for name, size in _sizes(path):
-            try:
-                n = self._top * _G + int(name, 16)
-            except ValueError:
-                continue
-            if size > 0 and size % 2 == self._top % 2 and n >= self._end and name == "%x" % (
-                    n % _G):
-                self._end = n + 1
-                last = size
-        return last
+        while True:
+            lo = 0
+            if b >= 0:
+                lo, size = self._fresh(b)
+                self._end = b * _G + lo
+                last = size or last
+            if lo < _G or not _is_dir(self._bucket(b + 1)):
+                return last
+            b = self._top = b + 1
+            if self._low < 0:
+                self._low = b
+
+    def _fresh(self, b):
+        # (how many slots of bucket b are fresh, the size of the last one or 0). This lap's
+        # slots are written in slot order: a binary search of at most five file opens (a
+        # listing walks LittleFS's log twice per slot: 60 KB with 20 slots, where the live
+        # log at 1k pending is 26 KB)
+        path = self._bucket(b) + "/"
+        lo, hi, last = 0, _G, 0  # slots below lo are fresh, from hi on they are not
+        # with many buckets every open walks several metadata blocks of the outbox directory
+        # to the top one: then one listing reads less than five opens
+        many = self._top - self._low >= _LIST_SPAN
+        while lo < hi:
+            mid = (lo + hi) // 2
+            size = 0 if many else _size(path + "%x" % mid)
+            if size == 0:  # (or emptied by a cut on a filesystem without atomic writes): list
+                lo = last = 0
+                for name, size in _sizes(path[:-1]):
+                    try:
+                        s = int(name, 16)
+                    except ValueError:
+                        continue
+                    if size > 0 and size % 2 == b % 2 and s >= lo and name == "%x" % s:
+                        lo, last = s + 1, size
+                return lo, last
+            if size > 0 and size % 2 == b % 2:
+                lo, last = mid + 1, size
+            else:
+                hi = mid
+        return lo, last
 
     # ---- records
     def _encode(self, n, mid, kind, source, value, t, desired_id, report_status):
@@ -519,7 +548,13 @@ class Outbox:
         if self._soft:  # a rename must not take a slot whose delivery is only in RAM
             self._write_index(self.head, self._marks, self._oo)
         if 0 <= self._low < self.head // _G and self._low < self._top and (b - self._low) % 2:
-            os.rename(self._bucket(self._low), self._bucket(b))
+            try:
+                os.rename(self._bucket(self._low), self._bucket(b))
+            except OSError:
+                if _is_dir(self._bucket(self._low)):
+                    raise
+                self._low += 1  # gone: renamed or removed by a cut before its meta write
+                return self._new_bucket(b)
             self._low += 1
         else:
             try:
@@ -836,6 +871,16 @@ def _sizes(path):
     else:  # CPython (host tests)
         for name in os.listdir(path):
             yield name, os.stat(path + "/" + name)[6]
+
+
+def _size(path):
+    # a file's size without reading it (LittleFS: from the open's lookup), -1 when it does not
+    # exist or is not a file
+    try:
+        with open(path, "rb") as f:
+            return f.seek(0, 2)
+    except OSError:
+        return -1
 
 
 def _is_dir(path):
