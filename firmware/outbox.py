@@ -440,10 +440,13 @@ class Outbox:
                                   self._top - self._low >= _LIST_SPAN)
                 self._end = b * _G + lo
                 last = size or last
-            if fill is not None or lo < _G or not _is_dir(self._bucket(b + 1)):
+                if lo == hi < _G:  # at the fill's bound: the meta file read may be the older
+                    hi = _G  # one (the newer rotted), so the search goes on
+                    continue
+            if lo < _G or not _is_dir(self._bucket(b + 1)):
                 return last
             b = _moved(self, b + 1)
-            lo = 0
+            lo, hi = 0, _G
 
     # ---- records
     def _encode(self, n, mid, kind, source, value, t, desired_id, report_status):

@@ -793,6 +793,28 @@ def test_meta_lagging_behind_a_bucket_rename_loses_nothing():
     support.rmtree(root.rsplit("/", 1)[0])
 
 
+def test_a_rotted_newest_meta_file_hides_no_record():
+    # the older meta file then says where the queue ended a bucket or more before: the search
+    # goes past its fill's bound
+    for extra in (14, 20, G + 3, G + 20):
+        root, ob = _fresh("metarot")
+        ids = _fill(ob, 2 * G + extra)
+        gens = {n: _read(root + "/" + n)[0] for n in ("m0", "m1")}
+        newest = "m0" if (gens["m0"] - gens["m1"]) & 0xFF < 128 else "m1"
+        data = bytearray(_read(root + "/" + newest))
+        data[3] ^= 0x10
+        _write(root + "/" + newest, data)
+        _capture()  # the rotted file is logged, not printed
+        try:
+            ob = Outbox(root)
+            got = [r.message_id for r in _all(ob)]
+        finally:
+            log.set_sink(None)
+        assert got == ids, (extra, len(got), len(ids))
+        assert ob.append("reading", 1, "next", T0) not in ids
+        support.rmtree(root.rsplit("/", 1)[0])
+
+
 def test_opening_writes_nothing_the_first_append_writes_the_boot_counter():
     # opening read the meta files and wrote one (3.8 KB of LittleFS reads at 1k pending, and
     # a commit per boot even in a boot loop): the boot counter goes with the first append
