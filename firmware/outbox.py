@@ -9,7 +9,8 @@ up to 8 bytes of file make a 32-byte commit, up to 40 a 64-byte one):
     a0, a1                  ack index, written alternately: head; only when some exist, how
                             many slots are marked resolved and the records resolved out of order
     m0, m1                  meta, written alternately: version, dead/dropped/expired/damaged
-                            counts, delivered base, epoch E, lowest and top bucket, boot counter
+                            counts, delivered base, epoch E, lowest and top bucket, boot counter,
+                            fill (slots of the top bucket below the queue's end)
 
 - A record is a small file (typically 20-28 bytes: one 64-byte commit) OVERWRITTEN into an
   existing slot. Creating a file costs two commits and mkdir an erase, so slots are reused: a
@@ -21,11 +22,11 @@ up to 8 bytes of file make a 32-byte commit, up to 40 a 64-byte one):
   max_records to what the filesystem holds.
 - Record numbers n are dense: the next append takes the next slot; a failed append retries the
   same slot (its id was never handed out). message_id = "<boot hex>-<n hex>": n makes it
-  unique, the boot counter (persisted in the meta file at each open, before any id of that boot
-  is handed out) tells the boots apart. The epoch E, the first boot counter, is random at
-  creation (a wiped board never repeats its ids) and kept in the bucket names; an id whose
-  boot is below E is a v1 id. A slot keeps the low 16 bits of its boot. Ids are ordered like
-  the queue.
+  unique, the boot counter (persisted in the meta file by the first append of each boot,
+  before any id of that boot is handed out) tells the boots apart. The epoch E, the first
+  boot counter, is random at creation (a wiped board never repeats its ids) and kept in the
+  bucket names; an id whose boot is below E is a v1 id. A slot keeps the low 16 bits of its
+  boot. Ids are ordered like the queue.
 - A resolution (delivered / dead / dropped / expired) rewrites the ack index: 7 bytes, one
   32-byte commit, no file created or deleted, no record read for an id of this store. The
   delivered count is not written: stats() derives it from head, the out-of-order
@@ -56,12 +57,18 @@ look fresh. Size & 2 is set when the slot carries _F_AFTER (and may be in slots 
 that flag existed). A slot whose n is not its position is stale; one whose CRC or shape is
 wrong is reported, skipped and resolved, and the records around it stay.
 
-Open (boot): read m0/m1 and a0/a1, check the bucket range with one lookup each way, list the
-top bucket (names and sizes) to find where the queue ends, read the last slot when the index
-has records pending and its size says it may carry a delivery; nothing grows with the backlog but
-LittleFS's own walk of the outbox directory. The root is listed only when the meta file is
-lost or says a v1 conversion left files behind. pending() reads slots from head on. RAM holds the
-counters, one buffer and the out-of-order list.
+Open (boot) writes nothing (bench/outbox-wear.md: at most 2x the live log read at 1k pending):
+it reads m0/m1 and a0/a1 and finds where the queue ends with at most four slot opens (a binary
+search in the top bucket; a listing of it walked LittleFS's log twice per slot, 60 KB at 1k
+pending) and, from fill _HALF on, one lookup of the bucket above: an append writes the meta
+file before slot _HALF of every bucket (not at the bucket's mkdir or rename: as many writes),
+so its fill leaves at most 15 places. A meta file of the previous code (written after each
+mkdir / rename, no fill) is searched over the whole top bucket, and one found full looks one
+bucket up. The low bucket is looked up only when the top one moved or the index is lost; a
+rename or compact() finds it gone after a cut. The last slot is read when the index has records
+pending and its size says it may carry a delivery. The root is listed only when the meta file
+is lost or says a v1 conversion left files behind. pending() reads slots from head on. RAM
+holds the counters, one buffer and the out-of-order list.
 
 A store in the v1 layout (segments, state.json, k/ markers; firmware/outbox_v1.py) is
 converted on the first open: every pending record keeps its message_id and the stats carry
@@ -102,11 +109,14 @@ _VERSION = const(3)
 _F_BIGT = const(1)  # t did not fit u32: it is the JSON list's 7th item
 _F_DONE = const(0x80)  # a resolution marker written over a record resolved far out of order
 _F_AFTER = const(2)  # written when every record before it was resolved: carries a deferred ack
+_LIST_SPAN = const(64)  # buckets from which _fresh lists the top one (bench/outbox-wear.md)
 _OO_MAX = const(12)  # out-of-order resolutions kept in the index (one 64-byte commit)
 # generation, version (+ _M_V1LEFT), dead, dropped, expired, damaged, delivered base, epoch,
-# top bucket, top - low, boot: 36 bytes, so with its CRC one 64-byte commit (mtime off)
-_META = "<BBIIIIiIiHI"
-_META_LEN = const(36)
+# top bucket, top - low, boot, fill (slots of the top bucket below the end when written; the
+# previous code's 36 bytes have none): 37 bytes, so with its CRC one 64-byte commit (mtime off)
+_META = "<BBIIIIiIiHIB"
+_META_LEN = const(37)
+_HALF = const(14)  # an append writes the meta file before slot _HALF of each bucket
 _M_V1LEFT = const(0x80)  # converted from v1; its files may still be there
 _IDX = "<BI"  # generation, head (+ marks u16, out-of-order u16 each when there are any)
 _KINDS = ("sensor", "command", "reading", "report", "state")
@@ -222,6 +232,8 @@ class Outbox:
         self._igen = self._mgen = 0  # generation of the newer a/m file
         self._capped = False  # max_records checked against the filesystem's size
         self._bpath: tuple = (-1, 0, "")  # (bucket, epoch, its path + "/") of the last slot
+        self._low = self._top = -1  # lowest and top bucket numbers (-1: none)
+        self._end = 0  # the next record number
         try:
             _mkdirs(self.root)
             self._open()
@@ -285,8 +297,10 @@ class Outbox:
         span = self._top - self._low if self._low >= 0 else 0xFFFF
         self._write_pair("m", gen, struct.pack(
             _META, gen, _VERSION | (_M_V1LEFT if self._v1left else 0), s["dead"], s["dropped"],
-            s["expired"], self._bad, self._base, self.epoch, self._top, span, self.boot))
+            s["expired"], self._bad, self._base, self.epoch, self._top, span, self.boot,
+            min(max(self._end - self._top * _G, 0), _G) if self._top >= 0 else 0))
         self._mgen = gen
+        self._mdirty = False
 
     # ---- open
     def _open(self):
@@ -295,6 +309,7 @@ class Outbox:
         self._base = 0  # delivered = resolved record numbers - base - the other resolutions
         self._igen = self._mgen = 0
         self._converting = self._v1left = False
+        self._mdirty = False  # the meta file lacks this boot's counter (or a v1 flag to clear)
         self._oo: list = []  # record numbers resolved beyond head, ascending
         self._marks = 0  # slots marked resolved beyond head (0: acks need no read)
         self._soft = False  # head is ahead of the index: the last slot's flag or RAM has it
@@ -302,24 +317,23 @@ class Outbox:
         if meta is None and _v1_present(self.root):
             _migrate_v1(self)
             meta, meta_seen = self._read_pair("m")
-        if meta is not None and len(meta[1]) == _META_LEN and meta[1][1] & 0x7F == _VERSION:
+        fill = None  # unknown: a meta file of the previous code, written at each rotation
+        clear = False
+        if meta is not None and len(meta[1]) in (_META_LEN, _META_LEN - 1) and (
+                meta[1][1] & 0x7F == _VERSION):
             self._mgen = meta[0]
+            if len(meta[1]) == _META_LEN:
+                fill = meta[1][-1]
             (_, version, dead, dropped, expired, self._bad, self._base, self.epoch, self._top,
-             span, boot) = struct.unpack(_META, meta[1])
+             span, boot) = struct.unpack_from(_META[:-1], meta[1])
             if version & _M_V1LEFT:  # a conversion cut short after its commit
                 _v1_remove(self.root)
+                clear = True  # the flag: else every open would look for v1 files again
             self._low = self._top - span if span != 0xFFFF and self._top >= 0 else -1
             self._stats.update(dead=dead, dropped=dropped, expired=expired)
             # the meta file may lag one bucket behind a cut (written after mkdir / rename /
-            # rmdir): one lookup each way settles it
-            moved = False
-            while _is_dir(self._bucket(self._top + 1)):
-                self._top += 1
-                moved = True
-            if self._low < 0 <= self._top:
-                self._low = 0 if moved and _is_dir(self._bucket(0)) else self._top
-            while 0 <= self._low < self._top and not _is_dir(self._bucket(self._low)):
-                self._low += 1
+            # rmdir): _find_end looks one bucket up when the top one is full, a rename finds
+            # a low bucket gone, and only an open without index looks the low one up
             self.boot = boot + 1
         else:
             self._scan_buckets()  # lists the root: only when the meta file is lost
@@ -329,11 +343,14 @@ class Outbox:
             # above every earlier boot, and pending records keep their ids (records carry
             # their boot's low 16 bits) unless the store saw 65535 boots
             self.boot = self.epoch + 0xFFFF if self._top >= 0 else self.epoch
-        self._write_meta()  # the boot counter is durable before this boot hands out an id
-        last = self._find_end()
-        self.head = self._low * _G if self._top >= 0 else self._end
+        self._end = 0
+        last = self._find_end(fill)
         idx, idx_seen = self._read_pair("a")
         ln = len(idx[1]) if idx is not None else 0
+        if not (ln == 5 or (ln >= 7 and ln % 2)):  # no index: every record from the low bucket
+            while 0 <= self._low < self._top and not _is_dir(self._bucket(self._low)):
+                self._low += 1
+        self.head = self._low * _G if self._top >= 0 else self._end
         if ln == 5 or (ln >= 7 and ln % 2):
             self._igen = idx[0]
             head = struct.unpack_from(_IDX, idx[1])[1]
@@ -364,6 +381,12 @@ class Outbox:
                 self._oo, self._marks, self._soft = [], 0, True
         self._count = max(0, self._end - self.head - len(self._oo) - (
             self._marks if self._marks < 0xFFFF else 0))
+        # the boot counter is durable before this boot hands out an id: the first append
+        # writes it (a boot that appends nothing writes nothing: a boot loop wears no flash)
+        if clear:
+            self._write_meta()
+        else:
+            self._mdirty = True
 
     def _scan_buckets(self):
         # low..top bucket numbers and the epoch, from the bucket names (no file is opened)
@@ -387,28 +410,43 @@ class Outbox:
         self.epoch = epoch if epoch >= 0 else _fresh_epoch()
         self._low, self._top = low, top
 
-    def _find_end(self):
-        # the queue ends after the last slot of the top bucket written in this lap: one
-        # listing, no file read. Every slot file written under bucket number B has a size of
-        # B's parity, and a bucket is renamed only to a number of the other parity, so the
-        # slots left from its previous lap never look fresh.
-        # Returns the last slot's size (2 when it is in the bucket below: read it then).
-        self._end = 0
+    def _find_end(self, fill=None):
+        # the queue ends after the last slot of the top bucket written in this lap. Every slot
+        # file written under bucket number B has a size of B's parity, and a bucket is renamed
+        # only to a number of the other parity, so the slots left from its previous lap never
+        # look fresh. The meta file says how many slots of the top bucket were below the end
+        # (fill) and is written again before slot _HALF of a bucket is: so the end is within
+        # 15 slots, found in four slot opens (and one directory lookup from _HALF on). A meta
+        # file of the previous code (written at each rotation, after mkdir / rename) leaves 29
+        # places, and a top bucket found full makes it look one bucket up.
+        # Returns the last slot's size (2 when it is unknown: read it then).
+        b = self._top
+        self._end = max(b, 0) * _G
         last = 2
-        if self._top < 0:
-            return last
-        self._end = self._top * _G
-        path = self._bucket(self._top)
-        for name, size in _sizes(path):
-            try:
-                n = self._top * _G + int(name, 16)
-            except ValueError:
-                continue
-            if size > 0 and size % 2 == self._top % 2 and n >= self._end and name == "%x" % (
-                    n % _G):
-                self._end = n + 1
-                last = size
-        return last
+        lo, hi = 0, _G
+        if fill is not None:
+            if b < 0 or fill >= _HALF:
+                if _is_dir(self._bucket(b + 1)):
+                    b = _moved(self, b + 1)
+                    fill, hi = 0, _HALF
+                elif b < 0:
+                    return last
+            else:
+                hi = _HALF
+            lo = max(fill - 1, 0)  # the search opens the last slot: its size is needed
+        while True:
+            if b >= 0:
+                lo, size = _fresh(self._bucket(b) + "/", b % 2, lo, hi,
+                                  self._top - self._low >= _LIST_SPAN)
+                self._end = b * _G + lo
+                last = size or last
+                if lo == hi < _G:  # at the fill's bound: the meta file read may be the older
+                    hi = _G  # one (the newer rotted), so the search goes on
+                    continue
+            if lo < _G or not _is_dir(self._bucket(b + 1)):
+                return last
+            b = _moved(self, b + 1)
+            lo, hi = 0, _G
 
     # ---- records
     def _encode(self, n, mid, kind, source, value, t, desired_id, report_status):
@@ -505,6 +543,8 @@ class Outbox:
                 self._new_bucket(n // _G)
             elif self._soft and self.head != n:  # this slot would hide the flag of the last one
                 self._write_index(self.head, self._marks, self._oo)
+            if self._mdirty or n % _G == _HALF:  # this boot's counter; where the queue ends
+                self._write_meta()  # within 15 slots (opening's search)
             with open(self._slot(n), "wb") as f:
                 f.write(data)
         except OSError as e:  # the slot is taken again by the next append: no id was handed out
@@ -519,7 +559,13 @@ class Outbox:
         if self._soft:  # a rename must not take a slot whose delivery is only in RAM
             self._write_index(self.head, self._marks, self._oo)
         if 0 <= self._low < self.head // _G and self._low < self._top and (b - self._low) % 2:
-            os.rename(self._bucket(self._low), self._bucket(b))
+            try:
+                os.rename(self._bucket(self._low), self._bucket(b))
+            except OSError:
+                if _is_dir(self._bucket(self._low)):
+                    raise
+                self._low += 1  # gone: renamed or removed by a cut before its meta write
+                return self._new_bucket(b)
             self._low += 1
         else:
             try:
@@ -529,8 +575,7 @@ class Outbox:
                     raise
             if self._low < 0:
                 self._low = b
-        self._top = b
-        self._write_meta()  # where the buckets are: opening needs no listing
+        self._top = b  # the meta file follows before slot _HALF (opening looks one bucket up)
 
     def pending(self, limit: int = 10, skip=()) -> list:
         """The oldest pending records, at most limit, leaving out those whose message_id is in
@@ -668,6 +713,9 @@ class Outbox:
         self.flush()
         while self._low >= 0 and self._low < self.head // _G - 2 and self._low < self._top:
             path = self._bucket(self._low)
+            if not _is_dir(path):  # removed or renamed before a cut kept the meta file behind
+                self._low += 1
+                continue
             for name in list(_names(path)):
                 os.remove(path + "/" + name)
             os.rmdir(path)
@@ -797,6 +845,45 @@ def _migrate_v1(box):
     log.info(_TAG, "converted: %d pending records kept with their ids", len(carried))
 
 
+def _moved(box, b):
+    # bucket b is above the top one box's meta file says: made, or renamed from the low one,
+    # since it was written
+    box._top = b
+    if box._low < 0:
+        box._low = b
+    while box._low < b and not _is_dir(box._bucket(box._low)):
+        box._low += 1
+    return b
+
+
+def _fresh(path, parity, lo, hi, listing=False):
+    # (how many slots of the bucket at path (its number's parity) are fresh, the size of the
+    # last one or 0), knowing the slots below lo are and those from hi on are not. This lap's
+    # slots are written in slot order: a binary search of file opens (a listing walks
+    # LittleFS's log twice per slot: 60 KB with 20 slots, where the live log at 1k pending is
+    # 26 KB). With many buckets (listing) every open walks several metadata blocks of the
+    # outbox directory to the top one: then one listing reads less than four opens.
+    last = 0
+    while lo < hi:
+        mid = (lo + hi) // 2
+        size = 0 if listing else _size(path + "%x" % mid)
+        if size == 0:  # (or emptied by a cut on a filesystem without atomic writes): list
+            lo = last = 0
+            for name, size in _sizes(path[:-1]):
+                try:
+                    s = int(name, 16)
+                except ValueError:
+                    continue
+                if size > 0 and size % 2 == parity and s >= lo and name == "%x" % s:
+                    lo, last = s + 1, size
+            return lo, last
+        if size > 0 and size % 2 == parity:
+            lo, last = mid + 1, size
+        else:
+            hi = mid
+    return lo, last
+
+
 def capacity(root):
     """How many pending records the filesystem holding root can keep: a bucket of 28 records is
     one LittleFS metadata pair (two blocks); the outbox takes at most 3/4 of the filesystem
@@ -836,6 +923,16 @@ def _sizes(path):
     else:  # CPython (host tests)
         for name in os.listdir(path):
             yield name, os.stat(path + "/" + name)[6]
+
+
+def _size(path):
+    # a file's size without reading it (LittleFS: from the open's lookup), -1 when it does not
+    # exist or is not a file
+    try:
+        with open(path, "rb") as f:
+            return f.seek(0, 2)
+    except OSError:
+        return -1
 
 
 def _is_dir(path):
