@@ -64,6 +64,9 @@ def device_config(cloud, ca_name="ca.pem", api_url=None, transport="https"):
     }
 
 
+_CLOUD_START_S = 60
+
+
 def start_cloud(data, token_ttl=300, port=0, mqtt=False, mqtt_cred_ttl=None, platform="realer",
                 extra_args=()):
     """Start a local cloud; returns (process, cloud.json contents). Realer with mqtt=True also
@@ -79,15 +82,19 @@ def start_cloud(data, token_ttl=300, port=0, mqtt=False, mqtt_cred_ttl=None, pla
                             + extra,
                             cwd=ROOT, preexec_fn=_default_sigint,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    for _ in range(200):
-        if os.path.exists(info_path):
-            with open(info_path) as f:
-                return proc, json.load(f)
+    # a start holds steps with deadlines of their own (the broker's is 10 s) and a crash ends
+    # the wait at once: this deadline only has to outlast a slow start on a busy machine
+    end = time.monotonic() + _CLOUD_START_S
+    while not os.path.exists(info_path):
         if proc.poll() is not None:
             raise SystemExit("local cloud failed to start:\n" + proc.stderr.read().decode())
+        if time.monotonic() >= end:
+            proc.kill()
+            raise SystemExit("local cloud did not start within %d s:\n%s" % (
+                _CLOUD_START_S, proc.communicate()[1].decode(errors="replace")[-2000:]))
         time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("local cloud did not start within 10 s")
+    with open(info_path) as f:
+        return proc, json.load(f)
 
 
 def write_device(device_dir, cloud, api_url=None, transport="https"):

@@ -15,13 +15,20 @@ import time
 from tools import run_local
 from tools.faultproxy import FaultProxy
 
+# the FirmwareRigs alive in this process (one test at a time per xdist worker): wait_for
+# shows the newest one's device log when no `log` is given
+_rigs: list = []
+
 
 def wait_for(what, cond, timeout=30, step=0.1, log=None, fail_on=(), tail=3000):
     """Poll cond() until it returns something truthy, and return that; after `timeout`
     seconds (monotonic) fail the test naming `what`. cond() gets one last look at the
     deadline, so a slow machine's final poll still counts. The last `tail` characters of
-    `log()` (the device's log text) end the failure message; a log containing one of the
-    `fail_on` markers fails at once (no use waiting out the deadline after a crash)."""
+    `log()` (the device's log text; by default the live FirmwareRig's) end the failure
+    message; a log containing one of the `fail_on` markers fails at once (no use waiting out
+    the deadline after a crash)."""
+    if log is None and _rigs:
+        log = _rigs[-1].log
     end = time.monotonic() + timeout
     while True:
         if fail_on:
@@ -110,6 +117,7 @@ class FirmwareRig:
         except BaseException:
             self.stop()
             raise
+        _rigs.append(self)
 
     def start(self):
         self.fw = run_local.start_firmware(self.device, self.log_file)
@@ -126,6 +134,8 @@ class FirmwareRig:
         return status_of(self.log())
 
     def stop(self):
+        if self in _rigs:
+            _rigs.remove(self)
         steps = []
         if self.fw is not None:
             steps.append(self._stop_firmware)

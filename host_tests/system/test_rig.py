@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from rig import scratch_dir, status_of, wait_for
+from rig import FirmwareRig, scratch_dir, status_of, wait_for
 
 HOST_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,6 +52,23 @@ def test_wait_for_shows_the_log_and_fails_at_once_on_a_marker():
     assert calls == []  # no waiting out the 300 s once the log says the device is done for
     with pytest.raises(AssertionError, match="(?s)timed out.*--- log ---\nlast line"):
         wait_for("a reading", lambda: None, timeout=0, step=0, log=lambda: "last line")
+
+
+def test_wait_for_shows_the_live_rigs_device_log_without_being_told():
+    # an e2e wait that times out under load says what the device was doing, whether or not
+    # the call passed log=rig.log
+    with scratch_dir() as tmp:
+        rig = FirmwareRig(tmp)
+        try:
+            rig.log_file.write(b"I app: the device's last words\n")
+            rig.log_file.flush()
+            with pytest.raises(AssertionError, match="(?s)--- log ---.*the device's last"):
+                wait_for("a reading", lambda: None, timeout=0, step=0)
+        finally:
+            rig.stop()
+    with pytest.raises(AssertionError) as e:  # a stopped rig's log is not shown
+        wait_for("a reading", lambda: None, timeout=0, step=0)
+    assert "--- log ---" not in str(e.value)
 
 
 _FAILING = '''

@@ -192,13 +192,15 @@ def test_sigint_says_offline_and_stops(rig):
     """Ctrl-C on the host: main() stops the tasks and the adapter's close() publishes an
     `offline` telemetry message before the session ends; the log says "stopped", exit 0."""
     rig.start()
-    wait_for("first telemetry", lambda: len(rig.rows()) >= 2)
+    wait_for("first telemetry", lambda: len(rig.rows()) >= 2, log=rig.log)
     rig.fw.send_signal(signal.SIGINT)
     # the adapter's orderly close runs on a busy machine too: wait for the exit itself
-    wait_for("the firmware to stop on SIGINT", lambda: rig.fw.poll() is not None, 60)
+    wait_for("the firmware to stop on SIGINT", lambda: rig.fw.poll() is not None, 60,
+             log=rig.log)
     code = rig.fw.returncode
     # the broker hands the last publish to the server side asynchronously
-    wait_for("offline telemetry", lambda: [r for r in rig.rows() if r["status"] == "offline"])
+    wait_for("offline telemetry", lambda: [r for r in rig.rows() if r["status"] == "offline"],
+             log=rig.log)
     log = rig.log()
     assert code == 0, log[-2000:]
     assert re.search(r" app: stopped", log) and "Traceback" not in log, log[-2000:]

@@ -102,7 +102,10 @@ async def actions(spec):
 
 async def stream(spec):
     """Publish `n` QoS 1 messages, one per interval, through c.run() (reconnects), retrying a
-    message until it is acknowledged, the way the outbox does; echo what arrives on `sub`."""
+    message until it is acknowledged, the way the outbox does; echo what arrives on `sub`.
+    With `tail`, go on past `n` until `tail` messages were published after the first message
+    arrived (a test that pushes one after a reconnect then sees messages sent after it, however
+    late its push lands)."""
     inbox: list = []
     c = make_client(spec, inbox)
     c.subscriptions[spec["sub"]] = 1
@@ -112,11 +115,13 @@ async def stream(spec):
 
     runner = asyncio.create_task(c.run(on_connect=on_connect, base_ms=100, cap_ms=500))
     deadline = ticks_ms() + spec.get("timeout_ms", 40000)
-    sent = retries = received = 0
-    while sent < spec["n"] and ticks_diff(deadline, ticks_ms()) > 0:
+    sent = retries = received = tail = 0
+    while (sent < spec["n"] or tail < spec.get("tail", 0)) and \
+            ticks_diff(deadline, ticks_ms()) > 0:
         try:
             await c.publish(spec["topic"], b"m%d" % sent, 1)
             sent += 1
+            tail += 1 if received else 0
             say(event="published", n=sent)
         except mqtt.conn.NetError:
             retries += 1
