@@ -35,7 +35,7 @@ def run_file(name, micropython=MICROPYTHON, timeout=FILE_TIMEOUT_S):
     env.setdefault("MICROPYPATH", ":".join([ROOT, os.path.join(HERE, "shims"),
                                             os.path.join(ROOT, "lib"), ".frozen"]))  # as make
     try:
-        proc = subprocess.run([micropython, os.path.join(HERE, "mp_runner.py"), name],
+        proc = subprocess.run([micropython, os.path.join(HERE, "mp_runner.py"), "-v", name],
                               cwd=ROOT, capture_output=True, text=True, env=env,
                               timeout=timeout)
     except subprocess.TimeoutExpired as e:

@@ -28,6 +28,8 @@ def _run_module(modname, only):
         fn = getattr(mod, name)
         if not callable(fn):
             continue
+        if VERBOSE:  # a file that hangs then names its test (mp_parallel runs with -v)
+            print("RUN", modname + "::" + name)
         t0 = time.ticks_ms()
         try:
             fn()
