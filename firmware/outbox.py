@@ -343,15 +343,15 @@ class Outbox:
             # above every earlier boot, and pending records keep their ids (records carry
             # their boot's low 16 bits) unless the store saw 65535 boots
             self.boot = self.epoch + 0xFFFF if self._top >= 0 else self.epoch
-        self._end = 0
         last = self._find_end(fill)
         idx, idx_seen = self._read_pair("a")
         ln = len(idx[1]) if idx is not None else 0
-        if not (ln == 5 or (ln >= 7 and ln % 2)):  # no index: every record from the low bucket
+        indexed = ln == 5 or (ln >= 7 and ln % 2)
+        if not indexed:  # every record from the low bucket
             while 0 <= self._low < self._top and not _is_dir(self._bucket(self._low)):
                 self._low += 1
         self.head = self._low * _G if self._top >= 0 else self._end
-        if ln == 5 or (ln >= 7 and ln % 2):
+        if indexed:
             self._igen = idx[0]
             head = struct.unpack_from(_IDX, idx[1])[1]
             if ln > 5:
